@@ -1,0 +1,29 @@
+"""Centralised baseline: ``python -m scripts.train_central [hydra overrides]``.
+
+Writes ``metrics.json``, ``roc.png``, ``confusion_matrix.png``, ``curves.png`` and the
+checkpoints ``best.pt`` / ``last.pt`` to the Hydra run directory. Returns the best
+validation MCC, which Hydra sweepers maximise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from task.central import run
+from task.config import register_resolvers
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    return float(metrics["val"]["mcc"])
+
+
+if __name__ == "__main__":
+    main()

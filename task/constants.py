@@ -1,0 +1,39 @@
+"""Constants shared by every role: one place, so that sites and server agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: Repository root (``task/`` lives directly under it).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Environment variable that points at ``pneumoniamnist.npz`` (overrides the default path).
+DATA_ENV_VAR = "PRIMIA_DATA"
+
+#: Where the bundled PneumoniaMNIST file lies in this workspace (``../shared/data``).
+DEFAULT_PNEUMONIAMNIST = REPO_ROOT.parent / "shared" / "data" / "pneumoniamnist.npz"
+
+#: Published MedMNIST v2 file (Zenodo record 6496656) and the MD5 that MedMNIST lists for it.
+PNEUMONIAMNIST_URL = "https://zenodo.org/records/6496656/files/pneumoniamnist.npz?download=1"
+PNEUMONIAMNIST_MD5 = "28209eda62fecd6e6a2d98b1501bb15f"
+
+#: Class names of PneumoniaMNIST, in label order.
+PNEUMONIAMNIST_CLASSES = ("normal", "pneumonia")
+
+#: Image file suffixes read by :mod:`task.data.files`, lower case.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".nii", ".nii.gz")
+
+#: Policies for a file that cannot be used.
+BAD_FILE_POLICIES = ("error", "skip")
+
+#: ITU-R BT.601 luma weights, used to turn RGB into one grayscale channel.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+#: Human readers of the PriMIA study (Kaissis et al., 2021), pneumonia vs normal.
+EXPERT_READERS = {"accuracy": 0.795, "mcc": 0.579}
+
+#: Names of the files every entry point writes into its run directory.
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.json"
+CHECKPOINT_BEST = "best.pt"
+CHECKPOINT_LAST = "last.pt"

@@ -1,0 +1,91 @@
+"""Data source for a site's own image files (folder per class, or CSV)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from task.data.errors import LoadReport, check_policy
+from task.data.files import ImageReader, Record, load_records, read_csv, scan_folder
+from task.data.splits import DataSplits, Split
+
+
+class ImageFolderSource:
+    """Images from a folder (``<root>/<class>/<file>``) or a CSV of ``path,label``.
+
+    Args:
+        train: folder or ``.csv`` of training images.
+        classes: the class list, in label order; the same at every site.
+        val: folder or CSV; ``None`` carves a stratified ``val_fraction`` out of ``train``.
+        test: folder or CSV; ``None`` for a site that keeps no test set (federated sites).
+        resolution: side of the square images the model sees.
+        channels: 1 (grayscale; RGB converted) or 3.
+        val_fraction: share of ``train`` used for validation when ``val`` is ``None``.
+        seed: seed of that split.
+        on_bad_file: ``"error"`` stops on the first bad file; ``"skip"`` counts and reports.
+        limit: keep only the first ``limit`` files of each split.
+    """
+
+    def __init__(
+        self,
+        train: str,
+        classes: Sequence[str],
+        val: str | None = None,
+        test: str | None = None,
+        resolution: int = 224,
+        channels: int = 1,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        on_bad_file: str = "error",
+        limit: int | None = None,
+    ) -> None:
+        if len(classes) < 2 or len(set(classes)) != len(classes):
+            raise ValueError(f"classes {list(classes)} must be at least two distinct names")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction={val_fraction} must be in (0, 1)")
+        self.paths = {"train": train, "val": val, "test": test}
+        self.classes = tuple(classes)
+        self.resolution = resolution
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.policy = check_policy(on_bad_file)
+        self.limit = limit
+        self.reader = ImageReader(channels=channels)
+
+    def _records(self, split: str, report: LoadReport) -> list[Record]:
+        source = Path(self.paths[split])
+        if source.suffix.lower() == ".csv":
+            records = read_csv(source, self.classes, report, self.policy, split)
+        else:
+            records = scan_folder(source, self.classes)
+        return records[: self.limit] if self.limit else records
+
+    def _load_split(self, split: str, preprocess: Callable | None, report: LoadReport) -> Split:
+        records = self._records(split, report)
+        return Split(*load_records(records, self.reader, preprocess, self.policy, report, split))
+
+    def load(self, preprocess: Callable | None = None) -> DataSplits:
+        report = LoadReport()
+        train = self._load_split("train", preprocess, report)
+        if self.paths["val"] is not None:
+            val = self._load_split("val", preprocess, report)
+        else:
+            train, val = self._split_off_val(train)
+            report.loaded["train"], report.loaded["val"] = len(train), len(val)
+        if self.paths["test"] is not None:
+            test = self._load_split("test", preprocess, report)
+        else:
+            test = Split(train.images[:0], train.labels[:0])
+        return DataSplits(self.classes, train, val, test, report)
+
+    def _split_off_val(self, train: Split) -> tuple[Split, Split]:
+        index = np.arange(len(train))
+        counts = np.bincount(train.labels)
+        stratify = train.labels if counts[counts > 0].min() >= 2 else None
+        tr, va = train_test_split(
+            index, test_size=self.val_fraction, random_state=self.seed, stratify=stratify
+        )
+        return train.subset(np.sort(tr)), train.subset(np.sort(va))

@@ -1,0 +1,64 @@
+"""Write an entry point's results: ``metrics.json`` and PNG plots in its run directory."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from task import plots
+from task.constants import EXPERT_READERS, METRICS_FILE
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN; null says "undefined" (e.g. AUC of one class)
+    return value
+
+
+def write_json(data: Any, path: Path) -> Path:
+    path.write_text(json.dumps(_json_safe(data), indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def write_run_outputs(
+    run_dir: Path,
+    metrics: dict[str, Any],
+    *,
+    test_labels: np.ndarray,
+    test_probs: np.ndarray,
+    classes: Sequence[str],
+    history: Sequence[dict],
+    curve_keys: Sequence[str],
+    xlabel: str,
+) -> dict[str, Any]:
+    """Write ``metrics.json``, ``roc.png``, ``confusion_matrix.png`` and ``curves.png``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {**metrics, "expert_readers": EXPERT_READERS}
+    test = metrics["test"]
+    if test.get("auc") is not None and math.isfinite(test["auc"]):
+        plots.plot_roc(test_labels, test_probs, test["auc"], run_dir / "roc.png")
+    plots.plot_confusion(test["confusion_matrix"], classes, run_dir / "confusion_matrix.png")
+    if history:
+        plots.plot_curves(history, curve_keys, run_dir / "curves.png", xlabel=xlabel)
+    write_json(metrics, run_dir / METRICS_FILE)
+    return metrics
+
+
+def comparison_line(test: dict[str, Any]) -> str:
+    """One line comparing test metrics with the expert readers of the PriMIA study."""
+    return (
+        f"test AUC {test['auc']:.3f}  ACC {test['accuracy']:.3f}  MCC {test['mcc']:.3f}  |  "
+        f"expert readers (PriMIA): ACC {EXPERT_READERS['accuracy']:.3f}  "
+        f"MCC {EXPERT_READERS['mcc']:.3f}"
+    )

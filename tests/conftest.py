@@ -1,0 +1,24 @@
+"""Shared fixtures. Data comes from ../shared/data (never downloaded in tests)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from task.config import register_resolvers
+from task.constants import DATA_ENV_VAR, DEFAULT_PNEUMONIAMNIST
+
+register_resolvers()
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+
+
+@pytest.fixture(scope="session")
+def pneumoniamnist_path() -> Path:
+    path = Path(os.environ.get(DATA_ENV_VAR) or DEFAULT_PNEUMONIAMNIST)
+    if not path.is_file():
+        pytest.fail(f"{path} missing: the tests read PneumoniaMNIST from ../shared/data")
+    return path
