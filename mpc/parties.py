@@ -62,8 +62,10 @@ def run_local_parties(
     results = ctx.Queue()
     port = free_port(host)
     procs = [
-        ctx.Process(target=_party_main,
-                    args=(fn, rank, party_env(rank, world_size, host, port), args, results))
+        ctx.Process(
+            target=_party_main,
+            args=(fn, rank, party_env(rank, world_size, host, port), args, results),
+        )
         for rank in range(world_size)
     ]
     for p in procs:

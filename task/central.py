@@ -58,8 +58,13 @@ class TrainSettings:
 def _np_state(state: tuple) -> dict[str, Any]:
     """A numpy ``RandomState`` state as tensors, loadable with ``weights_only=True``."""
     name, keys, pos, has_gauss, cached = state
-    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached": float(cached)}
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
 
 
 def _np_tuple(state: dict[str, Any]) -> tuple:
@@ -118,13 +123,23 @@ def fit(
         loader_rng = np.random.RandomState()
         loader_rng.set_state(_np_tuple(state["loader_rng"]))
         train_loader.dataset.set_random_state(state=loader_rng)
+        source_best = Path(resume).with_name(CHECKPOINT_BEST)
+        if source_best.is_file() and source_best.resolve() != (run_dir / CHECKPOINT_BEST).resolve():
+            # resuming into a new run directory: the best model so far comes along
+            run_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint.save_atomic(checkpoint.load(source_best), run_dir / CHECKPOINT_BEST)
         log.info("resumed from %s at epoch %d (best MCC %.4f)", resume, start_epoch, best_mcc)
 
     for epoch in range(start_epoch, settings.epochs + 1):
         t0 = time.perf_counter()
         stats = train_epoch(
-            model, train_loader, optimizer, loss_fn, max_steps=settings.max_steps_per_epoch,
-            progress=settings.progress, desc=f"epoch {epoch}/{settings.epochs}",
+            model,
+            train_loader,
+            optimizer,
+            loss_fn,
+            max_steps=settings.max_steps_per_epoch,
+            progress=settings.progress,
+            desc=f"epoch {epoch}/{settings.epochs}",
         )
         train_time = time.perf_counter() - t0
         if scheduler is not None:
@@ -147,8 +162,13 @@ def fit(
         if logger is not None:
             logger.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
         log.info(
-            "epoch %d: loss %.4f  val AUC %.4f ACC %.4f MCC %.4f  (%.0f img/s)", epoch,
-            row["train_loss"], val["auc"], val["accuracy"], val["mcc"], row["train_images_per_s"],
+            "epoch %d: loss %.4f  val AUC %.4f ACC %.4f MCC %.4f  (%.0f img/s)",
+            epoch,
+            row["train_loss"],
+            val["auc"],
+            val["accuracy"],
+            val["mcc"],
+            row["train_images_per_s"],
         )
         improved = val["mcc"] > best_mcc
         if improved:
@@ -206,21 +226,31 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), name=cfg.get("run_name"))
 
     history = fit(
-        model, splits, optimizer, settings, run_dir, augment=augment, scheduler=scheduler,
-        logger=logger, resume=cfg.get("resume"),
+        model,
+        splits,
+        optimizer,
+        settings,
+        run_dir,
+        augment=augment,
+        scheduler=scheduler,
+        logger=logger,
+        resume=cfg.get("resume"),
         extra_state={"config": inference_config(cfg, splits.classes)},
     )
     train_seconds = sum(h["train_seconds"] for h in history)
     best = checkpoint.load(run_dir / CHECKPOINT_BEST)
     model.load_state_dict(best["model"])
     n_boot, level = cfg.metrics.n_bootstrap, cfg.metrics.ci_level
-    val_probs, val_labels = predict(model, splits.val.loader(settings.eval_batch_size,
-                                                             shuffle=False))
-    test_probs, test_labels = predict(model, splits.test.loader(settings.eval_batch_size,
-                                                                shuffle=False))
+    val_probs, val_labels = predict(
+        model, splits.val.loader(settings.eval_batch_size, shuffle=False)
+    )
+    test_probs, test_labels = predict(
+        model, splits.test.loader(settings.eval_batch_size, shuffle=False)
+    )
     metrics = {
-        "test": clinical_metrics(test_labels, test_probs, splits.classes,
-                                 n_bootstrap=n_boot, level=level, seed=cfg.seed),
+        "test": clinical_metrics(
+            test_labels, test_probs, splits.classes, n_bootstrap=n_boot, level=level, seed=cfg.seed
+        ),
         "val": clinical_metrics(val_labels, val_probs, splits.classes, n_bootstrap=0),
         "best_epoch": best["best_epoch"],
         "epochs_run": len(history),
@@ -232,9 +262,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "wall_seconds": time.perf_counter() - t_start,
     }
     metrics = write_run_outputs(
-        run_dir, metrics, test_labels=test_labels, test_probs=test_probs,
-        classes=splits.classes, history=history,
-        curve_keys=("train_loss", "val_loss", "val_auc", "val_mcc"), xlabel="epoch",
+        run_dir,
+        metrics,
+        test_labels=test_labels,
+        test_probs=test_probs,
+        classes=splits.classes,
+        history=history,
+        curve_keys=("train_loss", "val_loss", "val_auc", "val_mcc"),
+        xlabel="epoch",
     )
     logger.finish({f"test/{k}": metrics["test"][k] for k in ("auc", "accuracy", "mcc")})
     log.info(comparison_line(metrics["test"]))

@@ -36,9 +36,9 @@ def train_epoch(
     ``mu/2 * ||w - w_global||^2`` against ``global_params``.
     """
     model.train()
-    total_loss, n_examples, steps = 0.0, 0, 0
+    total_loss, n_examples = 0.0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
-    for images, labels in bar:
+    for step, (images, labels) in enumerate(bar, start=1):
         images = torch.as_tensor(images, dtype=torch.float32)
         labels = torch.as_tensor(labels, dtype=torch.long)
         optimizer.zero_grad(set_to_none=True)
@@ -52,9 +52,8 @@ def train_epoch(
         optimizer.step()
         total_loss += float(loss.detach()) * len(labels)
         n_examples += len(labels)
-        steps += 1
         bar.set_postfix(loss=f"{total_loss / n_examples:.4f}")
-        if max_steps is not None and steps >= max_steps:
+        if max_steps is not None and step >= max_steps:
             break
     return {"loss": total_loss / max(n_examples, 1), "num_examples": n_examples}
 

@@ -26,9 +26,7 @@ def _auc(labels: np.ndarray, probs: np.ndarray) -> float:
         return float("nan")
     if probs.shape[1] == 2:
         return float(roc_auc_score(labels, probs[:, 1]))
-    return float(
-        roc_auc_score(labels, probs, multi_class="ovr", labels=np.arange(probs.shape[1]))
-    )
+    return float(roc_auc_score(labels, probs, multi_class="ovr", labels=np.arange(probs.shape[1])))
 
 
 def bootstrap_auc_ci(
@@ -108,7 +106,6 @@ def clinical_metrics(
         "confusion_matrix": cm.tolist(),
     }
     if n_bootstrap > 0:
-        low, high = bootstrap_auc_ci(labels, probs, n_bootstrap=n_bootstrap, level=level,
-                                     seed=seed)
+        low, high = bootstrap_auc_ci(labels, probs, n_bootstrap=n_bootstrap, level=level, seed=seed)
         out["auc_ci"] = {"level": level, "low": low, "high": high, "n_bootstrap": n_bootstrap}
     return out

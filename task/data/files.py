@@ -118,10 +118,12 @@ class ImageReader:
             raise ValueError(f"channels={channels} must be 1 or 3")
         self.channels = channels
         self.max_pixels = max_pixels
+
         # One loader per format, chosen by suffix; all three return row-major (H, W).
         def loader(reader) -> LoadImage:
-            return LoadImage(reader=reader, image_only=True, ensure_channel_first=True,
-                             dtype=np.float32)
+            return LoadImage(
+                reader=reader, image_only=True, ensure_channel_first=True, dtype=np.float32
+            )
 
         self._loaders = {
             "dicom": loader(PydicomReader(swap_ij=False)),
@@ -148,8 +150,11 @@ class ImageReader:
         try:
             image = np.asarray(self._loaders[self._kind(path)](str(path)), dtype=np.float32)
         except Exception as err:  # any reader failure is a bad file, reported by name
-            raise BadFileError(path, f"cannot be read as an image ({type(err).__name__}: "
-                               f"{str(err).splitlines()[0][:200] if str(err) else ''})") from err
+            raise BadFileError(
+                path,
+                f"cannot be read as an image ({type(err).__name__}: "
+                f"{str(err).splitlines()[0][:200] if str(err) else ''})",
+            ) from err
         image = self._to_2d(path, image)
         if monochrome1:
             image = image.max() + image.min() - image
@@ -177,8 +182,11 @@ class ImageReader:
             )
         image = image.reshape(image.shape[0], *spatial)
         if image.shape[1] * image.shape[2] > self.max_pixels:
-            raise BadFileError(path, f"image of {image.shape[1]}x{image.shape[2]} pixels "
-                                     f"exceeds max_pixels={self.max_pixels}")
+            raise BadFileError(
+                path,
+                f"image of {image.shape[1]}x{image.shape[2]} pixels "
+                f"exceeds max_pixels={self.max_pixels}",
+            )
         if not np.isfinite(image).all():
             raise BadFileError(path, "image has NaN or infinite pixel values")
         c = image.shape[0]

@@ -49,9 +49,7 @@ class Split:
         dataset = ArrayDataset(
             img=torch.from_numpy(self.images), img_transform=augment, labels=self.labels
         )
-        return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers
-        )
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers)
 
 
 @dataclass

@@ -14,8 +14,16 @@ from omegaconf import OmegaConf
 from task.constants import REPO_ROOT
 
 CONF = REPO_ROOT / "conf"
-GROUPS = ["data", "transforms", "model", "optimizer", "scheduler", "logger", "experiment",
-          "hparams_search"]
+GROUPS = [
+    "data",
+    "transforms",
+    "model",
+    "optimizer",
+    "scheduler",
+    "logger",
+    "experiment",
+    "hparams_search",
+]
 
 
 def _options(group: str) -> list[str]:

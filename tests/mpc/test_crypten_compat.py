@@ -13,8 +13,15 @@ def _network() -> torch.nn.Module:
     from monai.networks.nets import Classifier
 
     torch.manual_seed(0)
-    net = Classifier(in_shape=(1, 28, 28), classes=2, channels=(8, 16, 32), strides=(2, 2, 2),
-                     num_res_units=1, act="RELU", norm="BATCH")
+    net = Classifier(
+        in_shape=(1, 28, 28),
+        classes=2,
+        channels=(8, 16, 32),
+        strides=(2, 2, 2),
+        num_res_units=1,
+        act="RELU",
+        norm="BATCH",
+    )
     # non-trivial BatchNorm statistics, as after training
     net.train()
     with torch.no_grad():
@@ -32,8 +39,9 @@ def _encrypted_forward(rank: int, images: torch.Tensor) -> torch.Tensor:
     model = crypten.nn.from_pytorch(net, torch.zeros(1, 1, 28, 28))
     model.encrypt(src=MODEL_OWNER)
     model.eval()
-    x = crypten.cryptensor(images if rank == DATA_OWNER else torch.zeros_like(images),
-                           src=DATA_OWNER)
+    x = crypten.cryptensor(
+        images if rank == DATA_OWNER else torch.zeros_like(images), src=DATA_OWNER
+    )
     out = model(x).get_plain_text(dst=DATA_OWNER)
     crypten.uninit()
     return out if rank == DATA_OWNER else None

@@ -27,26 +27,43 @@ def _setup(limit: int = 192):
 
 def test_resume_reaches_same_weights_as_uninterrupted(tmp_path: Path) -> None:
     settings = dict(batch_size=32, progress=False, max_steps_per_epoch=3)
-    cfg, splits, model, opt, aug = _setup()
+    _cfg, splits, model, opt, aug = _setup()
     fit(model, splits, opt, TrainSettings(epochs=3, **settings), tmp_path / "a", augment=aug)
     straight = model.state_dict()
 
-    cfg, splits, model, opt, aug = _setup()
+    _cfg, splits, model, opt, aug = _setup()
     fit(model, splits, opt, TrainSettings(epochs=1, **settings), tmp_path / "b", augment=aug)
-    cfg, splits, model, opt, aug = _setup()  # a fresh process would rebuild everything
-    history = fit(model, splits, opt, TrainSettings(epochs=3, **settings), tmp_path / "b",
-                  augment=aug, resume=tmp_path / "b" / CHECKPOINT_LAST)
+    _cfg, splits, model, opt, aug = _setup()  # a fresh process would rebuild everything
+    history = fit(
+        model,
+        splits,
+        opt,
+        TrainSettings(epochs=3, **settings),
+        tmp_path / "b",
+        augment=aug,
+        resume=tmp_path / "b" / CHECKPOINT_LAST,
+    )
     assert [h["epoch"] for h in history] == [1, 2, 3]
     for key, value in straight.items():
         assert torch.equal(value, model.state_dict()[key]), key
 
 
 def test_best_checkpoint_has_best_val_mcc_and_early_stopping(tmp_path: Path) -> None:
-    cfg, splits, model, opt, aug = _setup()
-    history = fit(model, splits, opt,
-                  TrainSettings(epochs=6, batch_size=32, progress=False, max_steps_per_epoch=2,
-                                early_stopping_patience=1),
-                  tmp_path, augment=aug)
+    _cfg, splits, model, opt, aug = _setup()
+    history = fit(
+        model,
+        splits,
+        opt,
+        TrainSettings(
+            epochs=6,
+            batch_size=32,
+            progress=False,
+            max_steps_per_epoch=2,
+            early_stopping_patience=1,
+        ),
+        tmp_path,
+        augment=aug,
+    )
     best = checkpoint.load(tmp_path / CHECKPOINT_BEST)
     mccs = [h["val_mcc"] for h in history]
     assert best["best_mcc"] == max(mccs)

@@ -46,5 +46,5 @@ def test_read_only_filesystem_at_rename_keeps_previous(tmp_path: Path, monkeypat
 
 
 def test_missing_checkpoint_names_path(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.pt"):
         checkpoint.load(tmp_path / "nope.pt")

@@ -52,7 +52,6 @@ def test_shape_mismatch_is_refused() -> None:
 
 
 def test_single_class_auc_is_undefined_not_crash() -> None:
-    m = clinical_metrics(np.zeros(4, int), _probs([0.1, 0.2, 0.3, 0.9]), ["a", "b"],
-                         n_bootstrap=10)
+    m = clinical_metrics(np.zeros(4, int), _probs([0.1, 0.2, 0.3, 0.9]), ["a", "b"], n_bootstrap=10)
     assert np.isnan(m["auc"])
     assert m["accuracy"] == pytest.approx(0.75)

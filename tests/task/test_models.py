@@ -15,8 +15,9 @@ def _model_cfg(name: str, resolution: int):
         return compose("config", [f"model={name}", f"data.resolution={resolution}"]).model
 
 
-@pytest.mark.parametrize(("name", "resolution"),
-                         [("small_cnn", 28), ("resnet18", 28), ("densenet121", 64)])
+@pytest.mark.parametrize(
+    ("name", "resolution"), [("small_cnn", 28), ("resnet18", 28), ("densenet121", 64)]
+)
 def test_builds_and_opacus_fix_makes_it_dp_compatible(name: str, resolution: int) -> None:
     model = build_model(_model_cfg(name, resolution), (1, resolution, resolution), 2)
     assert ModuleValidator.validate(model, strict=False)  # BatchNorm is not DP-compatible

@@ -97,7 +97,7 @@ def test_truncated_png_of_real_image(tmp_path: Path, reader: ImageReader) -> Non
     good = write_png(tmp_path / "good.png", pattern(200, 200))
     bad = tmp_path / "trunc.png"
     bad.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
-    with pytest.raises(BadFileError, match="trunc.png"):
+    with pytest.raises(BadFileError, match=r"trunc\.png"):
         reader(bad)
 
 
@@ -121,7 +121,7 @@ def test_csv_missing_file_and_bad_label(tmp_path: Path) -> None:
     write_png(tmp_path / "ok.png", pattern())
     csv_path = tmp_path / "train.csv"
     csv_path.write_text("path,label\nok.png,normal\ngone.png,normal\nok.png,covid\n")
-    with pytest.raises(BadFileError, match="gone.png"):
+    with pytest.raises(BadFileError, match=r"gone\.png"):
         read_csv(csv_path, CLASSES, LoadReport(), "error", "train")
     report = LoadReport()
     records = read_csv(csv_path, CLASSES, report, "skip", "train")
@@ -143,7 +143,7 @@ def test_folder_source_error_policy_stops_on_bad_file(tmp_path: Path) -> None:
     root = _site(tmp_path)
     (root / "normal" / "broken.png").write_bytes(b"garbage")
     source = ImageFolderSource(train=str(root), classes=CLASSES, resolution=16)
-    with pytest.raises(BadFileError, match="broken.png"):
+    with pytest.raises(BadFileError, match=r"broken\.png"):
         source.load()
 
 

@@ -29,8 +29,10 @@ def test_env_var_sets_path(monkeypatch, tmp_path: Path) -> None:
 def test_modified_file_is_refused(pneumoniamnist_path: Path, tmp_path: Path) -> None:
     copy = tmp_path / "pneumoniamnist.npz"
     shutil.copy(pneumoniamnist_path, copy)
-    shutil.copy(pneumoniamnist_path.with_name("pneumoniamnist.npz.sha256"),
-                tmp_path / "pneumoniamnist.npz.sha256")
+    shutil.copy(
+        pneumoniamnist_path.with_name("pneumoniamnist.npz.sha256"),
+        tmp_path / "pneumoniamnist.npz.sha256",
+    )
     assert verify_file(copy) == "sha256"
     with copy.open("r+b") as fh:
         fh.seek(1000)
