@@ -1,1 +1,1 @@
-"""client package."""
+"""What runs at a hospital: the Flower ClientApp (and, later, the diagnosis client)."""

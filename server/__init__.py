@@ -1,1 +1,1 @@
-"""server package."""
+"""What runs at the coordinator: the Flower ServerApp and the simulation launcher."""

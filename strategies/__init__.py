@@ -1,1 +1,1 @@
-"""strategies package."""
+"""Aggregation strategies and their protocols (server side of Flower)."""

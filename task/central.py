@@ -86,6 +86,28 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
+def _restore(resume, model, optimizer, scheduler, train_loader, run_dir: Path) -> dict[str, Any]:
+    """Load ``last.pt`` into the live objects (weights, optimizer, scheduler, random states).
+
+    When resuming into a new run directory, the best model so far is copied along, so that
+    ``best.pt`` exists there even if no later epoch improves on it.
+    """
+    state = checkpoint.load(resume)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    loader_rng = np.random.RandomState()
+    loader_rng.set_state(_np_tuple(state["loader_rng"]))
+    train_loader.dataset.set_random_state(state=loader_rng)
+    source_best = Path(resume).with_name(CHECKPOINT_BEST)
+    if source_best.is_file() and source_best.resolve() != (run_dir / CHECKPOINT_BEST).resolve():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.save_atomic(checkpoint.load(source_best), run_dir / CHECKPOINT_BEST)
+    return state
+
+
 def fit(
     model: torch.nn.Module,
     splits: DataSplits,
@@ -109,25 +131,11 @@ def fit(
     val_loader = splits.val.loader(settings.eval_batch_size, shuffle=False)
     history: list[dict[str, Any]] = []
     start_epoch, best_mcc, best_epoch, stale = 1, -float("inf"), 0, 0
-
     if resume:
-        state = checkpoint.load(resume)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
+        state = _restore(resume, model, optimizer, scheduler, train_loader, run_dir)
         history = list(state["history"])
         start_epoch = state["epoch"] + 1
         best_mcc, best_epoch, stale = state["best_mcc"], state["best_epoch"], state["stale"]
-        _set_rng_state(state["rng"])
-        loader_rng = np.random.RandomState()
-        loader_rng.set_state(_np_tuple(state["loader_rng"]))
-        train_loader.dataset.set_random_state(state=loader_rng)
-        source_best = Path(resume).with_name(CHECKPOINT_BEST)
-        if source_best.is_file() and source_best.resolve() != (run_dir / CHECKPOINT_BEST).resolve():
-            # resuming into a new run directory: the best model so far comes along
-            run_dir.mkdir(parents=True, exist_ok=True)
-            checkpoint.save_atomic(checkpoint.load(source_best), run_dir / CHECKPOINT_BEST)
         log.info("resumed from %s at epoch %d (best MCC %.4f)", resume, start_epoch, best_mcc)
 
     for epoch in range(start_epoch, settings.epochs + 1):

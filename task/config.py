@@ -1,11 +1,53 @@
-"""OmegaConf resolvers used by ``conf/`` (registered once by every entry point)."""
+"""Compose the Hydra config outside ``@hydra.main`` (Flower apps, benchmarks, tests).
+
+Hydra is the one source of configuration: the ServerApp and every ClientApp compose the
+same ``conf/`` tree with the same overrides, which reach them either directly (simulation)
+or as one flat ``overrides`` string in Flower's run config (deployment).
+"""
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+
+from task.constants import REPO_ROOT
+
+#: Flat run-config keys the Flower apps read.
+RUN_CONFIG_OVERRIDES = "overrides"
+RUN_CONFIG_EXPERIMENT = "experiment"
 
 
 def register_resolvers() -> None:
     """``${scale:RES,FRACTION}`` -> ``round(RES * FRACTION)`` (pixels from a fraction)."""
     if not OmegaConf.has_resolver("scale"):
         OmegaConf.register_new_resolver("scale", lambda res, frac: round(float(res) * float(frac)))
+
+
+def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with Hydra overrides; misspelt keys fail here."""
+    register_resolvers()
+    if GlobalHydra.instance().is_initialized():  # inside @hydra.main: reuse its search path
+        return compose(config_name=config_name, overrides=list(overrides))
+    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def overrides_from_run_config(run_config: Mapping[str, Any]) -> list[str]:
+    """Hydra overrides from Flower's flat run config (``experiment`` and ``overrides``)."""
+    unknown = set(run_config) - {RUN_CONFIG_OVERRIDES, RUN_CONFIG_EXPERIMENT}
+    if unknown:
+        raise ValueError(
+            f"run config keys {sorted(unknown)} are not used; put settings in "
+            f"'{RUN_CONFIG_OVERRIDES}' as Hydra overrides"
+        )
+    out = []
+    experiment = str(run_config.get(RUN_CONFIG_EXPERIMENT, "") or "")
+    if experiment:
+        out.append(f"experiment={experiment}")
+    out.extend(shlex.split(str(run_config.get(RUN_CONFIG_OVERRIDES, "") or "")))
+    return out

@@ -37,3 +37,6 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
 CHECKPOINT_BEST = "best.pt"
 CHECKPOINT_LAST = "last.pt"
+
+#: Reply record (a ConfigRecord beside arrays and metrics) that names the replying site.
+SITE_RECORD = "site"

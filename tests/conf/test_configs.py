@@ -14,37 +14,52 @@ from omegaconf import OmegaConf
 from task.constants import REPO_ROOT
 
 CONF = REPO_ROOT / "conf"
-GROUPS = [
-    "data",
-    "transforms",
-    "model",
-    "optimizer",
-    "scheduler",
-    "logger",
-    "experiment",
-    "hparams_search",
-]
+SHARED = ["data", "transforms", "model", "optimizer", "logger"]
+#: top-level config -> its groups; experiments and searches belong to one entry point each.
+GROUPS = {
+    "config": [*SHARED, "scheduler"],
+    "train": [*SHARED, "strategy", "partition"],
+}
+ONLY = {
+    "experiment/quick": "config",
+    "experiment/resnet18": "config",
+    "hparams_search/central_optuna": "config",
+    "experiment/fed_quick": "train",
+    "hparams_search/federated_optuna": "train",
+}
 
 
 def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-def _compose(overrides: list[str], hydra: bool = False):
+def _cases() -> list[tuple[str, str, str]]:
+    cases = [(name, g, o) for name, groups in GROUPS.items() for g in groups for o in _options(g)]
+    for group in ("experiment", "hparams_search"):
+        cases += [(ONLY[f"{group}/{o}"], group, o) for o in _options(group)]
+    return cases
+
+
+def _compose(overrides: list[str], hydra: bool = False, name: str = "config"):
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides, return_hydra_config=hydra)
+        return compose(name, overrides, return_hydra_config=hydra)
 
 
-@pytest.mark.parametrize(
-    ("group", "option"), [(g, o) for g in GROUPS for o in _options(g)], ids=lambda v: str(v)
-)
-def test_every_option_composes_and_instantiates(group: str, option: str, tmp_path: Path) -> None:
+def test_every_experiment_and_search_is_assigned() -> None:
+    listed = {f"{g}/{o}" for g in ("experiment", "hparams_search") for o in _options(g)}
+    assert listed == set(ONLY)
+
+
+@pytest.mark.parametrize(("name", "group", "option"), _cases(), ids=str)
+def test_every_option_composes_and_instantiates(
+    name: str, group: str, option: str, tmp_path: Path
+) -> None:
     overrides = [f"{group}={option}"]
     if group == "data" and option == "folder":
         overrides.append(f"data.train={tmp_path}")
     if group == "model" and option == "densenet121":
         overrides.append("data.resolution=64")
-    cfg = _compose(overrides, hydra=group == "hparams_search")
+    cfg = _compose(overrides, hydra=group == "hparams_search", name=name)
     OmegaConf.resolve(cfg)  # every interpolation resolves
     instantiate(cfg.data)
     res = cfg.data.resolution
@@ -56,7 +71,13 @@ def test_every_option_composes_and_instantiates(group: str, option: str, tmp_pat
     model = instantiate(cfg.model)
     assert model(torch.zeros(2, 1, res, res)).shape == (2, 2)
     opt = instantiate(cfg.optimizer)(params=model.parameters())
-    instantiate(cfg.scheduler)(optimizer=opt)
+    if name == "config":
+        instantiate(cfg.scheduler)(optimizer=opt)
+    else:
+        strategy = instantiate(cfg.strategy)
+        assert strategy.min_available_nodes == cfg.federation.num_sites
+        parts = instantiate(cfg.partition)(torch.randint(0, 2, (400,)).numpy(), 3, seed=0)
+        assert sum(len(p) for p in parts) == 400
     instantiate(cfg.logger)
     if group == "hparams_search":
         assert cfg.hydra.sweeper.direction == "maximize"

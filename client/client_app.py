@@ -1,0 +1,76 @@
+"""Flower ClientApp: a thin adapter over the Flower-free site loops in ``task/``.
+
+Records in (global arrays, round config), one engine call, records out (arrays, metrics
+with the true number of examples, the site's name). An exception in a handler becomes an
+error reply, which the strategy counts and skips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from task.config import compose_config, overrides_from_run_config
+from task.constants import SITE_RECORD
+from task.federated import local_evaluate, local_train
+from task.models import build_model
+from task.sites import Site, load_site
+
+
+@cache
+def _config(overrides: tuple[str, ...]):
+    return compose_config(overrides)
+
+
+def _setup(msg: Message, context: Context, overrides: Sequence[str] | None):
+    if overrides is None:
+        overrides = overrides_from_run_config(context.run_config)
+    cfg = _config(tuple(overrides))
+    site = load_site(cfg, context.node_config)
+    model = build_model(cfg.model, site.splits.in_shape, len(site.splits.classes))
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return cfg, site, model
+
+
+def _reply(msg: Message, site: Site, metrics: dict, arrays: ArrayRecord | None = None):
+    content = RecordDict(
+        {"metrics": MetricRecord(metrics), SITE_RECORD: ConfigRecord({"name": site.name})}
+    )
+    if arrays is not None:
+        content["arrays"] = arrays
+    return Message(content=content, reply_to=msg)
+
+
+def make_client_app(overrides: Sequence[str] | None = None) -> ClientApp:
+    """A ClientApp; ``overrides=None`` reads them from the run config (deployment)."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        cfg, site, model = _setup(msg, context, overrides)
+        config = msg.content["config"]
+        result = local_train(
+            model,
+            site,
+            cfg,
+            int(config["server-round"]),
+            proximal_mu=float(config.get("proximal-mu", 0.0)),
+        )
+        metrics = {"num-examples": result.num_examples, "loss": result.loss, "lr": result.lr}
+        return _reply(msg, site, metrics, ArrayRecord(model.state_dict()))
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        cfg, site, model = _setup(msg, context, overrides)
+        metrics = local_evaluate(
+            model, site.splits.val, site.splits.classes, cfg.train.eval_batch_size
+        )
+        return _reply(msg, site, metrics)
+
+    return app
+
+
+app = make_client_app()

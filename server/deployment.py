@@ -1,0 +1,233 @@
+"""A real Flower deployment on this machine: one SuperLink and one SuperNode per site.
+
+Everything runs as separate processes talking over TCP on 127.0.0.1, exactly as across
+hospitals: the SuperLink serves TLS with a certificate from a private CA made here and
+accepts only SuperNodes whose public keys were registered; each SuperNode reads its own
+data folder named in its node config; the app is submitted with ``flwr run``. The SuperLink
+runs with ``--disable-runtime-dependency-installation``: by default it would install the
+app's ``[project].dependencies`` into a fresh environment with uv, which pulls a CUDA torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mpc.parties import free_port
+from server.pki import TlsFiles, make_node_key, make_tls
+from task.constants import REPO_ROOT
+
+log = logging.getLogger(__name__)
+HOST = "127.0.0.1"
+CONNECTION = "primia-local"
+
+
+def _toml_str(value: object) -> str:
+    """A TOML basic string (Flower parses node and run config values as TOML)."""
+    return json.dumps(str(value))
+
+
+class DeploymentError(RuntimeError):
+    """A process of the deployment failed; the message names it and points at its log."""
+
+
+@dataclass
+class LocalDeployment:
+    """Start, use and stop a SuperLink and SuperNodes under ``workdir``.
+
+    Args:
+        workdir: certificates, keys, logs, Flower home and state go here.
+        insecure: run without TLS and without SuperNode authentication. Only for local
+            experiments; must be asked for explicitly.
+    """
+
+    workdir: Path
+    insecure: bool = False
+    port: int = field(default_factory=lambda: free_port(HOST))
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    tls: TlsFiles | None = None
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir).resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        self.flwr_home = self.workdir / "flwr-home"
+        bin_dir = str(Path(sys.executable).parent)
+        self.env = {
+            **os.environ,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "FLWR_HOME": str(self.flwr_home),
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "PYTHONUNBUFFERED": "1",
+            "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"),
+        }
+        if not self.insecure:
+            self.tls = make_tls(self.workdir / "pki", [HOST, "localhost"])
+        self._write_connection()
+
+    # -- helpers -------------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def _write_connection(self) -> None:
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        lines = [
+            "[superlink]",
+            f'default = "{CONNECTION}"',
+            "",
+            f"[superlink.{CONNECTION}]",
+            f'address = "{self.address}"',
+        ]
+        if self.tls:
+            lines.append(f'root-certificates = "{self.tls.ca_cert}"')
+        else:
+            lines.append("insecure = true")
+        (self.flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
+
+    def _bin(self, name: str) -> str:
+        return str(Path(sys.executable).parent / name)
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        logfile = (self.workdir / "logs" / f"{name}.log").open("w")
+        proc = subprocess.Popen(
+            args,
+            cwd=self.workdir,
+            env=self.env,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.workdir / "logs" / f"{name}.log"
+        return (
+            "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            if path.exists()
+            else ""
+        )
+
+    def _cli(self, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [self._bin("flwr"), *args],
+            cwd=REPO_ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start_superlink(self, timeout: float = 60) -> None:
+        args = [
+            self._bin("flower-superlink"),
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--database",
+            str(self.workdir / "superlink.db"),
+            "--disable-runtime-dependency-installation",
+        ]
+        if self.tls:
+            args += [
+                "--ssl-ca-certfile",
+                str(self.tls.ca_cert),
+                "--ssl-certfile",
+                str(self.tls.server_cert),
+                "--ssl-keyfile",
+                str(self.tls.server_key),
+                "--enable-supernode-auth",
+            ]
+        else:
+            args.append("--insecure")
+        proc = self._spawn("superlink", args)
+        deadline = time.monotonic() + timeout
+        while "Application startup complete" not in self.log_tail("superlink", 200):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise DeploymentError(f"SuperLink did not start:\n{self.log_tail('superlink')}")
+            time.sleep(0.5)
+
+    def new_node_key(self, name: str) -> tuple[Path, Path]:
+        return make_node_key(self.workdir / "keys", name)
+
+    def register(self, public_key: Path) -> None:
+        """Register a SuperNode's public key with the SuperLink (Control API)."""
+        res = self._cli(["supernode", "register", str(public_key), CONNECTION])
+        if res.returncode != 0:
+            raise DeploymentError(f"registering {public_key} failed:\n{res.stdout}{res.stderr}")
+
+    def start_supernode(
+        self, name: str, node_config: dict[str, str], private_key: Path | None
+    ) -> subprocess.Popen:
+        config = " ".join(f"{k}={_toml_str(v)}" for k, v in node_config.items())
+        args = [
+            self._bin("flower-supernode"),
+            "--superlink",
+            self.address,
+            "--node-config",
+            config,
+            "--host",
+            HOST,
+            "--port",
+            str(free_port(HOST)),
+            "--max-retries",
+            "20",
+            "--max-wait-time",
+            "60",
+        ]
+        if self.tls:
+            args += ["--root-certificates", str(self.tls.ca_cert)]
+            if private_key is not None:
+                args += ["--auth-supernode-private-key", str(private_key)]
+        else:
+            args.append("--insecure")
+        return self._spawn(name, args)
+
+    def connected_nodes(self) -> int:
+        res = self._cli(["supernode", "list", CONNECTION, "--format", "json"])
+        return res.stdout.count('"online"')
+
+    def run_app(
+        self, overrides: Sequence[str], timeout: float = 1800
+    ) -> subprocess.CompletedProcess:
+        """Submit this repository's app with ``flwr run`` and stream its logs until it ends."""
+        run_config = f"overrides={_toml_str(shlex.join(overrides))}"
+        res = self._cli(
+            ["run", str(REPO_ROOT), CONNECTION, "--run-config", run_config, "--stream"],
+            timeout=timeout,
+        )
+        (self.workdir / "logs" / "flwr-run.log").write_text(res.stdout + res.stderr)
+        return res
+
+    def stop(self) -> None:
+        """Stop every process this deployment started (SuperNodes first)."""
+        for name in sorted(self.procs, key=lambda n: n == "superlink"):
+            proc = self.procs[name]
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+
+    def __enter__(self) -> LocalDeployment:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

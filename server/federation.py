@@ -1,0 +1,209 @@
+"""The coordinator's side of a federation (Flower only through the grid and strategy).
+
+Builds the global model and the configured strategy, resumes from the run directory's
+``last.pt`` when ``resume=true``, checkpoints atomically after every round (global model,
+strategy state, round, history, best round so far), and at the end evaluates the round with
+the best pooled validation MCC on the test split, which never leaves the server. Writes
+``metrics.json``, ``history.json``, the plots and one wandb run per federation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+from hydra.utils import instantiate
+from monai.utils import set_determinism
+from omegaconf import DictConfig, OmegaConf
+
+from strategies.checkpointed import CheckpointedStrategy, RoundRecord
+from task import checkpoint
+from task.central import inference_config
+from task.constants import CHECKPOINT_BEST, CHECKPOINT_LAST, HISTORY_FILE, REPO_ROOT
+from task.engine import predict
+from task.metrics import clinical_metrics
+from task.models import build_model, count_parameters
+from task.report import comparison_line, write_json, write_run_outputs
+
+log = logging.getLogger(__name__)
+
+
+def resolve_run_dir(cfg: DictConfig) -> Path:
+    if cfg.get("run_dir"):
+        return Path(cfg.run_dir)
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    return REPO_ROOT / "outputs" / cfg.task_name / stamp
+
+
+def _flat_row(record: dict[str, Any]) -> dict[str, Any]:
+    """One history row as plain numbers for curves and the dashboard."""
+    row = {"round": record["round"]}
+    for kind, prefix in (("train", "train_"), ("evaluate", "val_")):
+        for key, value in record[kind].items():
+            if isinstance(value, int | float):
+                row[prefix + key.replace("-", "_")] = value
+    return row
+
+
+class RoundRecorder:
+    """``on_round_end`` callback: history, dashboard, best round and atomic checkpoints."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: DictConfig,
+        strategy_ref: list,
+        logger,
+        state: dict[str, Any] | None,
+        classes: tuple[str, ...],
+    ) -> None:
+        self.run_dir, self.cfg, self.logger = run_dir, cfg, logger
+        self._strategy = strategy_ref
+        state = state or {}
+        self.history: list[dict[str, Any]] = list(state.get("history", []))
+        self.best_round = state.get("best_round", 0)
+        self.best_mcc = state.get("best_mcc", -float("inf"))
+        self.best_arrays = state.get("best_arrays")
+        self.model_config = inference_config(cfg, classes)
+
+    def __call__(self, record: RoundRecord, arrays: ArrayRecord) -> None:
+        entry = record.to_dict()
+        self.history.append(entry)
+        weights = arrays.to_torch_state_dict()
+        mcc = entry["evaluate"].get("mcc")
+        improved = mcc is not None and mcc > self.best_mcc
+        if improved:
+            self.best_round, self.best_mcc, self.best_arrays = record.round, mcc, weights
+        state = {
+            "round": record.round,
+            "arrays": weights,
+            "strategy": self._strategy[0].state_dict(),
+            "history": self.history,
+            "best_round": self.best_round,
+            "best_mcc": self.best_mcc,
+            "best_arrays": self.best_arrays,
+            "config": self.model_config,
+        }
+        checkpoint.save_atomic(state, self.run_dir / CHECKPOINT_LAST)
+        if improved:
+            checkpoint.save_atomic(
+                {
+                    "model": weights,
+                    "round": record.round,
+                    "val_mcc": mcc,
+                    "config": self.model_config,
+                },
+                self.run_dir / CHECKPOINT_BEST,
+            )
+        write_json(self.history, self.run_dir / HISTORY_FILE)
+        flat = {f"global/{k}": v for k, v in _flat_row(entry).items() if k != "round"}
+        for site, kinds in entry["sites"].items():
+            for kind, metrics in kinds.items():
+                for key, value in metrics.items():
+                    if isinstance(value, int | float):
+                        flat[f"site/{site}/{kind}_{key}"] = value
+        self.logger.log(flat, step=record.round)
+        log.info(
+            "round %d: pooled val %s (best round %d, MCC %.4f); failures %s",
+            record.round,
+            {k: round(v, 4) for k, v in entry["evaluate"].items() if isinstance(v, float)},
+            self.best_round,
+            self.best_mcc,
+            entry["failures"],
+        )
+
+
+def run_federation(cfg: DictConfig, grid: Grid) -> dict[str, Any]:
+    """Run (or resume) a federation on ``grid``; returns the final metrics."""
+    t_start = time.perf_counter()
+    run_dir = resolve_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    set_determinism(seed=cfg.seed)
+    data = instantiate(cfg.data).load(preprocess=instantiate(cfg.transforms.preprocess))
+    classes = data.classes
+    model = build_model(cfg.model, data.in_shape, len(classes))
+    arrays = ArrayRecord(model.state_dict())
+
+    state, start_round = None, 1
+    last = run_dir / CHECKPOINT_LAST
+    if cfg.resume and last.is_file():
+        state = checkpoint.load(last)
+        arrays = ArrayRecord(state["arrays"])
+        start_round = state["round"] + 1
+        log.info("resuming %s after round %d", run_dir, state["round"])
+    elif cfg.resume:
+        log.info("resume=true but %s has no %s: starting at round 1", run_dir, CHECKPOINT_LAST)
+
+    logger = instantiate(cfg.logger)
+    logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), name=cfg.get("run_name"))
+    strategy_ref: list = []
+    recorder = RoundRecorder(run_dir, cfg, strategy_ref, logger, state, classes)
+    strategy = CheckpointedStrategy(
+        instantiate(cfg.strategy), seed=cfg.seed, on_round_end=recorder, start_round=start_round
+    )
+    strategy_ref.append(strategy)
+    if state is not None:
+        strategy.load_state_dict(state["strategy"])
+
+    fed = cfg.federation
+    t_rounds = time.perf_counter()
+    strategy.start(
+        grid=grid,
+        initial_arrays=arrays,
+        num_rounds=fed.num_rounds,
+        timeout=fed.round_timeout,
+        train_config=ConfigRecord(),
+        evaluate_config=ConfigRecord(),
+    )
+    rounds_seconds = time.perf_counter() - t_rounds
+
+    if recorder.best_arrays is None:
+        raise RuntimeError(f"no round of {run_dir} produced a pooled validation MCC")
+    model.load_state_dict(recorder.best_arrays)
+    probs, labels = predict(model, data.test.loader(cfg.train.eval_batch_size, shuffle=False))
+    test = clinical_metrics(
+        labels,
+        probs,
+        classes,
+        n_bootstrap=cfg.metrics.n_bootstrap,
+        level=cfg.metrics.ci_level,
+        seed=cfg.seed,
+    )
+    best_entry = next(h for h in recorder.history if h["round"] == recorder.best_round)
+    metrics = {
+        "test": test,
+        "val": best_entry["evaluate"],
+        "best_round": recorder.best_round,
+        "rounds_run": len(recorder.history),
+        "sites": {site: kinds.get("evaluate", {}) for site, kinds in best_entry["sites"].items()},
+        "failures": {
+            "train": sum(h["failures"]["train"] for h in recorder.history),
+            "evaluate": sum(h["failures"]["evaluate"] for h in recorder.history),
+        },
+        "model": {"target": cfg.model._target_, "parameters": count_parameters(model)},
+        "strategy": cfg.strategy._target_,
+        "num_sites": fed.num_sites,
+        "seed": cfg.seed,
+        "rounds_seconds": rounds_seconds,
+        "wall_seconds": time.perf_counter() - t_start,
+    }
+    rows = [_flat_row(h) for h in recorder.history]
+    metrics = write_run_outputs(
+        run_dir,
+        metrics,
+        test_labels=labels,
+        test_probs=probs,
+        classes=classes,
+        history=rows,
+        curve_keys=("train_loss", "val_loss", "val_auc", "val_mcc"),
+        xlabel="round",
+    )
+    logger.finish({f"test/{k}": test[k] for k in ("auc", "accuracy", "mcc")})
+    log.info(comparison_line(test))
+    print(comparison_line(test), flush=True)
+    return metrics

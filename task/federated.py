@@ -1,0 +1,139 @@
+"""What a site does in one round, Flower-free: local training and local evaluation.
+
+Every round is seeded from (run seed, round, site), so a round's local training is the same
+whether the federation ran straight through or was resumed from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from monai.utils import set_determinism
+from omegaconf import DictConfig
+
+from task.data.splits import Split
+from task.engine import class_weights, mean_loss, predict, train_epoch
+from task.metrics import clinical_metrics
+from task.sites import Site
+
+
+def round_seed(seed: int, server_round: int, site_index: int) -> int:
+    return (seed * 1_000_003 + server_round * 1_009 + site_index) % (2**31 - 1)
+
+
+def round_lr(base_lr: float, server_round: int, num_rounds: int, schedule: str) -> float:
+    """Learning rate of a round: ``constant`` or ``cosine`` decay over the rounds."""
+    if schedule == "constant":
+        return base_lr
+    if schedule == "cosine":
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * (server_round - 1) / num_rounds))
+    raise ValueError(f"federation.lr_schedule={schedule!r} must be 'constant' or 'cosine'")
+
+
+@dataclass
+class LocalResult:
+    """Outcome of one round of local training."""
+
+    num_examples: int
+    loss: float
+    lr: float
+
+
+def local_train(
+    model: torch.nn.Module,
+    site: Site,
+    cfg: DictConfig,
+    server_round: int,
+    *,
+    proximal_mu: float = 0.0,
+) -> LocalResult:
+    """Train the received global model on the site's data for the configured local work.
+
+    ``federation.local_steps`` (batches, as PriMIA synchronised every few batches) takes
+    precedence over ``federation.local_epochs``. The number of *examples* seen is returned,
+    which FedAvg uses as the weight.
+    """
+    fed = cfg.federation
+    set_determinism(seed=round_seed(cfg.seed, server_round, site.index))
+    lr = round_lr(cfg.optimizer.lr, server_round, fed.num_rounds, fed.lr_schedule)
+    optimizer = instantiate(cfg.optimizer, lr=lr)(params=model.parameters())
+    train = site.splits.train
+    weight = class_weights(train.labels, len(site.splits.classes))
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weight if cfg.train.class_weighted_loss else None)
+    augment = instantiate(cfg.transforms.augment) if cfg.transforms.get("augment") else None
+    loader = train.loader(cfg.train.batch_size, shuffle=True, augment=augment)
+    global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu else None
+    total, losses = 0, []
+    if fed.local_steps:
+        remaining = int(fed.local_steps)
+        while remaining > 0:
+            stats = train_epoch(
+                model,
+                loader,
+                optimizer,
+                loss_fn,
+                max_steps=remaining,
+                proximal_mu=proximal_mu,
+                global_params=global_params,
+            )
+            remaining -= math.ceil(stats["num_examples"] / cfg.train.batch_size)
+            total += stats["num_examples"]
+            losses.append(stats["loss"] * stats["num_examples"])
+    else:
+        for _ in range(int(fed.local_epochs)):
+            stats = train_epoch(
+                model,
+                loader,
+                optimizer,
+                loss_fn,
+                proximal_mu=proximal_mu,
+                global_params=global_params,
+            )
+            total += stats["num_examples"]
+            losses.append(stats["loss"] * stats["num_examples"])
+    return LocalResult(num_examples=total, loss=sum(losses) / max(total, 1), lr=lr)
+
+
+def confusion_counts(labels: np.ndarray, probs: np.ndarray, n_classes: int) -> list[int]:
+    """Flattened confusion matrix (row = true class), summable across sites."""
+    preds = probs.argmax(axis=1)
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (labels, preds), 1)
+    return cm.reshape(-1).tolist()
+
+
+def local_evaluate(
+    model: torch.nn.Module, split: Split, classes: tuple[str, ...], batch_size: int = 256
+) -> dict:
+    """Metrics of the global model on a local split, plus the counts the server can pool."""
+    probs, labels = predict(model, split.loader(batch_size, shuffle=False))
+    m = clinical_metrics(labels, probs, classes, n_bootstrap=0)
+    return {
+        "num-examples": len(labels),
+        "loss": mean_loss(probs, labels),
+        "auc": m["auc"],
+        "accuracy": m["accuracy"],
+        "mcc": m["mcc"],
+        "confusion": confusion_counts(labels, probs, len(classes)),
+    }
+
+
+def pooled_metrics(confusion: np.ndarray) -> dict[str, float]:
+    """Federation-wide accuracy, balanced accuracy and MCC from summed confusion counts."""
+    cm = np.asarray(confusion, dtype=np.float64)
+    n = cm.sum()
+    if n == 0:
+        raise ValueError("no evaluation examples to pool")
+    t, p, c = cm.sum(axis=1), cm.sum(axis=0), np.trace(cm)
+    denom = math.sqrt(max(n**2 - (p**2).sum(), 0.0) * max(n**2 - (t**2).sum(), 0.0))
+    recall = np.divide(np.diag(cm), t, out=np.zeros_like(t), where=t > 0)
+    return {
+        "accuracy": float(c / n),
+        "balanced_accuracy": float(recall[t > 0].mean()),
+        "mcc": float((c * n - (t * p).sum()) / denom) if denom else 0.0,
+        "num-examples": int(n),
+    }

@@ -1,0 +1,106 @@
+"""A site's data, from its node config (Flower-free).
+
+In simulation a site is a partition of PneumoniaMNIST (train + val pooled, then split across
+sites by the configured partitioner; the published test split stays with the server). In a
+deployment a site reads its own folder (``data-path`` in the SuperNode's node config) with
+the configured class list. Either way the site splits its own part into train and
+validation, stratified, from the run's seed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from sklearn.model_selection import train_test_split
+
+from task.data.folder import ImageFolderSource
+from task.data.splits import DataSplits, Split
+
+log = logging.getLogger(__name__)
+
+#: Node-config keys. Flower's simulation sets the first two; a deployment sets the others.
+PARTITION_ID, NUM_PARTITIONS = "partition-id", "num-partitions"
+SITE_NAME, DATA_PATH = "site-name", "data-path"
+
+
+@dataclass
+class Site:
+    """One hospital: its name and its local train / validation splits."""
+
+    name: str
+    index: int
+    splits: DataSplits
+
+
+def _site_val_split(pool: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    index = np.arange(len(pool))
+    counts = np.bincount(pool.labels)
+    stratify = pool.labels if counts[counts > 0].min() >= 2 else None
+    tr, va = train_test_split(index, test_size=fraction, random_state=seed, stratify=stratify)
+    return pool.subset(np.sort(tr)), pool.subset(np.sort(va))
+
+
+def partition_site(cfg: DictConfig, partition_id: int, num_partitions: int) -> Site:
+    """The ``partition_id``-th simulated site of the bundled data set."""
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id {partition_id} outside 0..{num_partitions - 1}")
+    data = instantiate(cfg.data).load(preprocess=instantiate(cfg.transforms.preprocess))
+    pool = Split(
+        np.concatenate([data.train.images, data.val.images]),
+        np.concatenate([data.train.labels, data.val.labels]),
+    )
+    parts = instantiate(cfg.partition)(pool.labels, num_partitions, seed=cfg.seed)
+    train, val = _site_val_split(
+        pool.subset(parts[partition_id]), cfg.federation.site_val_fraction, cfg.seed
+    )
+    empty = Split(pool.images[:0], pool.labels[:0])
+    splits = DataSplits(data.classes, train, val, empty, data.report)
+    return Site(f"site-{partition_id}", partition_id, splits)
+
+
+def folder_site(cfg: DictConfig, name: str, index: int, data_path: str) -> Site:
+    """A deployed site reading its own ``<data_path>/<class>/*`` images."""
+    source = ImageFolderSource(
+        train=data_path,
+        classes=list(cfg.data.classes),
+        resolution=cfg.data.resolution,
+        channels=cfg.data.get("channels", 1),
+        val_fraction=cfg.federation.site_val_fraction,
+        seed=cfg.seed,
+        on_bad_file=cfg.data.get("on_bad_file", "error"),
+    )
+    splits = source.load(preprocess=instantiate(cfg.transforms.preprocess))
+    if splits.report.n_skipped:
+        log.warning("site %s: %s", name, splits.report.summary())
+    return Site(name, index, splits)
+
+
+@cache
+def _cached_site(cfg_yaml: str, node_items: tuple[tuple[str, Any], ...]) -> Site:
+    cfg = OmegaConf.create(cfg_yaml)
+    node = dict(node_items)
+    if DATA_PATH in node:
+        name = str(node.get(SITE_NAME, node[DATA_PATH]))
+        return folder_site(cfg, name, int(node.get(PARTITION_ID, 0)), str(node[DATA_PATH]))
+    if PARTITION_ID in node and NUM_PARTITIONS in node:
+        site = partition_site(cfg, int(node[PARTITION_ID]), int(node[NUM_PARTITIONS]))
+        if SITE_NAME in node:
+            site.name = str(node[SITE_NAME])
+        return site
+    raise ValueError(
+        f"node config {node} names no data: set '{DATA_PATH}' (and '{SITE_NAME}') with "
+        f"--node-config, or run in simulation (which sets '{PARTITION_ID}')"
+    )
+
+
+def load_site(cfg: DictConfig, node_config: Mapping[str, Any]) -> Site:
+    """The site for this node, loaded once per process and then reused every round."""
+    cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    return _cached_site(cfg_yaml, tuple(sorted(node_config.items())))

@@ -1,0 +1,99 @@
+"""Federated simulation end to end: real Flower simulation runtime, real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from task.constants import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+QUICK = [
+    "data.limit=300",
+    "federation.num_rounds=3",
+    "train.batch_size=32",
+    "model.channels=[8,16,32,64]",
+    "metrics.n_bootstrap=50",
+]
+
+
+def _cmd(run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "scripts.train", *QUICK, *extra, f"hydra.run.dir={run_dir}"]
+
+
+def _env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "HYDRA_FULL_ERROR": "1",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+    }
+
+
+def _run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
+    return proc
+
+
+def test_simulation_writes_metrics_history_and_per_site_records(tmp_path: Path) -> None:
+    run_dir = tmp_path / "sim"
+    proc = _run(_cmd(run_dir, "partition=dirichlet", "partition.min_size=20"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    history = json.loads((run_dir / "history.json").read_text())
+    assert {"auc", "accuracy", "mcc"} <= set(metrics["test"])
+    assert metrics["test"]["auc"] > 0.7
+    assert [h["round"] for h in history] == [1, 2, 3]
+    assert metrics["best_round"] == 1 + max(range(3), key=lambda i: history[i]["evaluate"]["mcc"])
+    for h in history:
+        assert set(h["sites"]) == {"site-0", "site-1", "site-2"}
+        assert sum(s["train"]["num-examples"] for s in h["sites"].values()) > 0
+        assert h["failures"] == {"train": 0, "evaluate": 0}
+    for name in ("roc.png", "curves.png", "best.pt", "last.pt"):
+        assert (run_dir / name).is_file()
+    assert list((run_dir / "wandb").glob("offline-run-*"))
+    assert "Expert readers" in proc.stdout
+
+
+def test_killed_server_resumes_to_same_final_weights(tmp_path: Path) -> None:
+    straight = tmp_path / "straight"
+    _run(_cmd(straight, "logger=none"))
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _cmd(killed, "logger=none"),
+        cwd=REPO_ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 400
+    while not (killed / "last.pt").exists():
+        assert proc.poll() is None, "run ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within the time limit"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the server process and its simulated sites
+    proc.wait()
+    first = torch.load(killed / "last.pt", weights_only=True)
+    assert first["round"] < 3
+    _run(_cmd(killed, "logger=none", "resume=true"))
+
+    a = torch.load(straight / "last.pt", weights_only=True)
+    b = torch.load(killed / "last.pt", weights_only=True)
+    assert a["round"] == b["round"] == 3
+    for key, value in a["arrays"].items():
+        assert torch.equal(value, b["arrays"][key]), key
+    history = json.loads((killed / "history.json").read_text())
+    assert [h["round"] for h in history] == [1, 2, 3]

@@ -1,0 +1,78 @@
+"""Site-side round logic: learning-rate schedule, pooled metrics, seeded local training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import matthews_corrcoef
+
+from task.config import compose_config
+from task.federated import (
+    confusion_counts,
+    local_evaluate,
+    local_train,
+    pooled_metrics,
+    round_lr,
+)
+from task.models import build_model
+from task.sites import load_site, partition_site
+
+
+def test_round_lr_schedules() -> None:
+    assert round_lr(0.1, 1, 10, "constant") == round_lr(0.1, 10, 10, "constant") == 0.1
+    assert round_lr(0.1, 1, 10, "cosine") == pytest.approx(0.1)
+    assert round_lr(0.1, 6, 10, "cosine") == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="linear"):
+        round_lr(0.1, 1, 10, "linear")
+
+
+def test_pooled_metrics_match_sklearn_on_pooled_predictions() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300)
+    probs = rng.dirichlet([1, 1], 300)
+    cm = np.asarray(confusion_counts(labels, probs, 2)).reshape(2, 2)
+    pooled = pooled_metrics(cm)
+    assert pooled["mcc"] == pytest.approx(matthews_corrcoef(labels, probs.argmax(1)))
+    assert pooled["accuracy"] == pytest.approx((labels == probs.argmax(1)).mean())
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return compose_config(
+        ["data.limit=300", "federation.num_sites=3", "model.channels=[8,16,32,64]"]
+    )
+
+
+def test_sites_partition_the_pool_and_keep_their_own_validation(cfg) -> None:
+    sites = [partition_site(cfg, i, 3) for i in range(3)]
+    sizes = [len(s.splits.train) + len(s.splits.val) for s in sites]
+    assert sum(sizes) == 600  # limit 300 of train + 300 of val, pooled, then split
+    assert all(len(s.splits.val) > 0 and len(s.splits.test) == 0 for s in sites)
+    with pytest.raises(ValueError, match="names no data"):
+        load_site(cfg, {"site-name": "x"})
+
+
+def test_local_train_is_seeded_by_round_and_counts_examples(cfg) -> None:
+    site = partition_site(cfg, 0, 3)
+    results = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        model = build_model(cfg.model, site.splits.in_shape, 2)
+        r = local_train(model, site, cfg, server_round=2)
+        results.append((r, [p.detach().clone() for p in model.parameters()]))
+    (r1, w1), (_, w2) = results
+    assert r1.num_examples == len(site.splits.train)  # one local epoch: examples, not batches
+    assert all(torch.equal(a, b) for a, b in zip(w1, w2, strict=True))
+    m = local_evaluate(model, site.splits.val, site.splits.classes)
+    assert m["num-examples"] == len(site.splits.val) and sum(m["confusion"]) == m["num-examples"]
+
+
+def test_local_steps_take_precedence(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    steps_cfg = OmegaConf.merge(cfg, {"federation": {"local_steps": 2}})
+    site = partition_site(cfg, 1, 3)
+    model = build_model(cfg.model, site.splits.in_shape, 2)
+    r = local_train(model, site, steps_cfg, server_round=1)
+    assert r.num_examples == 2 * cfg.train.batch_size
