@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,8 +20,9 @@ from hydra.utils import instantiate
 
 from server.deployment import DeploymentError, LocalDeployment
 from task.config import compose_config
-from task.constants import METRICS_FILE, REPO_ROOT
+from task.constants import DATA_ENV_VAR, METRICS_FILE, REPO_ROOT
 from task.data.export import export_sites
+from task.data.pneumoniamnist import resolve_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = compose_config(args.overrides)
     workdir = args.workdir.resolve()
+    # The ServerApp runs from the installed FAB, not this checkout: give it the data path.
+    os.environ.setdefault(DATA_ENV_VAR, str(resolve_path(cfg.data.get("path"))))
     folders = export_sites(
         workdir / "sites",
         instantiate(cfg.partition),
