@@ -137,3 +137,49 @@ def pooled_metrics(confusion: np.ndarray) -> dict[str, float]:
         "mcc": float((c * n - (t * p).sum()) / denom) if denom else 0.0,
         "num-examples": int(n),
     }
+
+
+def weighted_average(states: list[dict[str, torch.Tensor]], weights: list[int]):
+    """Example-weighted mean of state dicts (FedAvg), in a fixed order, as float64 sums."""
+    total = float(sum(weights))
+    out = {}
+    for key in states[0]:
+        acc = sum(s[key].double() * (w / total) for s, w in zip(states, weights, strict=True))
+        out[key] = acc.to(states[0][key].dtype)
+    return out
+
+
+def fedavg_reference(cfg: DictConfig) -> dict:
+    """The same federation as the Flower app, with no Flower: plain FedAvg in one process.
+
+    Same sites, same local loops, same per-round seeds, training then evaluating every site
+    each round. Used to measure Flower's overhead and as a plaintext reference.
+    """
+    import time
+
+    from task.models import build_model
+    from task.sites import partition_site
+
+    fed = cfg.federation
+    sites = [partition_site(cfg, i, fed.num_sites) for i in range(fed.num_sites)]
+    set_determinism(seed=cfg.seed)
+    model = build_model(cfg.model, sites[0].splits.in_shape, len(sites[0].splits.classes))
+    global_state = {k: v.clone() for k, v in model.state_dict().items()}
+    history = []
+    t0 = time.perf_counter()
+    for server_round in range(1, fed.num_rounds + 1):
+        states, weights = [], []
+        for site in sites:
+            model.load_state_dict(global_state)
+            result = local_train(model, site, cfg, server_round)
+            states.append({k: v.clone() for k, v in model.state_dict().items()})
+            weights.append(result.num_examples)
+        global_state = weighted_average(states, weights)
+        model.load_state_dict(global_state)
+        confusion = sum(
+            np.asarray(local_evaluate(model, s.splits.val, s.splits.classes)["confusion"])
+            for s in sites
+        )
+        k = len(sites[0].splits.classes)
+        history.append({"round": server_round, **pooled_metrics(confusion.reshape(k, k))})
+    return {"seconds": time.perf_counter() - t0, "history": history, "state": global_state}

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from task.config import compose_config
 from task.constants import REPO_ROOT
+from task.federated import fedavg_reference
 
 pytestmark = pytest.mark.slow
 
@@ -97,3 +99,35 @@ def test_killed_server_resumes_to_same_final_weights(tmp_path: Path) -> None:
         assert torch.equal(value, b["arrays"][key]), key
     history = json.loads((killed / "history.json").read_text())
     assert [h["round"] for h in history] == [1, 2, 3]
+
+    # Flower adds nothing to the arithmetic: the same federation without Flower (plain
+    # example-weighted FedAvg over the same loops) ends at the same global model.
+    reference = fedavg_reference(compose_config([*QUICK, "logger=none"]))
+    for key, value in reference["state"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(a["arrays"][key], value, atol=1e-4, rtol=1e-3)
+    pooled = [h["evaluate"]["mcc"] for h in history]
+    assert pooled == pytest.approx([h["mcc"] for h in reference["history"]], abs=0.02)
+
+
+def test_optuna_sweep_runs_whole_federations_and_reports_best(tmp_path: Path) -> None:
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.train",
+            "hparams_search=federated_optuna",
+            "experiment=fed_quick",
+            "federation.num_rounds=2",
+            "logger=none",
+            "hydra.sweeper.n_trials=2",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        timeout=900,
+    )
+    best = (tmp_path / "optimization_results.yaml").read_text()
+    assert "best_params" in best and "best_value" in best
+    trials = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert len(trials) == 2
+    values = [json.loads((t / "metrics.json").read_text())["val"]["mcc"] for t in trials]
+    assert f"best_value: {max(values)}" in best

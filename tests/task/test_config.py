@@ -1,0 +1,29 @@
+"""Hydra is the one source of configuration, also inside the Flower apps."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from task.config import compose_config, overrides_from_run_config
+
+
+def test_run_config_carries_experiment_and_overrides() -> None:
+    run_config = {"experiment": "fed_quick", "overrides": "seed=3 'run_name=a b'"}
+    assert overrides_from_run_config(run_config) == [
+        "experiment=fed_quick",
+        "seed=3",
+        "run_name=a b",
+    ]
+    cfg = compose_config(overrides_from_run_config(run_config))
+    assert cfg.seed == 3 and cfg.federation.num_rounds == 3 and cfg.run_name == "a b"
+
+
+def test_unknown_run_config_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="num-rounds"):
+        overrides_from_run_config({"num-rounds": 3})
+
+
+def test_misspelt_override_fails_at_start() -> None:
+    with pytest.raises(ConfigCompositionException, match="federaton"):
+        compose_config(["federaton.num_rounds=2"])
