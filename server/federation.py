@@ -57,13 +57,11 @@ class RoundRecorder:
         self,
         run_dir: Path,
         cfg: DictConfig,
-        strategy_ref: list,
         logger,
         state: dict[str, Any] | None,
         classes: tuple[str, ...],
     ) -> None:
         self.run_dir, self.cfg, self.logger = run_dir, cfg, logger
-        self._strategy = strategy_ref
         state = state or {}
         self.history: list[dict[str, Any]] = list(state.get("history", []))
         self.best_round = state.get("best_round", 0)
@@ -71,7 +69,7 @@ class RoundRecorder:
         self.best_arrays = state.get("best_arrays")
         self.model_config = inference_config(cfg, classes)
 
-    def __call__(self, record: RoundRecord, arrays: ArrayRecord) -> None:
+    def __call__(self, record: RoundRecord, arrays: ArrayRecord, strategy_state: dict) -> None:
         entry = record.to_dict()
         self.history.append(entry)
         weights = arrays.to_torch_state_dict()
@@ -82,7 +80,7 @@ class RoundRecorder:
         state = {
             "round": record.round,
             "arrays": weights,
-            "strategy": self._strategy[0].state_dict(),
+            "strategy": strategy_state,
             "history": self.history,
             "best_round": self.best_round,
             "best_mcc": self.best_mcc,
@@ -141,12 +139,10 @@ def run_federation(cfg: DictConfig, grid: Grid) -> dict[str, Any]:
 
     logger = instantiate(cfg.logger)
     logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), name=cfg.get("run_name"))
-    strategy_ref: list = []
-    recorder = RoundRecorder(run_dir, cfg, strategy_ref, logger, state, classes)
+    recorder = RoundRecorder(run_dir, cfg, logger, state, classes)
     strategy = CheckpointedStrategy(
         instantiate(cfg.strategy), seed=cfg.seed, on_round_end=recorder, start_round=start_round
     )
-    strategy_ref.append(strategy)
     if state is not None:
         strategy.load_state_dict(state["strategy"])
 

@@ -73,7 +73,8 @@ class CheckpointedStrategy(Strategy):
     Args:
         inner: the aggregation strategy.
         seed: seeds node sampling in every round.
-        on_round_end: ``f(record, arrays)`` after each round's aggregation and evaluation.
+        on_round_end: ``f(record, arrays, strategy_state)`` after each round's aggregation
+            and evaluation.
         start_round: first round to run (``last checkpointed round + 1`` when resuming).
     """
 
@@ -82,7 +83,7 @@ class CheckpointedStrategy(Strategy):
         inner: Strategy,
         *,
         seed: int = 0,
-        on_round_end: Callable[[RoundRecord, ArrayRecord], None] | None = None,
+        on_round_end: Callable[[RoundRecord, ArrayRecord, dict], None] | None = None,
         start_round: int = 1,
     ) -> None:
         if start_round < 1:
@@ -178,7 +179,7 @@ class CheckpointedStrategy(Strategy):
             record = self._current(server_round)
             result = evaluate_fn(record.round, arrays) if evaluate_fn else None
             if self.on_round_end is not None:
-                self.on_round_end(record, arrays)
+                self.on_round_end(record, arrays, self.state_dict())
             return result
 
         return super().start(

@@ -16,6 +16,15 @@ def _check(n_sites: int, labels: np.ndarray) -> None:
         raise ValueError(f"{len(labels)} examples cannot be split across {n_sites} sites")
 
 
+def _dirichlet_split(
+    idx: np.ndarray, n_sites: int, alpha: float, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Cut ``idx`` into ``n_sites`` consecutive pieces with Dirichlet(alpha) shares."""
+    shares = rng.dirichlet(np.full(n_sites, alpha))
+    cuts = (np.cumsum(shares)[:-1] * len(idx)).astype(int)
+    return np.split(idx, cuts)
+
+
 class IIDPartitioner:
     """Shuffle, then deal equal shares (stratified by class, so every site sees each)."""
 
@@ -51,9 +60,7 @@ class DirichletPartitioner:
             parts: list[list[int]] = [[] for _ in range(n_sites)]
             for cls in np.unique(labels):
                 idx = rng.permutation(np.flatnonzero(labels == cls))
-                shares = rng.dirichlet(np.full(n_sites, self.alpha))
-                cuts = (np.cumsum(shares)[:-1] * len(idx)).astype(int)
-                for site, chunk in enumerate(np.split(idx, cuts)):
+                for site, chunk in enumerate(_dirichlet_split(idx, n_sites, self.alpha, rng)):
                     parts[site].extend(chunk.tolist())
             if min(len(p) for p in parts) >= self.min_size:
                 return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
@@ -76,9 +83,7 @@ class QuantityPartitioner:
         rng = np.random.default_rng(seed)
         idx = rng.permutation(len(labels))
         for _ in range(self.max_tries):
-            shares = rng.dirichlet(np.full(n_sites, self.alpha))
-            cuts = (np.cumsum(shares)[:-1] * len(idx)).astype(int)
-            parts = np.split(idx, cuts)
+            parts = _dirichlet_split(idx, n_sites, self.alpha, rng)
             if min(len(p) for p in parts) >= self.min_size:
                 return [np.sort(p.astype(np.int64)) for p in parts]
         raise ValueError(
