@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from task.config import compose_config
 from task.constants import REPO_ROOT
 from task.federated import fedavg_reference
+from task.models import build_model
 
 pytestmark = pytest.mark.slow
 
@@ -101,13 +103,24 @@ def test_killed_server_resumes_to_same_final_weights(tmp_path: Path) -> None:
     assert [h["round"] for h in history] == [1, 2, 3]
 
     # Flower adds nothing to the arithmetic: the same federation without Flower (plain
-    # example-weighted FedAvg over the same loops) ends at the same global model.
-    reference = fedavg_reference(compose_config([*QUICK, "logger=none"]))
-    for key, value in reference["state"].items():
-        if value.is_floating_point():
-            torch.testing.assert_close(a["arrays"][key], value, atol=1e-4, rtol=1e-3)
+    # example-weighted FedAvg over the same loops) ends at the same model. Compared by its
+    # outputs: conv biases just before BatchNorm get no true gradient, so Adam turns float
+    # round-off (which depends on summation order) into steps that BatchNorm then cancels.
+    cfg = compose_config([*QUICK, "logger=none"])
+    reference = fedavg_reference(cfg)
     pooled = [h["evaluate"]["mcc"] for h in history]
     assert pooled == pytest.approx([h["mcc"] for h in reference["history"]], abs=0.02)
+    data = instantiate(cfg.data).load(instantiate(cfg.transforms.preprocess))
+    images = torch.from_numpy(data.test.images[:200])
+    logits = []
+    for state in (a["arrays"], reference["state"]):
+        model = build_model(cfg.model, data.in_shape, 2)
+        model.load_state_dict(state)
+        model.eval()
+        with torch.no_grad():
+            logits.append(model(images))
+    torch.testing.assert_close(logits[0], logits[1], atol=5e-3, rtol=1e-3)
+    assert torch.equal(logits[0].argmax(1), logits[1].argmax(1))
 
 
 def test_optuna_sweep_runs_whole_federations_and_reports_best(tmp_path: Path) -> None:
