@@ -104,7 +104,7 @@ class RoundRecorder:
             for kind, metrics in kinds.items():
                 for key, value in metrics.items():
                     if isinstance(value, int | float):
-                        flat[f"site/{site}/{kind}_{key}"] = value
+                        flat[f"{site}/{kind}_{key}"] = value
         self.logger.log(flat, step=record.round)
         log.info(
             "round %d: pooled val %s (best round %d, MCC %.4f); failures %s",
