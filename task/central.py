@@ -19,6 +19,7 @@ import torch
 from hydra.utils import instantiate
 from monai.utils import set_determinism
 from omegaconf import DictConfig, OmegaConf
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from task import checkpoint
 from task.constants import CHECKPOINT_BEST, CHECKPOINT_LAST
@@ -41,6 +42,9 @@ class TrainSettings:
     early_stopping_patience: int | None = None
     max_steps_per_epoch: int | None = None
     class_weighted_loss: bool = True
+    #: Keep an exponential moving average of the weights (decay per step) and validate,
+    #: select and save *it*; None trains and selects the raw weights.
+    ema_decay: float | None = None
     num_workers: int = 0
     progress: bool = True
 
@@ -49,6 +53,8 @@ class TrainSettings:
             raise ValueError(f"train.epochs={self.epochs} must be at least 1")
         if self.batch_size < 1:
             raise ValueError(f"train.batch_size={self.batch_size} must be at least 1")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay={self.ema_decay} must be in (0, 1) or null")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ValueError(
                 f"train.early_stopping_patience={self.early_stopping_patience} must be >= 1"
@@ -86,7 +92,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
-def _restore(resume, model, optimizer, scheduler, train_loader, run_dir: Path) -> dict[str, Any]:
+def _restore(
+    resume, model, optimizer, scheduler, train_loader, run_dir: Path, ema=None
+) -> dict[str, Any]:
     """Load ``last.pt`` into the live objects (weights, optimizer, scheduler, random states).
 
     When resuming into a new run directory, the best model so far is copied along, so that
@@ -94,6 +102,8 @@ def _restore(resume, model, optimizer, scheduler, train_loader, run_dir: Path) -
     """
     state = checkpoint.load(resume)
     model.load_state_dict(state["model"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
@@ -129,10 +139,17 @@ def fit(
         settings.batch_size, shuffle=True, augment=augment, num_workers=settings.num_workers
     )
     val_loader = splits.val.loader(settings.eval_batch_size, shuffle=False)
+    ema = None
+    if settings.ema_decay is not None:
+        ema = AveragedModel(
+            model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay), use_buffers=True
+        )
+    # The weights that are validated, selected and saved as best.pt: the average, if kept.
+    eval_model = ema.module if ema is not None else model
     history: list[dict[str, Any]] = []
     start_epoch, best_mcc, best_epoch, stale = 1, -float("inf"), 0, 0
     if resume:
-        state = _restore(resume, model, optimizer, scheduler, train_loader, run_dir)
+        state = _restore(resume, model, optimizer, scheduler, train_loader, run_dir, ema)
         history = list(state["history"])
         start_epoch = state["epoch"] + 1
         best_mcc, best_epoch, stale = state["best_mcc"], state["best_epoch"], state["stale"]
@@ -148,11 +165,12 @@ def fit(
             max_steps=settings.max_steps_per_epoch,
             progress=settings.progress,
             desc=f"epoch {epoch}/{settings.epochs}",
+            on_step=(lambda: ema.update_parameters(model)) if ema is not None else None,
         )
         train_time = time.perf_counter() - t0
         if scheduler is not None:
             scheduler.step()
-        probs, labels = predict(model, val_loader)
+        probs, labels = predict(eval_model, val_loader)
         val = clinical_metrics(labels, probs, splits.classes, n_bootstrap=0)
         row = {
             "epoch": epoch,
@@ -185,6 +203,7 @@ def fit(
             stale += 1
         state = {
             "model": model.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "epoch": epoch,
@@ -197,7 +216,9 @@ def fit(
             **(extra_state or {}),
         }
         if improved:
-            checkpoint.save_atomic(state, run_dir / CHECKPOINT_BEST)
+            checkpoint.save_atomic(
+                {**state, "model": eval_model.state_dict()}, run_dir / CHECKPOINT_BEST
+            )
         checkpoint.save_atomic(state, run_dir / CHECKPOINT_LAST)
         patience = settings.early_stopping_patience
         if patience is not None and stale >= patience:

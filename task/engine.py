@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -28,12 +28,14 @@ def train_epoch(
     global_params: list[torch.Tensor] | None = None,
     progress: bool = False,
     desc: str = "train",
+    on_step: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """One pass (or ``max_steps`` batches) of training.
 
     Returns the mean loss and the *number of examples* trained on (FedAvg weights by
     examples, never by batches). ``proximal_mu`` > 0 adds FedProx's proximal term
-    ``mu/2 * ||w - w_global||^2`` against ``global_params``.
+    ``mu/2 * ||w - w_global||^2`` against ``global_params``. ``on_step`` runs after every
+    optimizer step (for example to update an exponential moving average of the weights).
     """
     model.train()
     total_loss, n_examples = 0.0, 0
@@ -50,6 +52,8 @@ def train_epoch(
             loss = loss + 0.5 * proximal_mu * prox
         loss.backward()
         optimizer.step()
+        if on_step is not None:
+            on_step()
         total_loss += float(loss.detach()) * len(labels)
         n_examples += len(labels)
         bar.set_postfix(loss=f"{total_loss / n_examples:.4f}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -25,8 +26,9 @@ def _setup(limit: int = 192):
     return cfg, splits, model, opt, instantiate(cfg.transforms.augment)
 
 
-def test_resume_reaches_same_weights_as_uninterrupted(tmp_path: Path) -> None:
-    settings = dict(batch_size=32, progress=False, max_steps_per_epoch=3)
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_resume_reaches_same_weights_as_uninterrupted(tmp_path: Path, ema_decay) -> None:
+    settings = dict(batch_size=32, progress=False, max_steps_per_epoch=3, ema_decay=ema_decay)
     _cfg, splits, model, opt, aug = _setup()
     fit(model, splits, opt, TrainSettings(epochs=3, **settings), tmp_path / "a", augment=aug)
     straight = model.state_dict()
@@ -46,6 +48,12 @@ def test_resume_reaches_same_weights_as_uninterrupted(tmp_path: Path) -> None:
     assert [h["epoch"] for h in history] == [1, 2, 3]
     for key, value in straight.items():
         assert torch.equal(value, model.state_dict()[key]), key
+    best_a = checkpoint.load(tmp_path / "a" / CHECKPOINT_BEST)
+    best_b = checkpoint.load(tmp_path / "b" / CHECKPOINT_BEST)
+    for key, value in best_a["model"].items():
+        assert torch.equal(value, best_b["model"][key]), key
+    if ema_decay is not None:  # best.pt holds the averaged weights, not the raw ones
+        assert not all(torch.equal(v, straight[k]) for k, v in best_a["model"].items())
 
 
 def test_best_checkpoint_has_best_val_mcc_and_early_stopping(tmp_path: Path) -> None:
