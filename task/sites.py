@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from sklearn.model_selection import train_test_split
 
 from task.data.folder import ImageFolderSource
 from task.data.splits import DataSplits, Split
@@ -39,14 +38,6 @@ class Site:
     splits: DataSplits
 
 
-def _site_val_split(pool: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    index = np.arange(len(pool))
-    counts = np.bincount(pool.labels)
-    stratify = pool.labels if counts[counts > 0].min() >= 2 else None
-    tr, va = train_test_split(index, test_size=fraction, random_state=seed, stratify=stratify)
-    return pool.subset(np.sort(tr)), pool.subset(np.sort(va))
-
-
 def partition_site(cfg: DictConfig, partition_id: int, num_partitions: int) -> Site:
     """The ``partition_id``-th simulated site of the bundled data set."""
     if not 0 <= partition_id < num_partitions:
@@ -57,8 +48,8 @@ def partition_site(cfg: DictConfig, partition_id: int, num_partitions: int) -> S
         np.concatenate([data.train.labels, data.val.labels]),
     )
     parts = instantiate(cfg.partition)(pool.labels, num_partitions, seed=cfg.seed)
-    train, val = _site_val_split(
-        pool.subset(parts[partition_id]), cfg.federation.site_val_fraction, cfg.seed
+    train, val = pool.subset(parts[partition_id]).stratified_split(
+        cfg.federation.site_val_fraction, cfg.seed
     )
     empty = Split(pool.images[:0], pool.labels[:0])
     splits = DataSplits(data.classes, train, val, empty, data.report)

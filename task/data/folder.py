@@ -5,9 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-from sklearn.model_selection import train_test_split
-
 from task.data.errors import LoadReport, check_policy
 from task.data.files import ImageReader, Record, load_records, read_csv, scan_folder
 from task.data.splits import DataSplits, Split
@@ -73,19 +70,10 @@ class ImageFolderSource:
         if self.paths["val"] is not None:
             val = self._load_split("val", preprocess, report)
         else:
-            train, val = self._split_off_val(train)
+            train, val = train.stratified_split(self.val_fraction, self.seed)
             report.loaded["train"], report.loaded["val"] = len(train), len(val)
         if self.paths["test"] is not None:
             test = self._load_split("test", preprocess, report)
         else:
             test = Split(train.images[:0], train.labels[:0])
         return DataSplits(self.classes, train, val, test, report)
-
-    def _split_off_val(self, train: Split) -> tuple[Split, Split]:
-        index = np.arange(len(train))
-        counts = np.bincount(train.labels)
-        stratify = train.labels if counts[counts > 0].min() >= 2 else None
-        tr, va = train_test_split(
-            index, test_size=self.val_fraction, random_state=self.seed, stratify=stratify
-        )
-        return train.subset(np.sort(tr)), train.subset(np.sort(va))

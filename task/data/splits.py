@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from monai.data import ArrayDataset, DataLoader
+from sklearn.model_selection import train_test_split
 
 from task.data.errors import LoadReport
 
@@ -33,6 +34,17 @@ class Split:
 
     def subset(self, index: np.ndarray) -> Split:
         return Split(self.images[index], self.labels[index])
+
+    def stratified_split(self, fraction: float, seed: int) -> tuple[Split, Split]:
+        """Split off ``fraction`` of the examples, stratified by class when every present
+        class has at least two examples; returns ``(rest, held_out)`` in original order."""
+        index = np.arange(len(self))
+        counts = np.bincount(self.labels)
+        stratify = self.labels if counts[counts > 0].min() >= 2 else None
+        rest, held = train_test_split(
+            index, test_size=fraction, random_state=seed, stratify=stratify
+        )
+        return self.subset(np.sort(rest)), self.subset(np.sort(held))
 
     def class_counts(self, n_classes: int) -> list[int]:
         return np.bincount(self.labels, minlength=n_classes).tolist()
