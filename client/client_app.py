@@ -1,5 +1,7 @@
 """Flower ClientApp: a thin adapter over the Flower-free site loops in ``task/``.
 
+With ``secure=smpc`` the replies leave the site only masked (:mod:`client.secure`).
+
 Records in (global arrays, round config), one engine call, records out (arrays, metrics
 with the true number of examples, the site's name). An exception in a handler becomes an
 error reply, which the strategy counts and skips.
@@ -13,6 +15,7 @@ from functools import cache
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.secure import make_secure
 from task.config import compose_config, overrides_from_run_config
 from task.constants import SITE_RECORD
 from task.federated import local_evaluate, local_train
@@ -25,10 +28,14 @@ def _config(overrides: tuple[str, ...]):
     return compose_config(overrides)
 
 
-def _setup(msg: Message, context: Context, overrides: Sequence[str] | None):
+def _cfg(context: Context, overrides: Sequence[str] | None):
     if overrides is None:
         overrides = overrides_from_run_config(context.run_config)
-    cfg = _config(tuple(overrides))
+    return _config(tuple(overrides))
+
+
+def _setup(msg: Message, context: Context, overrides: Sequence[str] | None):
+    cfg = _cfg(context, overrides)
     site = load_site(cfg, context.node_config)
     model = build_model(cfg.model, site.splits.in_shape, len(site.splits.classes))
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
@@ -47,8 +54,11 @@ def _reply(msg: Message, site: Site, metrics: dict, arrays: ArrayRecord | None =
 def make_client_app(overrides: Sequence[str] | None = None) -> ClientApp:
     """A ClientApp; ``overrides=None`` reads them from the run config (deployment)."""
     app = ClientApp()
+    # Secure aggregation (secure=smpc): key stages as queries, masking as a mod.
+    secure_query, secure_mod = make_secure(lambda context: _cfg(context, overrides))
+    app.query("secagg")(secure_query)
 
-    @app.train()
+    @app.train(mods=[secure_mod])
     def train(msg: Message, context: Context) -> Message:
         cfg, site, model = _setup(msg, context, overrides)
         config = msg.content["config"]
@@ -62,7 +72,7 @@ def make_client_app(overrides: Sequence[str] | None = None) -> ClientApp:
         metrics = {"num-examples": result.num_examples, "loss": result.loss, "lr": result.lr}
         return _reply(msg, site, metrics, ArrayRecord(model.state_dict()))
 
-    @app.evaluate()
+    @app.evaluate(mods=[secure_mod])
     def evaluate(msg: Message, context: Context) -> Message:
         cfg, site, model = _setup(msg, context, overrides)
         metrics = local_evaluate(

@@ -18,7 +18,9 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 
+from mpc.secagg.identity import write_identities
 from server.deployment import DeploymentError, LocalDeployment
+from strategies.secagg_messages import secure_enabled
 from task.config import compose_config
 from task.constants import DATA_ENV_VAR, METRICS_FILE, REPO_ROOT
 from task.data.export import export_sites
@@ -69,6 +71,16 @@ def main(argv: list[str] | None = None) -> int:
         f"federation.num_rounds={args.rounds}",
         f"run_dir={run_dir}",
     ]
+    names = [f"site-{i}" for i in range(args.sites)]
+    secure_nodes: dict[str, dict[str, str]] = {name: {} for name in names}
+    if secure_enabled(cfg) and not cfg.secure.get("roster"):
+        # Secure aggregation identities: one signing key per site, and the roster that the
+        # coordinator and every site hold (a hospital would make its own key).
+        roster = write_identities(workdir / "identities", names)
+        overrides.append(f"secure.roster={roster}")
+        for name in names:
+            key_path = workdir / "identities" / f"{name}.key"
+            secure_nodes[name] = {"identity-key": str(key_path), "roster": str(roster)}
     if args.insecure:
         print("WARNING: --insecure: no TLS, no SuperNode authentication", file=sys.stderr)
     with LocalDeployment(workdir, insecure=args.insecure) as dep:
@@ -80,9 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                 if not args.insecure:
                     key, public = dep.new_node_key(name)
                     dep.register(public)
-                dep.start_supernode(
-                    name, {"site-name": name, "data-path": str(folder), "partition-id": str(i)}, key
-                )
+                node = {"site-name": name, "data-path": str(folder), "partition-id": str(i)}
+                dep.start_supernode(name, node | secure_nodes[name], key)
             t0 = time.perf_counter()
             res = dep.run_app(overrides, timeout=args.timeout)
             seconds = time.perf_counter() - t0
@@ -104,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": metrics["rounds_run"],
         "flwr_run_seconds": seconds,
         "seconds_per_round": seconds / metrics["rounds_run"],
+        "secure": metrics.get("secure"),
         "test": {k: metrics["test"][k] for k in ("auc", "accuracy", "mcc")},
     }
     (workdir / "deployment.json").write_text(json.dumps(summary, indent=2) + "\n")

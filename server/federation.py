@@ -68,9 +68,13 @@ class RoundRecorder:
         self.best_mcc = state.get("best_mcc", -float("inf"))
         self.best_arrays = state.get("best_arrays")
         self.model_config = inference_config(cfg, classes)
+        self._t_last = time.perf_counter()
 
     def __call__(self, record: RoundRecord, arrays: ArrayRecord, strategy_state: dict) -> None:
         entry = record.to_dict()
+        now = time.perf_counter()
+        # Wall time of the round (training, evaluation and, with secure=smpc, the protocol).
+        entry["seconds"], self._t_last = now - self._t_last, now
         self.history.append(entry)
         weights = arrays.to_torch_state_dict()
         mcc = entry["evaluate"].get("mcc")
@@ -140,8 +144,10 @@ def run_federation(cfg: DictConfig, grid: Grid) -> dict[str, Any]:
     logger = instantiate(cfg.logger)
     logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), name=cfg.get("run_name"))
     recorder = RoundRecorder(run_dir, cfg, logger, state, classes)
+    # secure=smpc wraps the aggregation in secure aggregation; secure=none leaves it as is.
+    aggregation = instantiate(cfg.secure)(instantiate(cfg.strategy))
     strategy = CheckpointedStrategy(
-        instantiate(cfg.strategy), seed=cfg.seed, on_round_end=recorder, start_round=start_round
+        aggregation, seed=cfg.seed, on_round_end=recorder, start_round=start_round
     )
     if state is not None:
         strategy.load_state_dict(state["strategy"])
@@ -183,6 +189,7 @@ def run_federation(cfg: DictConfig, grid: Grid) -> dict[str, Any]:
         },
         "model": {"target": cfg.model._target_, "parameters": count_parameters(model)},
         "strategy": cfg.strategy._target_,
+        "secure": cfg.secure._target_,
         "num_sites": fed.num_sites,
         "seed": cfg.seed,
         "rounds_seconds": rounds_seconds,

@@ -193,11 +193,16 @@ class CheckpointedStrategy(Strategy):
         )
 
     # -- state ---------------------------------------------------------------------------
+    @property
+    def _aggregator(self) -> Strategy:
+        """The strategy holding cross-round state (inside a secure aggregation wrapper)."""
+        return getattr(self.inner, "aggregator", self.inner)
+
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         """The inner strategy's cross-round state, as tensors (checkpoint-safe)."""
         state = {}
         for attr in STATEFUL_ATTRIBUTES:
-            value = getattr(self.inner, attr, None)
+            value = getattr(self._aggregator, attr, None)
             if value is not None:
                 state[attr] = {k: torch.from_numpy(np.array(v)) for k, v in value.items()}
         return state
@@ -206,4 +211,4 @@ class CheckpointedStrategy(Strategy):
         for attr, value in state.items():
             if attr not in STATEFUL_ATTRIBUTES:
                 raise ValueError(f"unknown strategy state {attr!r} in checkpoint")
-            setattr(self.inner, attr, {k: v.numpy() for k, v in value.items()})
+            setattr(self._aggregator, attr, {k: v.numpy() for k, v in value.items()})

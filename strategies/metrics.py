@@ -13,7 +13,7 @@ import math
 import numpy as np
 from flwr.app import MetricRecord, RecordDict
 
-from task.federated import pooled_metrics
+from task.federated import auc_from_histogram, pooled_metrics
 
 
 def pooled_evaluate_metrics(records: list[RecordDict], weighting_metric_name: str) -> MetricRecord:
@@ -35,4 +35,21 @@ def pooled_evaluate_metrics(records: list[RecordDict], weighting_metric_name: st
     if aucs:
         out["auc"] = float(sum(w * a for w, a in aucs) / sum(w for w, _ in aucs))
     out["confusion"] = confusion.tolist()
+    return MetricRecord(out)
+
+
+def metrics_from_sums(sums: dict[str, np.ndarray], n_examples: float) -> MetricRecord:
+    """Federation metrics from securely summed evaluation counts (nothing per site).
+
+    ``sums`` holds the summed ``confusion`` and ``score-histogram`` counts and the summed
+    example-weighted float metrics (``loss`` times examples); AUC comes from the summed
+    score histograms.
+    """
+    confusion = np.rint(sums["confusion"]).astype(np.int64)
+    k = math.isqrt(confusion.size)
+    out = pooled_metrics(confusion.reshape(k, k))
+    out["loss"] = float(sums["loss"]) / n_examples
+    if "score-histogram" in sums:
+        out["auc"] = auc_from_histogram(np.rint(sums["score-histogram"]))
+    out["confusion"] = confusion.reshape(-1).tolist()
     return MetricRecord(out)

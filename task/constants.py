@@ -40,3 +40,11 @@ CHECKPOINT_LAST = "last.pt"
 
 #: Reply record (a ConfigRecord beside arrays and metrics) that names the replying site.
 SITE_RECORD = "site"
+
+#: Bins of the per-class histograms of the positive-class score that sites report, so that
+#: a federation AUC can be computed from summed counts (secure aggregation reveals sums).
+SCORE_BINS = 200
+
+#: Per-site ratios: meaningless when summed, so under secure aggregation they stay at the
+#: site unless its node config sets ``share-site-metrics = true``.
+SITE_LEVEL_METRICS = ("auc", "accuracy", "mcc")

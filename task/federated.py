@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from monai.utils import set_determinism
 from omegaconf import DictConfig
 
+from task.constants import SCORE_BINS
 from task.data.splits import Split
 from task.engine import class_weights, mean_loss, predict, train_epoch
 from task.metrics import clinical_metrics
@@ -106,6 +107,26 @@ def confusion_counts(labels: np.ndarray, probs: np.ndarray, n_classes: int) -> l
     return cm.reshape(-1).tolist()
 
 
+def score_histogram(labels: np.ndarray, probs: np.ndarray, n_classes: int) -> list[int]:
+    """Per true class, counts of the last class's score in ``SCORE_BINS`` equal bins
+    (flattened, row = true class): summable across sites, enough for a binned AUC."""
+    bins = np.minimum((probs[:, -1] * SCORE_BINS).astype(np.int64), SCORE_BINS - 1)
+    hist = np.zeros((n_classes, SCORE_BINS), dtype=np.int64)
+    np.add.at(hist, (labels, bins), 1)
+    return hist.reshape(-1).tolist()
+
+
+def auc_from_histogram(histogram: np.ndarray) -> float:
+    """ROC-AUC of the last class against the first from :func:`score_histogram` counts
+    (scores in one bin count as ties); NaN when a class is absent."""
+    hist = np.asarray(histogram, dtype=np.float64).reshape(-1, SCORE_BINS)
+    neg, pos = hist[0], hist[-1]
+    if neg.sum() == 0 or pos.sum() == 0:
+        return float("nan")
+    below = np.concatenate([[0.0], np.cumsum(neg)[:-1]])
+    return float((pos * (below + 0.5 * neg)).sum() / (pos.sum() * neg.sum()))
+
+
 def local_evaluate(
     model: torch.nn.Module, split: Split, classes: tuple[str, ...], batch_size: int = 256
 ) -> dict:
@@ -119,6 +140,7 @@ def local_evaluate(
         "accuracy": m["accuracy"],
         "mcc": m["mcc"],
         "confusion": confusion_counts(labels, probs, len(classes)),
+        "score-histogram": score_histogram(labels, probs, len(classes)),
     }
 
 

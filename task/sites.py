@@ -73,6 +73,17 @@ def folder_site(cfg: DictConfig, name: str, index: int, data_path: str) -> Site:
     return Site(name, index, splits)
 
 
+def site_name(node_config: Mapping[str, Any]) -> str:
+    """This node's site name, without loading its data (as :func:`load_site` names it)."""
+    if SITE_NAME in node_config:
+        return str(node_config[SITE_NAME])
+    if DATA_PATH in node_config:
+        return str(node_config[DATA_PATH])
+    if PARTITION_ID in node_config:
+        return f"site-{int(node_config[PARTITION_ID])}"
+    raise ValueError(f"node config {dict(node_config)} names no site: set '{SITE_NAME}'")
+
+
 @cache
 def _cached_site(cfg_yaml: str, node_items: tuple[tuple[str, Any], ...]) -> Site:
     cfg = OmegaConf.create(cfg_yaml)

@@ -12,7 +12,8 @@ from task.constants import SITE_RECORD
 from task.models import build_model
 from task.sites import load_site
 
-OVERRIDES = ["experiment=fed_quick"]
+# The plaintext handlers; secure aggregation around them is tested in tests/strategies.
+OVERRIDES = ["experiment=fed_quick", "secure=none"]
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,9 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from mpc.secagg.identity import write_identities
+from strategies.secagg_messages import secure_enabled
+from strategies.secure import ROBUST
 from task.constants import REPO_ROOT
 
 CONF = REPO_ROOT / "conf"
@@ -18,7 +21,7 @@ SHARED = ["data", "transforms", "model", "optimizer", "logger"]
 #: top-level config -> its groups; experiments and searches belong to one entry point each.
 GROUPS = {
     "config": [*SHARED, "scheduler"],
-    "train": [*SHARED, "strategy", "partition"],
+    "train": [*SHARED, "strategy", "partition", "secure"],
 }
 ONLY = {
     "experiment/quick": "config",
@@ -76,6 +79,16 @@ def test_every_option_composes_and_instantiates(
     else:
         strategy = instantiate(cfg.strategy)
         assert strategy.min_available_nodes == cfg.federation.num_sites
+        wrap = instantiate(cfg.secure)
+        if secure_enabled(cfg):
+            roster = str(write_identities(tmp_path / "ids", ["site-0", "site-1"]))
+            if isinstance(strategy, ROBUST):
+                with pytest.raises(ValueError, match="needs the individual updates"):
+                    wrap(strategy, roster=roster)
+            else:
+                assert wrap(strategy, roster=roster).inner is strategy
+        else:
+            assert wrap(strategy) is strategy
         parts = instantiate(cfg.partition)(torch.randint(0, 2, (400,)).numpy(), 3, seed=0)
         assert sum(len(p) for p in parts) == 400
     instantiate(cfg.logger)

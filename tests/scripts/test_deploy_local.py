@@ -50,6 +50,12 @@ def test_three_sites_two_rounds_over_tls(tmp_path: Path) -> None:
     assert summary["test"]["auc"] > 0.6
     history = json.loads((workdir / "run" / "history.json").read_text())
     assert set(history[-1]["sites"]) == {"site-0", "site-1", "site-2"}
+    # secure aggregation (the default) ran across the real processes: all three sites'
+    # masked updates and counts were summed, and no site metric reached the server.
+    assert summary["secure"] == "strategies.secure.SecureAggregation"
+    assert history[-1]["train"]["secure-sites"] == 3
+    assert history[-1]["evaluate"]["secure-sites"] == 3
+    assert all(kinds["evaluate"] == {} for kinds in history[-1]["sites"].values())
     # each site trained on its own folder of PNGs on disk
     assert all(len(list((workdir / "sites" / f"site-{i}").rglob("*.png"))) == 200 for i in range(3))
     superlink_log = (logs / "superlink.log").read_text()

@@ -1,0 +1,136 @@
+"""The site's side of secure aggregation: a query handler for the key stages and a mod.
+
+The mod wraps the ordinary train / evaluate handlers (as Flower's DP client mods do): before
+the handler runs it authenticates the shares other sites sent; after it, it turns the
+plaintext reply into one masked vector (``weights x examples``, example count,
+``metric x examples``, summed counts). Per-site ratios (AUC, accuracy, MCC) never leave
+the site unless its node config sets ``share-site-metrics = true``. With ``secure=smpc`` in
+its config a site refuses to answer any train or evaluate message in the clear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
+from omegaconf import DictConfig
+
+from mpc.secagg.errors import ProtocolViolation
+from mpc.secagg.fixedpoint import pack
+from mpc.secagg.identity import load_identity_file, load_roster
+from mpc.secagg.protocol import SiteSession
+from strategies import secagg_messages as wire
+from task.constants import SITE_LEVEL_METRICS, SITE_RECORD
+from task.sites import site_name
+
+IDENTITY_KEY, ROSTER, SHARE_SITE_METRICS = "identity-key", "roster", "share-site-metrics"
+
+
+def _roster_path(cfg: DictConfig, node: dict) -> Path:
+    path = node.get(ROSTER) or cfg.secure.get("roster")
+    if not path:
+        raise ValueError(f"no roster: set '{ROSTER}' in the node config or secure.roster")
+    return Path(str(path))
+
+
+def _identity_path(cfg: DictConfig, node: dict, name: str) -> Path:
+    if IDENTITY_KEY in node:
+        return Path(str(node[IDENTITY_KEY]))
+    # Simulation: the launcher writes <site>.key beside the roster.
+    return _roster_path(cfg, node).parent / f"{name}.key"
+
+
+def _load(context: Context, kind: str) -> SiteSession:
+    record = context.state.config_records.get(wire.STATE)
+    if record is None or kind not in record:
+        raise ProtocolViolation(f"no secure {kind} session open at this site")
+    return SiteSession.from_bytes(bytes(record[kind]))
+
+
+def _save(context: Context, session: SiteSession) -> None:
+    record = context.state.config_records.get(wire.STATE) or ConfigRecord()
+    record[session.round_id.kind] = session.to_bytes()
+    context.state[wire.STATE] = record
+
+
+def make_secure(get_cfg: Callable[[Context], DictConfig]):
+    """``(query_handler, mod)`` for a ClientApp whose config comes from ``get_cfg``."""
+
+    def query(msg: Message, context: Context) -> Message:
+        cfg, node = get_cfg(context), dict(context.node_config)
+        if not wire.secure_enabled(cfg):
+            raise ProtocolViolation("secure aggregation request, but secure=none at this site")
+        request = msg.content.config_records[wire.RECORD]
+        rid, stage = wire.round_id_of(request), str(request["stage"])
+        name = site_name(node)
+        if stage == "advertise":
+            session = SiteSession(name, rid, float(cfg.secure.threshold))
+            identity = load_identity_file(_identity_path(cfg, node, name))
+            advert = session.advertise(identity, int(request["selected"]))
+            out = wire.advert_record(advert)
+        elif stage == "share":
+            session = _load(context, rid.kind)
+            roster = load_roster(_roster_path(cfg, node))
+            out = ConfigRecord(
+                wire.blobs_fields(session.share_keys(wire.adverts_of(request), roster))
+            )
+        elif stage == "unmask":
+            session = _load(context, rid.kind)
+            shares = session.unmask(list(request["survivors"]), list(request["dropped"]))
+            out = ConfigRecord(wire.blobs_fields(shares))
+        else:
+            raise ProtocolViolation(f"unknown secure aggregation stage {stage!r}")
+        if session.round_id != rid:
+            raise ProtocolViolation(
+                f"{stage} request for {rid}, open session is {session.round_id}"
+            )
+        _save(context, session)
+        return Message(content=RecordDict({wire.RECORD: out}), reply_to=msg)
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        cfg, node = get_cfg(context), dict(context.node_config)
+        request = msg.content.config_records.get(wire.RECORD)
+        if request is None:
+            if wire.secure_enabled(cfg):
+                raise ProtocolViolation(
+                    "secure=smpc at this site: refusing to send an update or counts in the clear"
+                )
+            return call_next(msg, context)
+        rid = wire.round_id_of(request)
+        session = _load(context, rid.kind)
+        if session.round_id != rid:
+            raise ProtocolViolation(f"mask request for {rid}, open session is {session.round_id}")
+        # Authenticate the shares first: a tampered share stops the site before training.
+        session.receive_shares(wire.blobs_of(request))
+        reply = call_next(msg, context)
+        if reply.has_error():
+            return reply
+        frac_bits, max_parties = int(cfg.secure.frac_bits), int(cfg.secure.max_parties)
+        metrics = next(iter(reply.content.metric_records.values()))
+        n = int(metrics["num-examples"])
+        entries: dict[str, tuple[np.ndarray, int]] = {}
+        arrays = reply.content.array_records.get("arrays")
+        for key, array in arrays.items() if arrays is not None else []:
+            entries[wire.ARRAYS + key] = (array.numpy().astype(np.float64) * n, frac_bits)
+        site_level = {}
+        for key, value in metrics.items():
+            if key in SITE_LEVEL_METRICS:
+                site_level[key] = value
+            elif key == "num-examples" or isinstance(value, list):
+                entries[wire.METRICS + key] = (np.asarray(value, dtype=np.float64), 0)
+            else:
+                entries[wire.METRICS + key] = (np.float64(value) * n, frac_bits)
+        vector, layout = pack(entries, max_parties=max_parties)
+        masked, layout_record = wire.masked_records(session.masked_input(vector), layout)
+        _save(context, session)
+        content = RecordDict({wire.MASKED: masked, wire.LAYOUT: layout_record})
+        if SITE_RECORD in reply.content.config_records:
+            content[SITE_RECORD] = reply.content.config_records[SITE_RECORD]
+        if bool(node.get(SHARE_SITE_METRICS, False)) and site_level:
+            content[wire.SITE_METRICS] = MetricRecord(site_level)
+        return Message(content=content, reply_to=msg)
+
+    return query, mod

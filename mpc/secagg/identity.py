@@ -1,0 +1,69 @@
+"""Long-term site identities and the federation's roster, as files.
+
+Each site signs its round keys with its own private key (OpenSSH format, Ed25519 or the
+NIST P-384 keys Flower's SuperNode authentication uses); every site and the server hold the
+roster, a JSON object ``{site name: OpenSSH public key line}``, and refuse round keys that do
+not verify against it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from mpc.secagg import crypto
+from mpc.secagg.protocol import Roster
+
+
+def load_identity_file(path: str | os.PathLike) -> crypto.IdentityPrivateKey:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"secure aggregation identity key {path} does not exist")
+    try:
+        return crypto.load_identity(path.read_bytes())
+    except ValueError as err:
+        raise ValueError(f"{path} is not an OpenSSH or PEM private key: {err}") from err
+
+
+def load_roster(path: str | os.PathLike) -> Roster:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"secure aggregation roster {path} does not exist")
+    try:
+        lines = json.loads(path.read_text())
+        return Roster.from_lines(lines)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"roster {path} is not a JSON object of OpenSSH public keys: {err}"
+        ) from err
+
+
+def write_identities(folder: Path, names: Iterable[str]) -> Path:
+    """Make an Ed25519 identity per site in ``folder`` (``<name>.key``, mode 0600) and the
+    roster ``roster.json``; returns the roster's path. For simulations and local demos: a
+    real hospital makes its own key and sends only the public line to the coordinator."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = {}
+    for name in names:
+        key = ed25519.Ed25519PrivateKey.generate()
+        data = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+        fd = os.open(folder / f"{name}.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        lines[name] = (
+            key.public_key()
+            .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+            .decode()
+        )
+    roster = folder / "roster.json"
+    roster.write_text(json.dumps(lines, indent=2))
+    return roster

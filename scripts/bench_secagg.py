@@ -1,0 +1,137 @@
+"""Secure aggregation benchmark, one run, side by side: ``python -m scripts.bench_secagg``.
+
+(a) Protocol cost without Flower, on vectors of the real models' size (default model and
+    ResNet-18), at 3, 5 and 10 sites: seconds per site (encode + mask) and at the server
+    (unmask + decode), bytes sent per site per round against plaintext float32.
+(b) Round wall time of Flower simulations with ``secure=smpc`` against ``secure=none`` at
+    3, 5 and 10 sites (same seed, same local work), from the last round (the first one also
+    loads every site's data); ``--models`` picks the models.
+(c) With ``--full``: the default federation (all rounds) with and without secure
+    aggregation, same seed: test AUC, ACC, MCC and their differences.
+Writes ``bench_secagg.json`` with the machine's facts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from hydra.core.global_hydra import GlobalHydra
+
+from mpc.secagg.fixedpoint import pack
+from mpc.secagg.reference import plaintext_sum, secure_sum
+from server.simulation import simulate
+from task.config import compose_config
+from task.constants import REPO_ROOT
+from task.machine import machine_facts
+from task.models import build_model, count_parameters
+
+SITES = (3, 5, 10)
+MODELS = {"default": [], "resnet18": ["model=resnet18"]}
+
+
+def _protocol_cost(model_overrides: list[str], n_sites: int) -> dict:
+    cfg = compose_config(["secure=none", *model_overrides])
+    state = build_model(cfg.model, (1, 28, 28), 2).state_dict()
+    rng = np.random.default_rng(0)
+    inputs, t_encode = {}, 0.0
+    for i in range(n_sites):
+        t0 = time.perf_counter()
+        entries = {k: (v.double().numpy() * 500, 32) for k, v in state.items()}
+        vector, _ = pack(entries)
+        t_encode += time.perf_counter() - t0
+        inputs[f"site-{i}"] = vector + rng.integers(0, 2**16, vector.size, dtype=np.uint64)
+    t0 = time.perf_counter()
+    result = secure_sum(inputs)
+    protocol = time.perf_counter() - t0
+    if not np.array_equal(result.total, plaintext_sum(inputs)):
+        raise RuntimeError("secure sum differs from the plaintext sum")
+    server = result.server
+    n = sum(p.numel() for p in state.values())
+    share_bytes = max(
+        sum(len(b) for b in p.values()) for st, _, p in server.transcript if st == "share"
+    )
+    return {
+        "parameters": count_parameters(build_model(cfg.model, (1, 28, 28), 2)),
+        "values_per_site": n,
+        "encode_seconds_per_site": t_encode / n_sites,
+        # In-process driver: every site's and the server's work, run one after the other.
+        "protocol_seconds_all_sites_and_server": protocol,
+        "bytes_per_site": {
+            "masked_vector_uint64": int(result.total.nbytes),
+            "encrypted_shares": int(share_bytes),
+            "plaintext_float32": int(4 * n),
+            "ratio": (result.total.nbytes + share_bytes) / (4 * n),
+        },
+    }
+
+
+def _simulate(overrides: list[str], run_dir: Path) -> dict:
+    GlobalHydra.instance().clear()
+    cfg = compose_config(overrides)
+    t0 = time.perf_counter()
+    metrics = simulate(cfg, overrides, run_dir)
+    history = json.loads((run_dir / "history.json").read_text())
+    return {
+        "wall_seconds": time.perf_counter() - t0,
+        "round_seconds": [h["seconds"] for h in history],
+        "last_round_seconds": history[-1]["seconds"],
+        "test": {k: metrics["test"][k] for k in ("auc", "accuracy", "mcc")},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "bench_secagg")
+    parser.add_argument("--models", nargs="*", default=["default"], choices=list(MODELS))
+    parser.add_argument("--sites", nargs="*", type=int, default=list(SITES))
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--full", action="store_true", help="also (c): full default runs")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    result: dict = {"machine": machine_facts()}
+
+    result["a_protocol"] = {
+        name: {str(n): _protocol_cost(over, n) for n in SITES} for name, over in MODELS.items()
+    }
+    rounds: dict = {}
+    for name in args.models:
+        for n in args.sites:
+            base = [
+                "logger=none",
+                *MODELS[name],
+                f"federation.num_sites={n}",
+                f"federation.num_rounds={args.rounds}",
+                "metrics.n_bootstrap=50",
+            ]
+            runs = {
+                mode: _simulate([*base, f"secure={mode}"], args.out / f"{name}-{n}-{mode}")
+                for mode in ("none", "smpc")
+            }
+            plain, secure = runs["none"]["last_round_seconds"], runs["smpc"]["last_round_seconds"]
+            rounds[f"{name}/{n}_sites"] = {
+                **runs,
+                "overhead_fraction": (secure - plain) / plain,
+            }
+            print(name, n, "sites: overhead", f"{(secure - plain) / plain:+.1%}", flush=True)
+    result["b_round_time"] = rounds
+    if args.full:
+        runs = {
+            mode: _simulate(["logger=none", f"secure={mode}"], args.out / f"full-{mode}")
+            for mode in ("none", "smpc")
+        }
+        result["c_accuracy"] = {
+            **runs,
+            "auc_difference": runs["smpc"]["test"]["auc"] - runs["none"]["test"]["auc"],
+        }
+    path = args.out / "bench_secagg.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,304 @@
+"""Secure aggregation around any FedAvg-family strategy: the server learns only sums.
+
+:class:`SecureAggregation` wraps an inner strategy (FedAvg, FedProx, FedAdam, FedYogi, ...)
+and runs the protocol of :mod:`mpc.secagg.protocol` inside Flower's round: the key stages
+are extra ``query.secagg`` exchanges in ``configure_*``, the masking rides on the train /
+evaluate message, and the unmasking is an exchange in ``aggregate_*``. Each site sends
+``weights x examples``, its example count and ``metric x examples`` as one masked vector;
+the server reveals the sums and divides. The inner strategy then sees a single reply
+holding the federation average (FedAvg of one reply is that reply; FedOpt applies its
+server optimiser to it), so its server-side behaviour is unchanged. Evaluation counts
+(confusion matrix, score histograms) are summed the same way.
+
+Robust aggregators (median, trimmed mean, Krum) need the individual updates, which secure
+aggregation exists to hide; they are refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAvg,
+    FedMedian,
+    FedTrimmedAvg,
+    Krum,
+    MultiKrum,
+    Strategy,
+)
+
+from mpc.secagg.errors import SecAggError
+from mpc.secagg.fixedpoint import DEFAULT_FRAC_BITS, DEFAULT_MAX_PARTIES, unpack
+from mpc.secagg.identity import load_roster
+from mpc.secagg.protocol import RoundAbandoned, RoundId, ServerSession, threshold_for
+from strategies import secagg_messages as wire
+from strategies.metrics import metrics_from_sums
+
+log = logging.getLogger(__name__)
+
+ARRAYS, METRICS = wire.ARRAYS, wire.METRICS
+#: Aggregators that need every individual update (Flower derives some from FedAvg).
+ROBUST = (FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan)
+
+
+def plaintext_aggregation(inner: Strategy) -> Strategy:
+    """``secure=none``: the inner strategy as it is (the server sees each update)."""
+    return inner
+
+
+class SecureAggregation(Strategy):
+    """Wrap ``inner`` so that every aggregate is computed by secure aggregation.
+
+    Args:
+        inner: a FedAvg-family strategy (a subclass of Flower's ``FedAvg``).
+        threshold: fraction of the selected sites that must remain at every stage; below
+            it the round is abandoned and nothing is revealed.
+        roster: JSON file ``{site: OpenSSH public key}``; round keys must verify against it.
+        frac_bits, max_parties: the fixed-point encoding (see :mod:`mpc.secagg.fixedpoint`).
+        stage_timeout: seconds to wait for the sites at each key stage.
+    """
+
+    def __init__(
+        self,
+        inner: Strategy,
+        *,
+        threshold: float = 0.66,
+        roster: str | None = None,
+        frac_bits: int = DEFAULT_FRAC_BITS,
+        max_parties: int = DEFAULT_MAX_PARTIES,
+        stage_timeout: float = 300.0,
+    ) -> None:
+        if not isinstance(inner, FedAvg) or isinstance(inner, ROBUST):
+            raise ValueError(
+                f"secure aggregation needs a FedAvg-family strategy; {type(inner).__name__} "
+                "needs the individual updates, which secure aggregation hides"
+            )
+        threshold_for(2, threshold)  # validates the fraction
+        if roster is None:
+            raise ValueError("secure.roster is null: secure aggregation needs the sites' roster")
+        self.inner = inner
+        self.fraction = threshold
+        self.roster = load_roster(roster)
+        self.frac_bits, self.max_parties = frac_bits, max_parties
+        self.stage_timeout = stage_timeout
+        self.transcripts: list[ServerSession] = []  # every session, for audits and tests
+        self._grid: Grid | None = None
+        self._session: ServerSession | None = None
+        self._names: dict[int, str] = {}
+        self._global: ArrayRecord | None = None
+
+    @property
+    def aggregator(self) -> Strategy:
+        """The strategy whose state persists across rounds (for checkpoints)."""
+        return self.inner
+
+    # -- key stages ------------------------------------------------------------------------
+    def _exchange(self, targets: dict[int, ConfigRecord], stage: str) -> dict[int, Message]:
+        if self._grid is None:
+            raise RuntimeError("secure aggregation exchange before any configure_* call")
+        messages = [
+            Message(
+                content=RecordDict({wire.RECORD: record}),
+                message_type=wire.MESSAGE_TYPE,
+                dst_node_id=node,
+            )
+            for node, record in targets.items()
+        ]
+        replies = {}
+        for reply in self._grid.send_and_receive(messages, timeout=self.stage_timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                log.warning(
+                    "secure %s: %s dropped: %s",
+                    stage,
+                    self._names.get(node, f"node {node}"),
+                    reply.error.reason,
+                )
+                continue
+            replies[node] = reply
+        missing = set(targets) - set(replies)
+        if missing:
+            log.warning("secure %s: %d site(s) did not answer", stage, len(missing))
+        return replies
+
+    def _gather(
+        self,
+        stage: str,
+        targets: dict[int, str],
+        request: ConfigRecord,
+        accept: Callable[[int, str, ConfigRecord], None],
+    ) -> None:
+        """Send ``request`` to ``targets`` ({node: site}) and pass each answer to
+        ``accept``; a site whose answer the protocol refuses is dropped, not fatal."""
+        for node, reply in self._exchange(dict.fromkeys(targets, request), stage).items():
+            try:
+                accept(node, targets[node], reply.content.config_records[wire.RECORD])
+            except (SecAggError, KeyError, ValueError) as err:
+                log.warning("secure %s: %s refused: %s", stage, targets[node], err)
+
+    def _prepare(self, messages: list[Message], server_round: int, kind: str) -> list[Message]:
+        """Run the advertise and share stages with the sampled nodes, then attach to each
+        train / evaluate message the ciphertexts addressed to its site."""
+        self._session = None
+        if not messages:
+            return messages
+        run = str(self._grid.run.run_id) if self._grid is not None else "0"
+        rid = RoundId(run, server_round, kind)
+        session = ServerSession(rid, self.fraction, len(messages), self.roster)
+        self.transcripts.append(session)
+        by_node = {m.metadata.dst_node_id: m for m in messages}
+        try:
+            names: dict[int, str] = {}
+
+            def advertised(node: int, _: str, record: ConfigRecord) -> None:
+                advert = wire.advert_of(record)
+                session.receive_advert(advert)
+                names[node] = advert.site
+
+            request = wire.round_record(rid, "advertise", selected=len(messages))
+            self._gather("advertise", {n: f"node {n}" for n in by_node}, request, advertised)
+            self._names.update(names)
+            adverts = session.broadcast()
+            nodes = {n: s for n, s in names.items() if s in session.adverts}
+            request = wire.round_record(rid, "share", **wire.adverts_fields(adverts))
+            self._gather(
+                "share",
+                nodes,
+                request,
+                lambda _, site, record: session.receive_shares(site, wire.blobs_of(record)),
+            )
+            cohort = session.cohort()
+        except RoundAbandoned as err:
+            log.warning("%s", err)
+            return []
+        self._session = session
+        out = []
+        for node, site in nodes.items():
+            if site not in cohort:
+                continue
+            msg = by_node[node]
+            content = RecordDict(dict(msg.content.items()))
+            content[wire.RECORD] = wire.round_record(
+                rid, "mask", **wire.blobs_fields(session.shares_for(site))
+            )
+            out.append(
+                Message(content=content, message_type=msg.metadata.message_type, dst_node_id=node)
+            )
+        log.info(
+            "secure %s round %d: %d of %d sites masked", kind, server_round, len(out), len(messages)
+        )
+        return out
+
+    def _reveal(self, replies: Iterable[Message]) -> tuple[dict[str, np.ndarray], int] | None:
+        """Collect masked vectors, run the unmask stage and decode the sums."""
+        session, self._session = self._session, None
+        if session is None:
+            return None
+        layout = None
+        for reply in replies:
+            site = self._names.get(reply.metadata.src_node_id)
+            try:
+                vector, site_layout = wire.masked_of(reply)
+                if layout is not None and site_layout != layout:
+                    raise ValueError(f"site {site!r} sent a vector of another layout")
+                session.receive_masked(site, vector)
+                layout = site_layout
+            except (SecAggError, KeyError, ValueError) as err:
+                log.warning("secure mask: %s refused: %s", site, err)
+        try:
+            survivors, dropped = session.unmask_request()
+            nodes = {n: s for n, s in self._names.items() if s in survivors}
+            request = wire.round_record(
+                session.round_id, "unmask", survivors=survivors, dropped=dropped
+            )
+            self._gather(
+                "unmask",
+                nodes,
+                request,
+                lambda _, site, record: session.receive_unmask(site, wire.blobs_of(record)),
+            )
+            total = session.result()
+        except RoundAbandoned as err:
+            log.warning("%s", err)
+            return None
+        sums = unpack(total, layout)
+        return sums, len(survivors)
+
+    # -- training --------------------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._grid, self._global = grid, arrays
+        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        return self._prepare(messages, server_round, "train")
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        revealed = self._reveal(replies)
+        if revealed is None:
+            return None, None
+        sums, n_sites = revealed
+        n = float(sums[METRICS + "num-examples"])
+        if n <= 0:
+            log.warning("secure train round %d: no examples in the sum", server_round)
+            return None, None
+        if self._global is None:
+            raise RuntimeError("aggregate_train before configure_train")
+        averaged = {}
+        for key, array in self._global.items():
+            reference = array.numpy()
+            mean = sums[ARRAYS + key] / n
+            if np.issubdtype(reference.dtype, np.integer):
+                mean = np.rint(mean)
+            averaged[key] = Array(np.asarray(mean, dtype=reference.dtype).reshape(reference.shape))
+        virtual = Message(
+            content=RecordDict(
+                {
+                    "arrays": ArrayRecord(averaged),
+                    "metrics": MetricRecord({self.inner.weighted_by_key: int(n)}),
+                }
+            ),
+            message_type="train",
+            dst_node_id=0,
+        )
+        arrays, _ = self.inner.aggregate_train(server_round, [virtual])
+        metrics: dict[str, Any] = {
+            key[len(METRICS) :]: float(value) / n
+            for key, value in sums.items()
+            if key.startswith(METRICS) and np.ndim(value) == 0
+        }
+        metrics["num-examples"] = int(n)
+        metrics["secure-sites"] = n_sites
+        return arrays, MetricRecord(metrics)
+
+    # -- evaluation ------------------------------------------------------------------------
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._grid = grid
+        messages = list(self.inner.configure_evaluate(server_round, arrays, config, grid))
+        return self._prepare(messages, server_round, "evaluate")
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+        revealed = self._reveal(replies)
+        if revealed is None:
+            return None
+        sums, n_sites = revealed
+        n = float(sums[METRICS + "num-examples"])
+        plain = {k[len(METRICS) :]: v for k, v in sums.items() if k.startswith(METRICS)}
+        metrics = metrics_from_sums(plain, n)
+        metrics["secure-sites"] = n_sites
+        return metrics
+
+    def summary(self) -> None:
+        log.info(
+            "SecureAggregation (threshold %.2f of selected sites, %d fractional bits) around:",
+            self.fraction,
+            self.frac_bits,
+        )
+        self.inner.summary()
