@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 	touch $(STAMP)
 
 demo: setup
-	$(PY) -m scripts.train logger=none hydra.run.dir=outputs/demo
+	$(PY) -m scripts.train secure=smpc logger=none hydra.run.dir=outputs/demo
 
 test: setup
 	$(PY) -m pytest -p no:cacheprovider

@@ -16,9 +16,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.secure import make_secure
-from task.config import compose_config, overrides_from_run_config
-from task.constants import SITE_RECORD
-from task.federated import local_evaluate, local_train
+from task.config import compose_config, overrides_from_run_config, with_normalisation
+from task.constants import NORM_MEAN, NORM_STD, SITE_RECORD
+from task.federated import intensity_moments, local_evaluate, local_train
 from task.models import build_model
 from task.sites import Site, load_site
 
@@ -36,6 +36,10 @@ def _cfg(context: Context, overrides: Sequence[str] | None):
 
 def _setup(msg: Message, context: Context, overrides: Sequence[str] | None):
     cfg = _cfg(context, overrides)
+    config = msg.content.config_records.get("config")
+    if config is not None and NORM_MEAN in config:
+        # The federation's own intensity statistics (federation.secure_normalisation).
+        cfg = with_normalisation(cfg, float(config[NORM_MEAN]), float(config[NORM_STD]))
     site = load_site(cfg, context.node_config)
     model = build_model(cfg.model, site.splits.in_shape, len(site.splits.classes))
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
@@ -71,6 +75,13 @@ def make_client_app(overrides: Sequence[str] | None = None) -> ClientApp:
         )
         metrics = {"num-examples": result.num_examples, "loss": result.loss, "lr": result.lr}
         return _reply(msg, site, metrics, ArrayRecord(model.state_dict()))
+
+    @app.query("intensity", mods=[secure_mod])
+    def intensity(msg: Message, context: Context) -> Message:
+        cfg = _cfg(context, overrides)
+        site = load_site(cfg, context.node_config)
+        tr = cfg.transforms
+        return _reply(msg, site, intensity_moments(site.splits.train, tr.norm_mean, tr.norm_std))
 
     @app.evaluate(mods=[secure_mod])
     def evaluate(msg: Message, context: Context) -> Message:

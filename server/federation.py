@@ -21,10 +21,19 @@ from hydra.utils import instantiate
 from monai.utils import set_determinism
 from omegaconf import DictConfig, OmegaConf
 
+from server.normalisation import federation_intensity
 from strategies.checkpointed import CheckpointedStrategy, RoundRecord
 from task import checkpoint
 from task.central import inference_config
-from task.constants import CHECKPOINT_BEST, CHECKPOINT_LAST, HISTORY_FILE, REPO_ROOT
+from task.config import with_normalisation
+from task.constants import (
+    CHECKPOINT_BEST,
+    CHECKPOINT_LAST,
+    HISTORY_FILE,
+    NORM_MEAN,
+    NORM_STD,
+    REPO_ROOT,
+)
 from task.engine import predict
 from task.metrics import clinical_metrics
 from task.models import build_model, count_parameters
@@ -60,6 +69,7 @@ class RoundRecorder:
         logger,
         state: dict[str, Any] | None,
         classes: tuple[str, ...],
+        normalisation: dict[str, float] | None = None,
     ) -> None:
         self.run_dir, self.cfg, self.logger = run_dir, cfg, logger
         state = state or {}
@@ -68,6 +78,7 @@ class RoundRecorder:
         self.best_mcc = state.get("best_mcc", -float("inf"))
         self.best_arrays = state.get("best_arrays")
         self.model_config = inference_config(cfg, classes)
+        self.normalisation = normalisation
         self._t_last = time.perf_counter()
 
     def __call__(self, record: RoundRecord, arrays: ArrayRecord, strategy_state: dict) -> None:
@@ -90,6 +101,7 @@ class RoundRecorder:
             "best_mcc": self.best_mcc,
             "best_arrays": self.best_arrays,
             "config": self.model_config,
+            "normalisation": self.normalisation,
         }
         checkpoint.save_atomic(state, self.run_dir / CHECKPOINT_LAST)
         if improved:
@@ -126,41 +138,54 @@ def run_federation(cfg: DictConfig, grid: Grid) -> dict[str, Any]:
     run_dir = resolve_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     set_determinism(seed=cfg.seed)
-    data = instantiate(cfg.data).load(preprocess=instantiate(cfg.transforms.preprocess))
-    classes = data.classes
-    model = build_model(cfg.model, data.in_shape, len(classes))
-    arrays = ArrayRecord(model.state_dict())
 
     state, start_round = None, 1
     last = run_dir / CHECKPOINT_LAST
     if cfg.resume and last.is_file():
         state = checkpoint.load(last)
-        arrays = ArrayRecord(state["arrays"])
         start_round = state["round"] + 1
         log.info("resuming %s after round %d", run_dir, state["round"])
     elif cfg.resume:
         log.info("resume=true but %s has no %s: starting at round 1", run_dir, CHECKPOINT_LAST)
 
-    logger = instantiate(cfg.logger)
-    logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), name=cfg.get("run_name"))
-    recorder = RoundRecorder(run_dir, cfg, logger, state, classes)
     # secure=smpc wraps the aggregation in secure aggregation; secure=none leaves it as is.
     aggregation = instantiate(cfg.secure)(instantiate(cfg.strategy))
+    fed = cfg.federation
+    round_config = ConfigRecord()
+    normalisation = state.get("normalisation") if state is not None else None
+    if fed.secure_normalisation and normalisation is None:
+        mean, std = federation_intensity(
+            aggregation, grid, fed.min_available_sites, fed.round_timeout
+        )
+        normalisation = {"mean": mean, "std": std}
+    if normalisation is not None:
+        cfg = with_normalisation(cfg, normalisation["mean"], normalisation["std"])
+        round_config = ConfigRecord(
+            {NORM_MEAN: normalisation["mean"], NORM_STD: normalisation["std"]}
+        )
+
+    data = instantiate(cfg.data).load(preprocess=instantiate(cfg.transforms.preprocess))
+    classes = data.classes
+    model = build_model(cfg.model, data.in_shape, len(classes))
+    arrays = ArrayRecord(state["arrays"] if state is not None else model.state_dict())
+
+    logger = instantiate(cfg.logger)
+    logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), name=cfg.get("run_name"))
+    recorder = RoundRecorder(run_dir, cfg, logger, state, classes, normalisation)
     strategy = CheckpointedStrategy(
         aggregation, seed=cfg.seed, on_round_end=recorder, start_round=start_round
     )
     if state is not None:
         strategy.load_state_dict(state["strategy"])
 
-    fed = cfg.federation
     t_rounds = time.perf_counter()
     strategy.start(
         grid=grid,
         initial_arrays=arrays,
         num_rounds=fed.num_rounds,
         timeout=fed.round_timeout,
-        train_config=ConfigRecord(),
-        evaluate_config=ConfigRecord(),
+        train_config=round_config,
+        evaluate_config=ConfigRecord(dict(round_config.items())),
     )
     rounds_seconds = time.perf_counter() - t_rounds
 
@@ -190,6 +215,7 @@ def run_federation(cfg: DictConfig, grid: Grid) -> dict[str, Any]:
         "model": {"target": cfg.model._target_, "parameters": count_parameters(model)},
         "strategy": cfg.strategy._target_,
         "secure": cfg.secure._target_,
+        "normalisation": normalisation,
         "num_sites": fed.num_sites,
         "seed": cfg.seed,
         "rounds_seconds": rounds_seconds,

@@ -295,6 +295,34 @@ class SecureAggregation(Strategy):
         metrics["secure-sites"] = n_sites
         return metrics
 
+    # -- other secure sums -----------------------------------------------------------------
+    def query_mean(
+        self, grid: Grid, messages: list[Message], kind: str, *, timeout: float
+    ) -> dict[str, float] | None:
+        """Example-weighted means of the scalar metrics that ``messages`` (queries answered
+        through the sites' secure mod) return, revealing only their sums; None when the
+        round is abandoned. Used for the federation's intensity statistics."""
+        self._grid = grid
+        prepared = self._prepare(messages, 0, kind)
+        replies = []
+        for reply in grid.send_and_receive(prepared, timeout=timeout):
+            if reply.has_error():
+                log.warning("secure %s: a site failed: %s", kind, reply.error.reason)
+            else:
+                replies.append(reply)
+        revealed = self._reveal(replies)
+        if revealed is None:
+            return None
+        sums, n_sites = revealed
+        n = float(sums[METRICS + "num-examples"])
+        out = {
+            key[len(METRICS) :]: float(value) / n
+            for key, value in sums.items()
+            if key.startswith(METRICS) and np.ndim(value) == 0
+        }
+        out["num-examples"], out["secure-sites"] = n, n_sites
+        return out
+
     def summary(self) -> None:
         log.info(
             "SecureAggregation (threshold %.2f of selected sites, %d fractional bits) around:",

@@ -51,3 +51,13 @@ def overrides_from_run_config(run_config: Mapping[str, Any]) -> list[str]:
         out.append(f"experiment={experiment}")
     out.extend(shlex.split(str(run_config.get(RUN_CONFIG_OVERRIDES, "") or "")))
     return out
+
+
+def with_normalisation(cfg: DictConfig, mean: float, std: float) -> DictConfig:
+    """A copy of ``cfg`` whose intensity normalisation uses ``mean`` and ``std``."""
+    if not std > 0:
+        raise ValueError(f"intensity std {std} must be positive")
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    OmegaConf.update(out, "transforms.norm_mean", float(mean))
+    OmegaConf.update(out, "transforms.norm_std", float(std))
+    return out

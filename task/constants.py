@@ -48,3 +48,6 @@ SCORE_BINS = 200
 #: Per-site ratios: meaningless when summed, so under secure aggregation they stay at the
 #: site unless its node config sets ``share-site-metrics = true``.
 SITE_LEVEL_METRICS = ("auc", "accuracy", "mcc")
+
+#: Round-config keys carrying the federation's intensity statistics to the sites.
+NORM_MEAN, NORM_STD = "norm-mean", "norm-std"

@@ -127,6 +127,19 @@ def auc_from_histogram(histogram: np.ndarray) -> float:
     return float((pos * (below + 0.5 * neg)).sum() / (pos.sum() * neg.sum()))
 
 
+def intensity_moments(split: Split, norm_mean: float, norm_std: float) -> dict:
+    """Mean and mean square of a site's image intensities before normalisation (undoing
+    the configured ``(x - norm_mean) / norm_std``), per image, with the image count: the
+    federation's mean and std follow from their example-weighted means."""
+    raw = split.images.astype(np.float64) * norm_std + norm_mean
+    per_image = raw.reshape(len(raw), -1)
+    return {
+        "num-examples": len(raw),
+        "mean": float(per_image.mean(axis=1).mean()),
+        "mean-sq": float((per_image**2).mean(axis=1).mean()),
+    }
+
+
 def local_evaluate(
     model: torch.nn.Module, split: Split, classes: tuple[str, ...], batch_size: int = 256
 ) -> dict:

@@ -1,0 +1,68 @@
+"""An in-process stand-in for Flower's Grid: each message goes to a real ClientApp in this
+process, one Context per node, with optional vanishing and tampering (unit tests only; the
+slow tests run Flower's own simulation and deployment runtimes)."""
+
+from __future__ import annotations
+
+import types
+
+from flwr.app import Context, Error, Message, RecordDict
+
+from strategies import secagg_messages as wire
+
+NODES = (101, 102, 103)
+
+
+def _stage(msg: Message) -> str:
+    record = msg.content.config_records.get(wire.RECORD)
+    if msg.metadata.message_type == wire.MESSAGE_TYPE:
+        return str(record["stage"])
+    return "mask" if record is not None else "plain"
+
+
+class InProcessGrid:
+    """Delivers messages to ``app`` in this process; ``drop={node: stage}`` makes a node
+    vanish from that stage on; ``tamper(msg)`` may alter a message before delivery."""
+
+    STAGES = ("advertise", "share", "mask", "unmask")
+
+    def __init__(self, app, drop=None, tamper=None):
+        self.app, self.drop, self.tamper = app, dict(drop or {}), tamper
+        self.run = types.SimpleNamespace(run_id=7)
+        self.contexts = {
+            node: Context(
+                run_id=7,
+                node_id=node,
+                node_config={"partition-id": i, "num-partitions": len(NODES)},
+                state=RecordDict(),
+                run_config={},
+            )
+            for i, node in enumerate(NODES)
+        }
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def _gone(self, node: int, stage: str) -> bool:
+        at = self.drop.get(node)
+        return (
+            at is not None
+            and stage in self.STAGES
+            and (self.STAGES.index(stage) >= self.STAGES.index(at))
+        )
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            if self._gone(node, _stage(msg)):
+                continue
+            if self.tamper is not None:
+                msg = self.tamper(msg)
+            try:
+                replies.append(self.app(msg, self.contexts[node]))
+            except Exception as err:  # what Flower's runtime turns into an error reply
+                replies.append(
+                    Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
+                )
+        return replies
