@@ -51,7 +51,7 @@ def _run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_simulation_writes_metrics_history_and_per_site_records(tmp_path: Path) -> None:
+def test_simulation_writes_metrics_history_and_reveals_only_totals(tmp_path: Path) -> None:
     run_dir = tmp_path / "sim"
     proc = _run(_cmd(run_dir, "partition=dirichlet", "partition.min_size=20"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -62,7 +62,9 @@ def test_simulation_writes_metrics_history_and_per_site_records(tmp_path: Path) 
     assert metrics["best_round"] == 1 + max(range(3), key=lambda i: history[i]["evaluate"]["mcc"])
     for h in history:
         assert set(h["sites"]) == {"site-0", "site-1", "site-2"}
-        assert sum(s["train"]["num-examples"] for s in h["sites"].values()) > 0
+        # secure aggregation (the default): the server learns federation totals only
+        assert h["train"]["num-examples"] > 0 and h["train"]["secure-sites"] == 3
+        assert all(s["train"] == {} and s["evaluate"] == {} for s in h["sites"].values())
         assert h["failures"] == {"train": 0, "evaluate": 0}
     for name in ("roc.png", "curves.png", "best.pt", "last.pt"):
         assert (run_dir / name).is_file()
