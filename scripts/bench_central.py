@@ -69,12 +69,16 @@ def main() -> None:
     parser.add_argument("--resnet18-epochs", type=int, default=5)
     parser.add_argument("--skip-resnet18", action="store_true")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "bench_central")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the default runs")
     args = parser.parse_args()
     register_resolvers()
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine_facts(), "references": REFERENCES, "models": {}}
-    default_runs = [_one([f"seed={s}"], args.out / f"small_cnn_seed{s}") for s in args.seeds]
-    result["models"]["small_cnn"] = {"runs": default_runs, "summary": _summary(default_runs)}
+    default_runs = [
+        _one([*args.overrides, f"seed={s}"], args.out / f"default_seed{s}") for s in args.seeds
+    ]
+    result["default_overrides"] = args.overrides
+    result["models"]["default"] = {"runs": default_runs, "summary": _summary(default_runs)}
     if not args.skip_resnet18:
         r18 = [
             _one(
@@ -83,8 +87,8 @@ def main() -> None:
             )
         ]
         result["models"]["resnet18"] = {"runs": r18, "summary": _summary(r18)}
-        result["resnet18_over_small_cnn"] = {
-            k: r18[0][k] / result["models"]["small_cnn"]["summary"][k]["mean"]
+        result["resnet18_over_default"] = {
+            k: r18[0][k] / result["models"]["default"]["summary"][k]["mean"]
             for k in ("auc", "accuracy", "mcc", "wall_seconds")
         }
     path = args.out / "bench_central.json"

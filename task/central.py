@@ -31,6 +31,8 @@ from task.report import comparison_line, write_run_outputs
 
 log = logging.getLogger(__name__)
 
+SELECTIONS = ("val_mcc", "last")
+
 
 @dataclass
 class TrainSettings:
@@ -45,6 +47,9 @@ class TrainSettings:
     #: Keep an exponential moving average of the weights (decay per step) and validate,
     #: select and save *it*; None trains and selects the raw weights.
     ema_decay: float | None = None
+    #: Which epoch's weights become best.pt: the best validation MCC (as PriMIA chose), or
+    #: the last one (with a schedule annealed to zero and EMA, the intended end point).
+    selection: str = "val_mcc"
     num_workers: int = 0
     progress: bool = True
 
@@ -53,6 +58,8 @@ class TrainSettings:
             raise ValueError(f"train.epochs={self.epochs} must be at least 1")
         if self.batch_size < 1:
             raise ValueError(f"train.batch_size={self.batch_size} must be at least 1")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"train.selection={self.selection!r} is not one of {SELECTIONS}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay={self.ema_decay} must be in (0, 1) or null")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
@@ -196,7 +203,7 @@ def fit(
             val["mcc"],
             row["train_images_per_s"],
         )
-        improved = val["mcc"] > best_mcc
+        improved = val["mcc"] > best_mcc or settings.selection == "last"
         if improved:
             best_mcc, best_epoch, stale = val["mcc"], epoch, 0
         else:

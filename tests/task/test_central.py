@@ -79,3 +79,16 @@ def test_best_checkpoint_has_best_val_mcc_and_early_stopping(tmp_path: Path) -> 
     # patience 1: training stops on the first epoch without a new best MCC
     assert len(history) == 6 or mccs[-1] <= max(mccs[:-1])
     assert all(h["train_examples"] == 64 for h in history)  # examples, not batches
+
+
+def test_last_epoch_selection_saves_the_final_weights(tmp_path: Path) -> None:
+    _cfg, splits, model, opt, aug = _setup()
+    settings = TrainSettings(
+        epochs=3, batch_size=32, progress=False, max_steps_per_epoch=2, selection="last"
+    )
+    history = fit(model, splits, opt, settings, tmp_path, augment=aug)
+    best = checkpoint.load(tmp_path / CHECKPOINT_BEST)
+    assert best["best_epoch"] == len(history) == 3
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in best["model"].items())
+    with pytest.raises(ValueError, match=r"train\.selection='best'"):
+        TrainSettings(selection="best")
