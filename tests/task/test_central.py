@@ -18,7 +18,9 @@ from task.models import build_model
 
 def _setup(limit: int = 192):
     with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", [f"data.limit={limit}", "model.channels=[8,16,32,64]"])
+        cfg = compose(
+            "config", [f"data.limit={limit}", "model=small_cnn", "model.channels=[8,16,32,64]"]
+        )
     set_determinism(seed=0)
     splits = instantiate(cfg.data).load(instantiate(cfg.transforms.preprocess))
     model = build_model(cfg.model, splits.in_shape, 2)
