@@ -1,7 +1,8 @@
 """Centralised baseline: ``python -m scripts.train_central [hydra overrides]``.
 
 Writes ``metrics.json``, ``roc.png``, ``confusion_matrix.png``, ``curves.png`` and the
-checkpoints ``best.pt`` / ``last.pt`` to the Hydra run directory. Returns the best
+checkpoints ``best.pt`` / ``last.pt`` (and ``final.pt``, the reported weights with
+``train.selection=last``, the default) to the Hydra run directory. Returns the best
 validation MCC, which Hydra sweepers maximise.
 """
 

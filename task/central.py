@@ -1,8 +1,9 @@
 """Centralised training: the baseline that federated training is measured against.
 
-Flower-free. ``fit`` trains with checkpoints (best by validation MCC, as PriMIA selected,
-and last), optional early stopping, and exact resume from ``last.pt`` (weights, optimizer,
-scheduler, epoch, history and random states). ``run`` wires a composed Hydra config to it.
+Flower-free. ``fit`` trains with checkpoints (best by validation MCC, as PriMIA selected;
+last; with ``train.selection=last`` also the final evaluated weights), optional early
+stopping, and exact resume from ``last.pt`` (weights, optimizer, scheduler, epoch, history
+and random states). ``run`` wires a composed Hydra config to it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from task import checkpoint
-from task.constants import CHECKPOINT_BEST, CHECKPOINT_LAST
+from task.constants import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LAST
 from task.data.splits import DataSplits
 from task.engine import class_weights, mean_loss, predict, train_epoch
 from task.metrics import clinical_metrics
@@ -47,8 +48,9 @@ class TrainSettings:
     #: Keep an exponential moving average of the weights (decay per step) and validate,
     #: select and save *it*; None trains and selects the raw weights.
     ema_decay: float | None = None
-    #: Which epoch's weights become best.pt: the best validation MCC (as PriMIA chose), or
-    #: the last one (with a schedule annealed to zero and EMA, the intended end point).
+    #: Which weights are tested and reported: ``best.pt`` (the best validation MCC, as PriMIA
+    #: chose; always written) or ``final.pt`` (the last epoch's; with a schedule annealed
+    #: to zero and the EMA, the intended end point).
     selection: str = "val_mcc"
     num_workers: int = 0
     progress: bool = True
@@ -203,7 +205,7 @@ def fit(
             val["mcc"],
             row["train_images_per_s"],
         )
-        improved = val["mcc"] > best_mcc or settings.selection == "last"
+        improved = val["mcc"] > best_mcc
         if improved:
             best_mcc, best_epoch, stale = val["mcc"], epoch, 0
         else:
@@ -222,10 +224,11 @@ def fit(
             "loader_rng": _np_state(train_loader.dataset.R.get_state()),
             **(extra_state or {}),
         }
+        evaluated = {**state, "model": eval_model.state_dict()}
         if improved:
-            checkpoint.save_atomic(
-                {**state, "model": eval_model.state_dict()}, run_dir / CHECKPOINT_BEST
-            )
+            checkpoint.save_atomic(evaluated, run_dir / CHECKPOINT_BEST)
+        if settings.selection == "last":
+            checkpoint.save_atomic(evaluated, run_dir / CHECKPOINT_FINAL)
         checkpoint.save_atomic(state, run_dir / CHECKPOINT_LAST)
         patience = settings.early_stopping_patience
         if patience is not None and stale >= patience:
@@ -274,7 +277,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         extra_state={"config": inference_config(cfg, splits.classes)},
     )
     train_seconds = sum(h["train_seconds"] for h in history)
-    best = checkpoint.load(run_dir / CHECKPOINT_BEST)
+    chosen = CHECKPOINT_FINAL if settings.selection == "last" else CHECKPOINT_BEST
+    best = checkpoint.load(run_dir / chosen)
     model.load_state_dict(best["model"])
     n_boot, level = cfg.metrics.n_bootstrap, cfg.metrics.ci_level
     val_probs, val_labels = predict(
@@ -289,6 +293,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         ),
         "val": clinical_metrics(val_labels, val_probs, splits.classes, n_bootstrap=0),
         "best_epoch": best["best_epoch"],
+        "reported_checkpoint": chosen,
+        "reported_epoch": best["epoch"],
         "epochs_run": len(history),
         "model": {"target": cfg.model._target_, "parameters": count_parameters(model)},
         "data": splits.report.to_dict(),

@@ -37,6 +37,7 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
 CHECKPOINT_BEST = "best.pt"
 CHECKPOINT_LAST = "last.pt"
+CHECKPOINT_FINAL = "final.pt"  # the last epoch's evaluated (EMA) weights
 
 #: Reply record (a ConfigRecord beside arrays and metrics) that names the replying site.
 SITE_RECORD = "site"

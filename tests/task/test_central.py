@@ -12,7 +12,7 @@ from monai.utils import set_determinism
 
 from task import checkpoint
 from task.central import TrainSettings, fit
-from task.constants import CHECKPOINT_BEST, CHECKPOINT_LAST, REPO_ROOT
+from task.constants import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LAST, REPO_ROOT
 from task.models import build_model
 
 
@@ -89,8 +89,11 @@ def test_last_epoch_selection_saves_the_final_weights(tmp_path: Path) -> None:
         epochs=3, batch_size=32, progress=False, max_steps_per_epoch=2, selection="last"
     )
     history = fit(model, splits, opt, settings, tmp_path, augment=aug)
-    best = checkpoint.load(tmp_path / CHECKPOINT_BEST)
-    assert best["best_epoch"] == len(history) == 3
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in best["model"].items())
+    final = checkpoint.load(tmp_path / CHECKPOINT_FINAL)
+    assert final["epoch"] == len(history) == 3
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in final["model"].items())
+    # best.pt is still the best validation MCC, as PriMIA selected
+    mccs = [h["val_mcc"] for h in history]
+    assert checkpoint.load(tmp_path / CHECKPOINT_BEST)["epoch"] == 1 + mccs.index(max(mccs))
     with pytest.raises(ValueError, match=r"train\.selection='best'"):
         TrainSettings(selection="best")
