@@ -143,3 +143,15 @@ def test_robust_aggregators_are_refused(roster):
         SecureAggregation(FedMedian(), roster=str(roster))
     with pytest.raises(ValueError, match=r"secure\.roster is null"):
         SecureAggregation(FedAvg(), roster=None)
+
+
+def test_a_site_may_choose_to_share_its_own_metrics(roster):
+    secure, grid, arrays = _setup(roster, "smpc")
+    grid.contexts[101].node_config["share-site-metrics"] = True
+    replies = grid.send_and_receive(
+        list(secure.configure_evaluate(1, arrays, ConfigRecord(), grid))
+    )
+    shared = {r.metadata.src_node_id: r.content.metric_records for r in replies}
+    assert set(shared[101][wire.SITE_METRICS]) == {"auc", "accuracy", "mcc"}
+    assert not shared[102] and not shared[103]
+    assert secure.aggregate_evaluate(1, replies)["secure-sites"] == 3
