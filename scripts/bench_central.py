@@ -20,6 +20,7 @@ from task.central import run
 from task.config import register_resolvers
 from task.constants import EXPERT_READERS, REPO_ROOT
 from task.machine import machine_facts
+from task.report import write_json
 
 #: Published and human references on the same 624 test images.
 REFERENCES = {
@@ -92,7 +93,7 @@ def main() -> None:
             for k in ("auc", "accuracy", "mcc", "wall_seconds")
         }
     path = args.out / "bench_central.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, path)
     print(json.dumps({k: v["summary"] for k, v in result["models"].items()}, indent=2))
     print(f"written {path}")
 

@@ -26,6 +26,7 @@ from task.config import compose_config
 from task.constants import REPO_ROOT
 from task.federated import fedavg_reference
 from task.machine import machine_facts
+from task.report import write_json
 
 KEYS = ("auc", "accuracy", "mcc")
 
@@ -113,7 +114,7 @@ def main() -> None:
         "under_5_minutes": iid["wall_seconds"] < 300,
     }
     path = args.out / "bench_federated.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, path)
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
     print(f"written {path}")
 

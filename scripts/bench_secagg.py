@@ -28,6 +28,7 @@ from task.config import compose_config
 from task.constants import REPO_ROOT
 from task.machine import machine_facts
 from task.models import build_model, count_parameters
+from task.report import write_json
 
 SITES = (3, 5, 10)
 MODELS = {"default": [], "resnet18": ["model=resnet18"]}
@@ -35,7 +36,8 @@ MODELS = {"default": [], "resnet18": ["model=resnet18"]}
 
 def _protocol_cost(model_overrides: list[str], n_sites: int) -> dict:
     cfg = compose_config(["secure=none", *model_overrides])
-    state = build_model(cfg.model, (1, 28, 28), 2).state_dict()
+    model = build_model(cfg.model, (1, 28, 28), 2)
+    state = model.state_dict()
     rng = np.random.default_rng(0)
     inputs, t_encode = {}, 0.0
     for i in range(n_sites):
@@ -55,7 +57,7 @@ def _protocol_cost(model_overrides: list[str], n_sites: int) -> dict:
         sum(len(b) for b in p.values()) for st, _, p in server.transcript if st == "share"
     )
     return {
-        "parameters": count_parameters(build_model(cfg.model, (1, 28, 28), 2)),
+        "parameters": count_parameters(model),
         "values_per_site": n,
         "encode_seconds_per_site": t_encode / n_sites,
         # In-process driver: every site's and the server's work, run one after the other.
@@ -128,7 +130,7 @@ def main() -> None:
             "auc_difference": runs["smpc"]["test"]["auc"] - runs["none"]["test"]["auc"],
         }
     path = args.out / "bench_secagg.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, path)
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
     print(f"written {path}")
 

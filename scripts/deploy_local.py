@@ -18,13 +18,13 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 
-from mpc.secagg.identity import write_identities
 from server.deployment import DeploymentError, LocalDeployment
-from strategies.secagg_messages import secure_enabled
+from server.identities import provision_identities
 from task.config import compose_config
 from task.constants import DATA_ENV_VAR, METRICS_FILE, REPO_ROOT
 from task.data.export import export_sites
 from task.data.pneumoniamnist import resolve_path
+from task.report import write_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,13 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     names = [f"site-{i}" for i in range(args.sites)]
     secure_nodes: dict[str, dict[str, str]] = {name: {} for name in names}
-    if secure_enabled(cfg) and not cfg.secure.get("roster"):
-        # Secure aggregation identities: one signing key per site, and the roster that the
-        # coordinator and every site hold (a hospital would make its own key).
-        roster = write_identities(workdir / "identities", names)
+    roster = provision_identities(cfg, workdir / "identities", names)
+    if roster is not None:
         overrides.append(f"secure.roster={roster}")
         for name in names:
-            key_path = workdir / "identities" / f"{name}.key"
+            key_path = roster.parent / f"{name}.key"
             secure_nodes[name] = {"identity-key": str(key_path), "roster": str(roster)}
     if args.insecure:
         print("WARNING: --insecure: no TLS, no SuperNode authentication", file=sys.stderr)
@@ -118,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         "secure": metrics.get("secure"),
         "test": {k: metrics["test"][k] for k in ("auc", "accuracy", "mcc")},
     }
-    (workdir / "deployment.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(summary, workdir / "deployment.json")
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -15,9 +15,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from client.client_app import make_client_app
-from mpc.secagg.identity import write_identities
+from server.identities import provision_identities
 from server.server_app import make_server_app
-from strategies.secagg_messages import secure_enabled
 from task.constants import METRICS_FILE
 
 
@@ -28,10 +27,9 @@ def simulate(cfg: DictConfig, overrides: Sequence[str], run_dir: Path) -> dict[s
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     overrides = [*overrides, f"run_dir={run_dir}"]
-    if secure_enabled(cfg) and not cfg.secure.get("roster"):
-        # Simulated sites get fresh identities for this run, beside the roster.
-        names = [f"site-{i}" for i in range(int(cfg.federation.num_sites))]
-        roster = write_identities(Path(run_dir) / "identities", names)
+    names = [f"site-{i}" for i in range(int(cfg.federation.num_sites))]
+    roster = provision_identities(cfg, Path(run_dir) / "identities", names)
+    if roster is not None:  # sites find <name>.key beside the roster
         overrides.append(f"secure.roster={roster}")
     cpus = os.cpu_count() or 1
     run_simulation(

@@ -16,14 +16,22 @@ from flwr.app import MetricRecord, RecordDict
 from task.federated import auc_from_histogram, pooled_metrics
 
 
-def pooled_evaluate_metrics(records: list[RecordDict], weighting_metric_name: str) -> MetricRecord:
-    """``evaluate_metrics_aggr_fn`` for Flower strategies (same signature as Flower's)."""
-    metrics = [next(iter(r.metric_records.values())) for r in records]
-    confusion = np.sum([np.asarray(m["confusion"], dtype=np.int64) for m in metrics], axis=0)
+def _from_confusion(confusion: np.ndarray) -> dict:
+    """Pooled accuracy, balanced accuracy and MCC from flattened summed confusion counts."""
+    confusion = np.asarray(confusion, dtype=np.int64).reshape(-1)
     k = math.isqrt(len(confusion))
     if k * k != len(confusion):
         raise ValueError(f"confusion counts of length {len(confusion)} are not a square matrix")
     out = pooled_metrics(confusion.reshape(k, k))
+    out["confusion"] = confusion.tolist()
+    return out
+
+
+def pooled_evaluate_metrics(records: list[RecordDict], weighting_metric_name: str) -> MetricRecord:
+    """``evaluate_metrics_aggr_fn`` for Flower strategies (same signature as Flower's)."""
+    metrics = [next(iter(r.metric_records.values())) for r in records]
+    confusion = np.sum([np.asarray(m["confusion"], dtype=np.int64) for m in metrics], axis=0)
+    out = _from_confusion(confusion)
     weights = np.asarray([float(m[weighting_metric_name]) for m in metrics])
     losses = np.asarray([float(m["loss"]) for m in metrics])
     out["loss"] = float((weights * losses).sum() / weights.sum())
@@ -34,7 +42,6 @@ def pooled_evaluate_metrics(records: list[RecordDict], weighting_metric_name: st
     ]
     if aucs:
         out["auc"] = float(sum(w * a for w, a in aucs) / sum(w for w, _ in aucs))
-    out["confusion"] = confusion.tolist()
     return MetricRecord(out)
 
 
@@ -45,11 +52,8 @@ def metrics_from_sums(sums: dict[str, np.ndarray], n_examples: float) -> MetricR
     example-weighted float metrics (``loss`` times examples); AUC comes from the summed
     score histograms.
     """
-    confusion = np.rint(sums["confusion"]).astype(np.int64)
-    k = math.isqrt(confusion.size)
-    out = pooled_metrics(confusion.reshape(k, k))
+    out = _from_confusion(np.rint(sums["confusion"]))
     out["loss"] = float(sums["loss"]) / n_examples
     if "score-histogram" in sums:
         out["auc"] = auc_from_histogram(np.rint(sums["score-histogram"]))
-    out["confusion"] = confusion.reshape(-1).tolist()
     return MetricRecord(out)

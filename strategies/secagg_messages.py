@@ -72,12 +72,12 @@ def adverts_of(record: ConfigRecord) -> list[KeyAdvert]:
     return [KeyAdvert(*row) for row in zip(*(list(record[k]) for k in keys), strict=True)]
 
 
-def blobs_fields(blobs: dict[str, bytes], names: str = "names", values: str = "blobs") -> dict:
-    return {names: list(blobs), values: list(blobs.values())}
+def blobs_fields(blobs: dict[str, bytes]) -> dict:
+    return {"names": list(blobs), "blobs": list(blobs.values())}
 
 
-def blobs_of(record: ConfigRecord, names: str = "names", values: str = "blobs") -> dict:
-    return dict(zip(list(record[names]), [bytes(b) for b in record[values]], strict=True))
+def blobs_of(record: ConfigRecord) -> dict:
+    return dict(zip(list(record["names"]), [bytes(b) for b in record["blobs"]], strict=True))
 
 
 def masked_records(vector: np.ndarray, layout: list) -> tuple[ArrayRecord, ConfigRecord]:

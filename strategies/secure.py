@@ -47,6 +47,17 @@ ARRAYS, METRICS = wire.ARRAYS, wire.METRICS
 ROBUST = (FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan)
 
 
+def _metric_sums(sums: dict[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
+    """The summed example count and the summed metrics (layout prefix removed)."""
+    metrics = {k[len(METRICS) :]: v for k, v in sums.items() if k.startswith(METRICS)}
+    return float(metrics["num-examples"]), metrics
+
+
+def _scalar_means(metrics: dict[str, np.ndarray], n: float) -> dict[str, Any]:
+    """Example-weighted means of the summed scalar metrics (each was sent as metric x n)."""
+    return {k: float(v) / n for k, v in metrics.items() if np.ndim(v) == 0}
+
+
 def plaintext_aggregation(inner: Strategy) -> Strategy:
     """``secure=none``: the inner strategy as it is (the server sees each update)."""
     return inner
@@ -243,7 +254,7 @@ class SecureAggregation(Strategy):
         if revealed is None:
             return None, None
         sums, n_sites = revealed
-        n = float(sums[METRICS + "num-examples"])
+        n, summed = _metric_sums(sums)
         if n <= 0:
             log.warning("secure train round %d: no examples in the sum", server_round)
             return None, None
@@ -267,11 +278,7 @@ class SecureAggregation(Strategy):
             dst_node_id=0,
         )
         arrays, _ = self.inner.aggregate_train(server_round, [virtual])
-        metrics: dict[str, Any] = {
-            key[len(METRICS) :]: float(value) / n
-            for key, value in sums.items()
-            if key.startswith(METRICS) and np.ndim(value) == 0
-        }
+        metrics = _scalar_means(summed, n)
         metrics["num-examples"] = int(n)
         metrics["secure-sites"] = n_sites
         return arrays, MetricRecord(metrics)
@@ -289,9 +296,8 @@ class SecureAggregation(Strategy):
         if revealed is None:
             return None
         sums, n_sites = revealed
-        n = float(sums[METRICS + "num-examples"])
-        plain = {k[len(METRICS) :]: v for k, v in sums.items() if k.startswith(METRICS)}
-        metrics = metrics_from_sums(plain, n)
+        n, summed = _metric_sums(sums)
+        metrics = metrics_from_sums(summed, n)
         metrics["secure-sites"] = n_sites
         return metrics
 
@@ -314,12 +320,8 @@ class SecureAggregation(Strategy):
         if revealed is None:
             return None
         sums, n_sites = revealed
-        n = float(sums[METRICS + "num-examples"])
-        out = {
-            key[len(METRICS) :]: float(value) / n
-            for key, value in sums.items()
-            if key.startswith(METRICS) and np.ndim(value) == 0
-        }
+        n, summed = _metric_sums(sums)
+        out = _scalar_means(summed, n)
         out["num-examples"], out["secure-sites"] = n, n_sites
         return out
 

@@ -125,7 +125,6 @@ class SiteSession:
     mask_sk: bytes = b""
     mask_pk: bytes = b""
     peers: dict[str, KeyAdvert] = field(default_factory=dict)
-    own_shares: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
     received: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
     self_seed: bytes = b""
     cohort: list[str] = field(default_factory=list)  # U2
@@ -181,8 +180,8 @@ class SiteSession:
         out = {}
         for site in sorted(peers):
             i = self._index(site)
-            if site == self.name:
-                self.own_shares[site] = (b_shares[i], s_shares[i])
+            if site == self.name:  # our own shares: kept, never sent
+                self.received[site] = (b_shares[i], s_shares[i])
                 continue
             key = _channel_key(
                 self.channel_sk, peers[site].channel_pk, self.round_id, self.name, site
@@ -211,7 +210,6 @@ class SiteSession:
                 raise ShareIntegrityError(sender, self.name, "failed authentication") from None
             half = len(plain) // 2
             self.received[sender] = (plain[:half], plain[half:])
-        self.received[self.name] = self.own_shares[self.name]
         self.cohort = sorted(self.received)
         if len(self.cohort) < self.threshold:
             raise RoundAbandoned(f"{len(self.cohort)} sites shared keys; {self.threshold} needed")
@@ -268,7 +266,6 @@ class SiteSession:
                 k.hex() for k in (self.channel_sk, self.channel_pk, self.mask_sk, self.mask_pk)
             ],
             "peers": [adv(a) for a in self.peers.values()],
-            "own": {k: [a.hex(), b.hex()] for k, (a, b) in self.own_shares.items()},
             "received": {k: [a.hex(), b.hex()] for k, (a, b) in self.received.items()},
             "self_seed": self.self_seed.hex(),
             "cohort": self.cohort,
@@ -279,7 +276,6 @@ class SiteSession:
     @classmethod
     def from_bytes(cls, data: bytes) -> SiteSession:
         s = json.loads(data)
-        pairs = {k: (bytes.fromhex(a), bytes.fromhex(b)) for k, (a, b) in s["own"].items()}
         recv = {k: (bytes.fromhex(a), bytes.fromhex(b)) for k, (a, b) in s["received"].items()}
         keys = [bytes.fromhex(k) for k in s["keys"]]
         peers = {p[0]: KeyAdvert(p[0], *(bytes.fromhex(v) for v in p[1:])) for p in s["peers"]}
@@ -293,7 +289,6 @@ class SiteSession:
             mask_sk=keys[2],
             mask_pk=keys[3],
             peers=peers,
-            own_shares=pairs,
             received=recv,
             self_seed=bytes.fromhex(s["self_seed"]),
             cohort=list(s["cohort"]),
