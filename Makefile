@@ -7,7 +7,7 @@ TORCH  := torch==2.13.0
 CRYPTEN := crypten==0.4.1
 STAMP  := $(VENV)/.setup-done
 
-.PHONY: setup demo test test-fast lint bench-central clean
+.PHONY: setup demo test test-fast lint bench-central bench-inference clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,7 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 
 demo: setup
 	$(PY) -m scripts.train secure=smpc logger=none hydra.run.dir=outputs/demo
+	$(PY) -m scripts.encrypted_demo --checkpoint outputs/demo/best.pt
 
 test: setup
 	$(PY) -m pytest -p no:cacheprovider
@@ -40,6 +41,9 @@ lint: setup
 
 bench-central: setup
 	$(PY) -m scripts.bench_central
+
+bench-inference: setup
+	$(PY) -m scripts.bench_inference
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache

@@ -40,3 +40,18 @@ def export_sites(
             Image.fromarray(images[i]).save(target)
         folders.append(folder)
     return folders
+
+
+def export_test_images(out_dir: Path, count: int, *, npz_path: str | None = None) -> list[Path]:
+    """Write the first ``count`` images of the published test split as
+    ``<out>/<index>_<class>.png`` (the true class in the name, for checking a diagnosis)."""
+    path = resolve_path(npz_path)
+    verify_file(path)
+    images, labels = load_npz(path)["test"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i in range(min(count, len(images))):
+        target = out_dir / f"{i:04d}_{PNEUMONIAMNIST_CLASSES[labels[i]]}.png"
+        Image.fromarray(images[i]).save(target)
+        written.append(target)
+    return written

@@ -1,0 +1,53 @@
+"""The diagnosis client's file handling: which files, read how, and what a bad one does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from client.diagnose import collect_images, read_images
+from task import checkpoint
+from task.data.errors import BadFileError
+from task.data.export import export_test_images
+from task.data.pneumoniamnist import load_npz, resolve_path
+from task.data.preprocess import preprocess_array
+from tests.factories import pattern, write_png
+
+
+def test_folders_are_searched_and_missing_paths_named(tmp_path) -> None:
+    write_png(tmp_path / "a" / "x.png", pattern())
+    write_png(tmp_path / "a" / "deeper" / "y.PNG", pattern())
+    (tmp_path / "a" / "readme.txt").write_text("not an image")
+    single = write_png(tmp_path / "z.png", pattern())
+    found = collect_images([tmp_path / "a", single])
+    assert [p.name for p in found] == ["y.PNG", "x.png", "z.png"]
+    with pytest.raises(BadFileError, match=r"nothing\.png: no such file or folder"):
+        collect_images([tmp_path / "nothing.png"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadFileError, match="folder has no image files"):
+        collect_images([tmp_path / "empty"])
+
+
+def test_client_preprocessing_is_the_training_preprocessing(tmp_path, trained_checkpoint) -> None:
+    """PNG files of the test split, read by the client, equal the arrays training evaluated."""
+    from hydra.utils import instantiate
+
+    config = checkpoint.load(trained_checkpoint)["config"]
+    files = export_test_images(tmp_path, 5)
+    images, kept, skipped = read_images(files, config)
+    raw, _ = load_npz(resolve_path(None))["test"]
+    expected = preprocess_array(raw[:5], instantiate(config["preprocess"]))
+    assert kept == files and skipped == []
+    np.testing.assert_allclose(images, expected, atol=1e-6)
+
+
+def test_a_bad_image_is_refused_by_name_or_skipped_by_choice(tmp_path, trained_checkpoint) -> None:
+    config = checkpoint.load(trained_checkpoint)["config"]
+    good = write_png(tmp_path / "good.png", pattern())
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(BadFileError, match=r"broken\.png: cannot be read as an image"):
+        read_images([good, bad], config)
+    images, kept, skipped = read_images([good, bad], config, skip_bad=True)
+    assert images.shape == (1, 1, 28, 28) and kept == [good]
+    assert skipped[0]["path"] == str(bad) and "cannot be read" in skipped[0]["reason"]

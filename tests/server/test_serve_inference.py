@@ -1,0 +1,148 @@
+"""The model-owner service and the data-owner client as real processes over real TCP.
+
+One service process serves every test of this module in turn, so the tests also check that
+it keeps serving after clients that vanish or misbehave.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from client.diagnose import ServiceConnection
+from client.diagnose import main as diagnose_main
+from mpc.inference import wire
+from mpc.inference.model import load_served
+from server.serve_inference import ServiceProcess
+from task.constants import REPO_ROOT
+from task.data.export import export_test_images
+from task.data.pneumoniamnist import load_npz
+
+SESSION_TIMEOUT = 30
+
+
+@pytest.fixture(scope="module")
+def service(trained_checkpoint):
+    overrides = [f"service.session_timeout={SESSION_TIMEOUT}", "service.max_images=700"]
+    with ServiceProcess(trained_checkpoint, overrides) as proc:
+        yield proc.address
+
+
+def _test_images(config: dict, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``count`` test images, preprocessed as the checkpoint says."""
+    from task.data.pneumoniamnist import resolve_path
+    from task.data.preprocess import preprocess_array
+
+    images, labels = load_npz(resolve_path(None))["test"]
+    batch = preprocess_array(images[:count], instantiate(config["preprocess"]))
+    return batch, labels[:count]
+
+
+def _plaintext_probs(checkpoint: Path, images: np.ndarray) -> np.ndarray:
+    served = load_served(checkpoint)
+    with torch.no_grad():
+        return torch.softmax(served.model(torch.from_numpy(images)).double(), 1).numpy()
+
+
+def _probs(logits: np.ndarray) -> np.ndarray:
+    return torch.softmax(torch.from_numpy(logits).double(), 1).numpy()
+
+
+def test_encrypted_diagnosis_matches_plaintext(service, trained_checkpoint) -> None:
+    address = service
+    with ServiceConnection(address) as conn:
+        images, _ = _test_images(conn.config, 10)
+        result = conn.run(images, batch=4)  # batches of 4, 4 and 2 from one converted graph
+    plain = _plaintext_probs(trained_checkpoint, images)
+    encrypted = _probs(result["logits"])
+    assert encrypted.shape == plain.shape == (10, 2)
+    assert np.array_equal(encrypted.argmax(1), plain.argmax(1))
+    assert np.abs(encrypted - plain).max() < 0.01
+    assert len(result["batch_seconds"]) == 3
+    assert result["inference"]["bytes"] > 0
+
+
+def test_service_survives_vanished_and_misbehaving_clients(service, trained_checkpoint) -> None:
+    address = service
+    host, port = wire.parse_address(address)
+    # 1. reads the hello and vanishes
+    with socket.create_connection((host, port), timeout=60) as sock:
+        assert wire.recv(sock, expect="hello")["config"]["classes"] == ["normal", "pneumonia"]
+    # 2. asks for something the service refuses, and is told what was wrong
+    with socket.create_connection((host, port), timeout=60) as sock:
+        wire.recv(sock, expect="hello")
+        wire.send(sock, {"type": "request", "version": wire.VERSION, "n_images": 0, "batch": 1})
+        with pytest.raises(wire.ProtocolError, match=r"n_images=0 must be 1\.\.700"):
+            wire.recv(sock, expect="session")
+    # 3. starts a session and never joins it: the service times the session out
+    with socket.create_connection((host, port), timeout=60) as sock:
+        wire.recv(sock, expect="hello")
+        wire.send(sock, {"type": "request", "version": wire.VERSION, "n_images": 2, "batch": 2})
+        assert wire.recv(sock, expect="session")["rendezvous"].startswith("tcp://127.0.0.1:")
+    t0 = time.monotonic()
+    # 4. the next client is served correctly once that session has been given up
+    with ServiceConnection(address) as conn:
+        images, _ = _test_images(conn.config, 3)
+        result = conn.run(images, batch=3)
+    # it waited for that session's timeout (30 s + 2 s per image) before serving this one
+    assert time.monotonic() - t0 >= SESSION_TIMEOUT
+    plain = _plaintext_probs(trained_checkpoint, images)
+    assert np.array_equal(_probs(result["logits"]).argmax(1), plain.argmax(1))
+
+
+def test_client_command_diagnoses_png_files(service, trained_checkpoint, tmp_path) -> None:
+    address = service
+    files = export_test_images(tmp_path / "images", 4)
+    (tmp_path / "images" / "notes.txt").write_text("not an image")  # ignored: not an image
+    out = tmp_path / "diagnosis.json"
+    assert diagnose_main([str(tmp_path / "images"), "--service", address, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [Path(item["path"]).name for item in report["images"]] == [f.name for f in files]
+    # the PNG files, read and preprocessed by the client, give the plaintext model's answers
+    with ServiceConnection(address) as conn:
+        images, _ = _test_images(conn.config, 4)
+    plain = _plaintext_probs(trained_checkpoint, images)
+    for item, p in zip(report["images"], plain, strict=True):
+        assert item["prediction"] == ["normal", "pneumonia"][int(p.argmax())]
+        assert abs(item["probabilities"]["pneumonia"] - p[1]) < 0.01
+
+
+def test_unservable_model_stops_the_service_with_its_name(tmp_path, trained_checkpoint) -> None:
+    from task import checkpoint
+
+    bad = tmp_path / "weights_only.pt"
+    checkpoint.save_atomic({"model": checkpoint.load(trained_checkpoint)["model"]}, bad)
+    proc = subprocess.run(
+        [sys.executable, "-m", "server.serve_inference", "--model", str(bad)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "weights_only.pt: has no inference config" in proc.stderr
+
+
+@pytest.mark.slow
+def test_whole_test_split_agrees_with_plaintext(service, trained_checkpoint) -> None:
+    """Issue acceptance: >= 99.5 % agreement on all 624 PneumoniaMNIST test images."""
+    address = service
+    with ServiceConnection(address) as conn:
+        images, _ = _test_images(conn.config, 10_000)
+        result = conn.run(images, batch=32)
+    plain = _plaintext_probs(trained_checkpoint, images)
+    encrypted = _probs(result["logits"])
+    agreement = float((encrypted.argmax(1) == plain.argmax(1)).mean())
+    error = float(np.abs(encrypted - plain).max())
+    print(f"agreement {agreement:.4f} on {len(images)} images; max |p error| {error:.2e}")
+    assert len(images) == 624
+    assert agreement >= 0.995
