@@ -22,13 +22,12 @@ import numpy as np
 import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from client.diagnose import ServiceConnection
 from mpc.inference.model import load_served
 from server.serve_inference import ServiceProcess
 from task.central import run as run_central
-from task.config import compose_config
+from task.config import compose_config, default_choice
 from task.constants import REPO_ROOT
 from task.data.pneumoniamnist import load_npz, resolve_path
 from task.data.preprocess import preprocess_array
@@ -37,14 +36,6 @@ from task.report import write_json
 
 LATENCY_IMAGES = 8
 BATCH = 32
-
-
-def default_model() -> str:
-    """The model option that ``conf/train.yaml`` (federated training) selects."""
-    for entry in OmegaConf.load(REPO_ROOT / "conf" / "train.yaml").defaults:
-        if not isinstance(entry, str) and "model" in entry:
-            return str(entry["model"])
-    raise ValueError("conf/train.yaml selects no model")
 
 
 def _train(model: str, steps: int, out: Path) -> Path:
@@ -148,7 +139,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     test_images, _ = load_npz(resolve_path(None))["test"]
     result: dict = {"machine": machine_facts(), "models": {}}
-    default = default_model()
+    default = default_choice("model")
     models = {f"default ({default})": (default, args.checkpoint, len(test_images))}
     if not args.skip_resnet18:
         models["resnet18"] = ("resnet18", None, args.agreement_images)

@@ -37,6 +37,14 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "train") ->
         return compose(config_name=config_name, overrides=list(overrides))
 
 
+def default_choice(group: str, config_name: str = "train") -> str:
+    """The option of ``group`` that ``conf/<config_name>.yaml`` selects by default."""
+    for entry in OmegaConf.load(REPO_ROOT / "conf" / f"{config_name}.yaml").defaults:
+        if not isinstance(entry, str) and group in entry:
+            return str(entry[group])
+    raise ValueError(f"conf/{config_name}.yaml selects no '{group}'")
+
+
 def overrides_from_run_config(run_config: Mapping[str, Any]) -> list[str]:
     """Hydra overrides from Flower's flat run config (``experiment`` and ``overrides``)."""
     unknown = set(run_config) - {RUN_CONFIG_OVERRIDES, RUN_CONFIG_EXPERIMENT}

@@ -27,3 +27,16 @@ def test_unknown_run_config_key_is_refused() -> None:
 def test_misspelt_override_fails_at_start() -> None:
     with pytest.raises(ConfigCompositionException, match="federaton"):
         compose_config(["federaton.num_rounds=2"])
+
+
+def test_default_choice_reads_the_defaults_list() -> None:
+    from task.config import default_choice
+
+    for group in ("model", "strategy", "secure", "partition"):
+        chosen = compose_config([f"{group}={default_choice(group)}"])
+        assert chosen[group] == compose_config([])[group], group
+    assert compose_config([f"model={default_choice('model', 'config')}"], "config").model == (
+        compose_config([], "config").model
+    )
+    with pytest.raises(ValueError, match="selects no 'privacy'"):
+        default_choice("privacy")
