@@ -96,9 +96,9 @@ class InferenceService:
     def _check_request(self, request: dict[str, Any]) -> Session:
         wire.check_version(request)
         n, batch = request.get("n_images"), request.get("batch")
-        if not isinstance(n, int) or not 1 <= n <= self.settings.max_images:
+        if type(n) is not int or not 1 <= n <= self.settings.max_images:
             raise RequestRefused(f"n_images={n!r} must be 1..{self.settings.max_images}")
-        if not isinstance(batch, int) or not 1 <= batch <= self.settings.max_batch:
+        if type(batch) is not int or not 1 <= batch <= self.settings.max_batch:
             raise RequestRefused(f"batch={batch!r} must be 1..{self.settings.max_batch}")
         port = int(self.settings.session_port) or free_port(self.settings.host)
         return Session(f"tcp://{self.settings.advertise_host}:{port}", n, batch)

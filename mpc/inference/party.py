@@ -16,9 +16,11 @@ waiting, so a request does not pay for interpreter start-up and model conversion
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing as mp
 import os
+import pickle
 import time
 import traceback
 from collections.abc import Callable
@@ -52,7 +54,7 @@ class Session:
         return [self.batch] * full + ([rest] if rest else [])
 
 
-def _crypten(rank: int, session: Session):
+def join_session(rank: int, session: Session):
     """Join the session's process group as ``rank`` with the TTP provider."""
     os.environ.update(
         {
@@ -89,7 +91,7 @@ class GraphMismatch(ValueError):
     """The data owner's graph differs from the one the model owner announced."""
 
 
-def _stats(crypten) -> dict[str, float]:
+def _stats() -> dict[str, int]:
     import crypten.communicator as comm
 
     s = comm.get().get_communication_stats()
@@ -112,28 +114,36 @@ def prepare_model_owner(checkpoint: str) -> dict[str, Any]:
     return {"graph": convert(served.model, served.input_shape), "shape": served.input_shape}
 
 
-def run_model_owner(state: dict[str, Any], session: Session) -> dict[str, Any]:
-    """Share the weights, take part in the forward passes, learn nothing of the output."""
-    crypten = _crypten(MODEL_OWNER, session)
+@contextlib.contextmanager
+def encrypted_session(rank: int, session: Session, graph):
+    """Join ``session`` as ``rank`` with ``graph`` encrypted from the model owner's weights
+    (the other party contributes only placeholders); yields CrypTen and the model-sharing
+    traffic, with the counters reset for the inference; leaves the session on exit."""
+    crypten = join_session(rank, session)
     crypten.init()
     try:
-        graph = state["graph"]
         graph.encrypt(src=MODEL_OWNER)
         graph.eval()
-        model_stats = _stats(crypten)
+        model_stats = _stats()
         _reset_stats()
+        yield crypten, model_stats
+    finally:
+        crypten.uninit()
+
+
+def run_model_owner(state: dict[str, Any], session: Session) -> dict[str, Any]:
+    """Share the weights, take part in the forward passes, learn nothing of the output."""
+    with encrypted_session(MODEL_OWNER, session, state["graph"]) as (crypten, model_stats):
         t0 = time.perf_counter()
         with torch.no_grad():
             for size in session.chunks():
                 x = crypten.cryptensor(torch.zeros(size, *state["shape"]), src=DATA_OWNER)
-                graph(x).get_plain_text(dst=DATA_OWNER)  # revealed to the data owner only
+                state["graph"](x).get_plain_text(dst=DATA_OWNER)  # None here: not revealed
         return {
             "model_sharing": model_stats,
-            "inference": _stats(crypten),
+            "inference": _stats(),
             "seconds": time.perf_counter() - t0,
         }
-    finally:
-        crypten.uninit()
 
 
 # --- data owner ----------------------------------------------------------------------
@@ -161,30 +171,22 @@ def prepare_data_owner(
 
 def run_data_owner(state: dict[str, Any], session: Session) -> dict[str, Any]:
     """Share the images, take part in the forward passes, learn the logits."""
-    crypten = _crypten(DATA_OWNER, session)
-    crypten.init()
-    try:
-        graph = state["graph"]
-        graph.encrypt(src=MODEL_OWNER)  # receives shares of weights it cannot read
-        graph.eval()
-        model_stats = _stats(crypten)
-        _reset_stats()
+    # The graph receives shares of weights it cannot read.
+    with encrypted_session(DATA_OWNER, session, state["graph"]) as (crypten, model_stats):
         logits, seconds, start = [], [], 0
         with torch.no_grad():
             for size in session.chunks():
                 t0 = time.perf_counter()
                 x = crypten.cryptensor(state["images"][start : start + size], src=DATA_OWNER)
-                logits.append(graph(x).get_plain_text(dst=DATA_OWNER))
+                logits.append(state["graph"](x).get_plain_text(dst=DATA_OWNER))
                 seconds.append(time.perf_counter() - t0)
                 start += size
         return {
             "logits": torch.cat(logits).numpy(),
             "batch_seconds": seconds,
             "model_sharing": model_stats,
-            "inference": _stats(crypten),
+            "inference": _stats(),
         }
-    finally:
-        crypten.uninit()
 
 
 # --- dealer --------------------------------------------------------------------------
@@ -198,7 +200,7 @@ def prepare_dealer() -> dict[str, Any]:
 
 def run_dealer(state: dict[str, Any], session: Session) -> dict[str, Any]:
     """Serve triples and comparison randomness until the model owner ends the session."""
-    crypten = _crypten(DEALER, session)
+    crypten = join_session(DEALER, session)
     from crypten.mpc.provider.ttp_provider import TTPServer
 
     try:
@@ -212,13 +214,15 @@ def run_dealer(state: dict[str, Any], session: Session) -> dict[str, Any]:
 
 
 def _prepared_main(prepare: Callable, run: Callable, args: tuple, conn: Connection) -> None:
+    # Plain pickle, not the Pipe's: torch would send tensors as shared-memory handles,
+    # which die with this process before the parent reads them.
     try:
         state = prepare(*args)
-        conn.send(("ready", None))
+        conn.send_bytes(pickle.dumps(("ready", None)))
         session = conn.recv()
-        conn.send(("ok", run(state, session)))
+        conn.send_bytes(pickle.dumps(("ok", run(state, session))))
     except BaseException:  # report any failure to the parent, which decides what to do
-        conn.send(("error", traceback.format_exc()))
+        conn.send_bytes(pickle.dumps(("error", traceback.format_exc())))
     finally:
         conn.close()
 
@@ -263,7 +267,7 @@ class PreparedParty:
             if not self._conn.poll(timeout):
                 self.kill()
                 raise PartyError(f"{self.name} did not finish its {stage} within {timeout:.0f} s")
-            return self._conn.recv()
+            return pickle.loads(self._conn.recv_bytes())
         except (EOFError, OSError) as err:
             self.kill()
             raise PartyError(
