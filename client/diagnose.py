@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mpc.inference import wire
+from mpc.inference.fidelity import probabilities
 from mpc.inference.model import check_targets
 from mpc.inference.party import (
     PartyError,
@@ -37,7 +37,7 @@ from mpc.inference.party import (
 from task.config import compose_config
 from task.constants import IMAGE_SUFFIXES
 from task.data.errors import BadFileError
-from task.data.files import ImageReader
+from task.data.files import ImageReader, is_image_file
 from task.data.preprocess import preprocess_one
 
 
@@ -46,11 +46,7 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
     paths: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(
-                p
-                for p in item.rglob("*")
-                if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
-            )
+            found = sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p))
             if not found:
                 raise BadFileError(item, f"folder has no image files ({', '.join(IMAGE_SUFFIXES)})")
             paths.extend(found)
@@ -177,7 +173,7 @@ def diagnose(
         images, kept, skipped = read_images(paths, conn.config, skip_bad=skip_bad)
         result = conn.run(images, int(settings.batch))
     classes = list(conn.config["classes"])
-    probs = torch.softmax(torch.from_numpy(result["logits"]).double(), dim=1).numpy()
+    probs = probabilities(result["logits"])
     n = len(kept)
     return {
         "service": service,

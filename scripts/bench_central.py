@@ -9,7 +9,6 @@ and the ratio of each figure to the published and human references on the same 6
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from task.central import run
 from task.config import register_resolvers
 from task.constants import EXPERT_READERS, REPO_ROOT
 from task.machine import machine_facts
-from task.report import write_json
+from task.report import write_benchmark
 
 #: Published and human references on the same 624 test images.
 REFERENCES = {
@@ -93,9 +92,7 @@ def main() -> None:
             for k in ("auc", "accuracy", "mcc", "wall_seconds")
         }
     path = args.out / "bench_central.json"
-    write_json(result, path)
-    print(json.dumps({k: v["summary"] for k, v in result["models"].items()}, indent=2))
-    print(f"written {path}")
+    write_benchmark(result, path, {k: v["summary"] for k, v in result["models"].items()})
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from task.config import compose_config, default_choice
 from task.constants import REPO_ROOT
 from task.federated import fedavg_reference
 from task.machine import machine_facts
-from task.report import write_json
+from task.report import write_benchmark
 
 KEYS = ("auc", "accuracy", "mcc")
 
@@ -139,9 +139,7 @@ def main() -> None:
         and default["test"]["accuracy"] >= 0.90,
     }
     path = args.out / "bench_federated.json"
-    write_json(result, path)
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
-    print(f"written {path}")
+    write_benchmark(result, path, {k: v for k, v in result.items() if k != "machine"})
 
 
 if __name__ == "__main__":

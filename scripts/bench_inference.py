@@ -24,36 +24,19 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
 from client.diagnose import ServiceConnection
+from mpc.inference.fidelity import agreement, plaintext_probabilities, probabilities
 from mpc.inference.model import load_served
 from server.serve_inference import ServiceProcess
-from task.central import run as run_central
-from task.config import compose_config, default_choice
+from task.central import brief_checkpoint
+from task.config import default_choice
 from task.constants import REPO_ROOT
 from task.data.pneumoniamnist import load_npz, resolve_path
 from task.data.preprocess import preprocess_array
 from task.machine import machine_facts
-from task.report import write_json
+from task.report import write_benchmark
 
 LATENCY_IMAGES = 8
 BATCH = 32
-
-
-def _train(model: str, steps: int, out: Path) -> Path:
-    GlobalHydra.instance().clear()
-    cfg = compose_config(
-        [
-            "logger=none",
-            f"model={model}",
-            "train.epochs=1",
-            f"train.max_steps_per_epoch={steps}",
-            "train.progress=false",
-            "train.selection=last",
-            "metrics.n_bootstrap=0",
-        ],
-        config_name="config",
-    )
-    run_central(cfg, out)
-    return out / "final.pt"
 
 
 def _plaintext_seconds(model: torch.nn.Module, images: torch.Tensor) -> dict[str, float]:
@@ -78,8 +61,7 @@ def _bench_model(name: str, checkpoint: Path, test_images: np.ndarray, agreement
     served = load_served(checkpoint)
     images = preprocess_array(test_images, instantiate(served.config["preprocess"]))
     plain_seconds = _plaintext_seconds(served.model, torch.from_numpy(images))
-    with torch.no_grad():
-        plain_probs = torch.softmax(served.model(torch.from_numpy(images)).double(), 1).numpy()
+    plain_probs = plaintext_probabilities(served.model, images)
     result: dict = {"checkpoint": str(checkpoint), "model": served.config["model"]["_target_"]}
     with ServiceProcess(checkpoint, ["service.max_images=1000"]) as service:
         with ServiceConnection(service.address) as conn:
@@ -96,8 +78,6 @@ def _bench_model(name: str, checkpoint: Path, test_images: np.ndarray, agreement
         "batch1_seconds_per_image": statistics.median(one["batch_seconds"]),
         "batch32_seconds_per_image": sum(full) / (len(full) * BATCH),
     }
-    probs = torch.softmax(torch.from_numpy(many["logits"]).double(), 1).numpy()
-    ref = plain_probs[:n]
     result.update(
         plaintext=plain_seconds,
         encrypted=encrypted,
@@ -113,11 +93,7 @@ def _bench_model(name: str, checkpoint: Path, test_images: np.ndarray, agreement
             f"{LATENCY_IMAGES}_images_batch1": request_1,
             f"{n}_images_batch32": request_n,
         },
-        agreement={
-            "images": n,
-            "agreement": float((probs.argmax(1) == ref.argmax(1)).mean()),
-            "max_abs_probability_error": float(np.abs(probs - ref).max()),
-        },
+        agreement=agreement(probabilities(many["logits"]), plain_probs[:n]),
     )
     result["targets_met"] = {
         "batch1_le_1s": encrypted["batch1_seconds_per_image"] <= 1.0,
@@ -145,11 +121,11 @@ def main() -> None:
         models["resnet18"] = ("resnet18", None, args.agreement_images)
     for name, (model, checkpoint, agreement_n) in models.items():
         if checkpoint is None:
-            checkpoint = _train(model, args.train_steps, args.out / model)
+            GlobalHydra.instance().clear()
+            checkpoint = brief_checkpoint(model, args.train_steps, args.out / model)
         result["models"][name] = _bench_model(name, checkpoint, test_images, agreement_n)
     path = args.out / "bench_inference.json"
-    write_json(result, path)
-    print(f"written {path}")
+    write_benchmark(result, path)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from task.config import compose_config
 from task.constants import REPO_ROOT
 from task.machine import machine_facts
 from task.models import build_model, count_parameters
-from task.report import write_json
+from task.report import write_benchmark
 
 SITES = (3, 5, 10)
 MODELS = {"default": [], "resnet18": ["model=resnet18"]}
@@ -130,9 +130,7 @@ def main() -> None:
             "auc_difference": runs["smpc"]["test"]["auc"] - runs["none"]["test"]["auc"],
         }
     path = args.out / "bench_secagg.json"
-    write_json(result, path)
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
-    print(f"written {path}")
+    write_benchmark(result, path, {k: v for k, v in result.items() if k != "machine"})
 
 
 if __name__ == "__main__":

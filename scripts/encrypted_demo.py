@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from client.diagnose import collect_images, read_images
+from mpc.inference.fidelity import agreement, plaintext_probabilities
 from mpc.inference.model import load_served
 from server.serve_inference import ServiceProcess
 from task.constants import REPO_ROOT
@@ -56,8 +56,7 @@ def main() -> int:
     result = json.loads(report.read_text())
     served = load_served(args.checkpoint)
     images, kept, _ = read_images(collect_images([folder]), served.config)
-    with torch.no_grad():
-        plain = torch.softmax(served.model(torch.from_numpy(images)).double(), 1).numpy()
+    plain = plaintext_probabilities(served.model, images)
     classes = served.config["classes"]
     encrypted = np.array([[i["probabilities"][c] for c in classes] for i in result["images"]])
     print(f"\n{'image':<22}{'true':<11}{'encrypted':<11}{'p':>7}   plaintext      p")
@@ -68,13 +67,13 @@ def main() -> int:
             f"{Path(path).name:<22}{true:<11}{guess:<11}{item['probabilities'][guess]:7.3f}   "
             f"{classes[int(p.argmax())]:<11}{p.max():7.3f}"
         )
-    agree = float((encrypted.argmax(1) == plain.argmax(1)).mean())
+    fidelity = agreement(encrypted, plain)
     print(
-        f"\nencrypted vs plaintext: {agree:.1%} of {len(kept)} images agree; max |p error| "
-        f"{np.abs(encrypted - plain).max():.1e}; {result['encrypted_seconds_per_image']:.2f} s "
-        "per image encrypted"
+        f"\nencrypted vs plaintext: {fidelity['agreement']:.1%} of {len(kept)} images agree; "
+        f"max |p error| {fidelity['max_abs_probability_error']:.1e}; "
+        f"{result['encrypted_seconds_per_image']:.2f} s per image encrypted"
     )
-    return 0 if agree == 1.0 else 1
+    return 0 if fidelity["agreement"] == 1.0 else 1
 
 
 if __name__ == "__main__":

@@ -47,7 +47,8 @@ def federation_intensity(
         )
         for node in grid.get_node_ids()
     ]
-    if isinstance(aggregation, SecureAggregation):
+    secure = isinstance(aggregation, SecureAggregation)
+    if secure:
         means = aggregation.query_mean(grid, messages, "intensity", timeout=timeout)
     else:
         means = _plaintext_means(list(grid.send_and_receive(messages, timeout=timeout)))
@@ -57,5 +58,6 @@ def federation_intensity(
         )
     mean = means["mean"]
     std = math.sqrt(max(means["mean-sq"] - mean**2, 0.0))
-    log.info("federation intensity: mean %.5f, std %.5f (secure sum)", mean, std)
+    how = "secure sum" if secure else "plaintext sum"
+    log.info("federation intensity: mean %.5f, std %.5f (%s)", mean, std, how)
     return mean, std

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from task import checkpoint
+from task.config import compose_config
 from task.constants import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LAST
 from task.data.splits import DataSplits
 from task.engine import class_weights, mean_loss, predict, train_epoch
@@ -318,3 +319,23 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if splits.report.n_skipped:
         log.warning("data: %s", splits.report.summary())
     return metrics
+
+
+def brief_checkpoint(model: str, steps: int, run_dir: Path) -> Path:
+    """Train the ``model`` option for ``steps`` steps with :func:`run` (one epoch, no
+    logger, no bootstrap) and return its ``final.pt``: weights and BatchNorm statistics as
+    after training, with the inference config, for serving tests and benchmarks."""
+    cfg = compose_config(
+        [
+            "logger=none",
+            f"model={model}",
+            "train.epochs=1",
+            f"train.max_steps_per_epoch={steps}",
+            "train.progress=false",
+            "train.selection=last",
+            "metrics.n_bootstrap=0",
+        ],
+        config_name="config",
+    )
+    run(cfg, run_dir)
+    return run_dir / CHECKPOINT_FINAL

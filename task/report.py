@@ -31,6 +31,15 @@ def write_json(data: Any, path: Path) -> Path:
     return path
 
 
+def write_benchmark(result: dict[str, Any], path: Path, summary: Any = None) -> Path:
+    """Write a benchmark's JSON, print ``summary`` (if any) and where the file went."""
+    write_json(result, path)
+    if summary is not None:
+        print(json.dumps(_json_safe(summary), indent=2))
+    print(f"written {path}")
+    return path
+
+
 def write_run_outputs(
     run_dir: Path,
     metrics: dict[str, Any],

@@ -74,7 +74,7 @@ def folder_site(cfg: DictConfig, name: str, index: int, data_path: str) -> Site:
 
 
 def site_name(node_config: Mapping[str, Any]) -> str:
-    """This node's site name, without loading its data (as :func:`load_site` names it)."""
+    """This node's site name, without loading its data (:func:`load_site` uses it too)."""
     if SITE_NAME in node_config:
         return str(node_config[SITE_NAME])
     if DATA_PATH in node_config:
@@ -89,12 +89,12 @@ def _cached_site(cfg_yaml: str, node_items: tuple[tuple[str, Any], ...]) -> Site
     cfg = OmegaConf.create(cfg_yaml)
     node = dict(node_items)
     if DATA_PATH in node:
-        name = str(node.get(SITE_NAME, node[DATA_PATH]))
-        return folder_site(cfg, name, int(node.get(PARTITION_ID, 0)), str(node[DATA_PATH]))
+        return folder_site(
+            cfg, site_name(node), int(node.get(PARTITION_ID, 0)), str(node[DATA_PATH])
+        )
     if PARTITION_ID in node and NUM_PARTITIONS in node:
         site = partition_site(cfg, int(node[PARTITION_ID]), int(node[NUM_PARTITIONS]))
-        if SITE_NAME in node:
-            site.name = str(node[SITE_NAME])
+        site.name = site_name(node)
         return site
     raise ValueError(
         f"node config {node} names no data: set '{DATA_PATH}' (and '{SITE_NAME}') with "

@@ -27,23 +27,8 @@ def pneumoniamnist_path() -> Path:
 @pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory, pneumoniamnist_path) -> Path:
     """The federated default model (small_cnn) trained briefly (30 steps) by the real
-    centralised loop: its
-    ``final.pt`` carries weights, BatchNorm statistics and the inference config."""
-    from task.central import run
-    from task.config import compose_config
+    centralised loop: its ``final.pt`` carries weights, BatchNorm statistics and the
+    inference config."""
+    from task.central import brief_checkpoint
 
-    run_dir = tmp_path_factory.mktemp("trained")
-    cfg = compose_config(
-        [
-            "logger=none",
-            "model=small_cnn",
-            "train.epochs=1",
-            "train.max_steps_per_epoch=30",
-            "train.progress=false",
-            "train.selection=last",
-            "metrics.n_bootstrap=0",
-        ],
-        config_name="config",
-    )
-    run(cfg, run_dir)
-    return run_dir / "final.pt"
+    return brief_checkpoint("small_cnn", 30, tmp_path_factory.mktemp("trained"))

@@ -40,7 +40,8 @@ class Record:
     label: int
 
 
-def _is_image(path: Path) -> bool:
+def is_image_file(path: Path) -> bool:
+    """Whether ``path`` has one of the image suffixes this module reads."""
     name = path.name.lower()
     return any(name.endswith(suffix) for suffix in IMAGE_SUFFIXES)
 
@@ -64,7 +65,7 @@ def scan_folder(root: str | Path, classes: Sequence[str]) -> list[Record]:
         Record(path, classes.index(sub.name))
         for sub in subdirs
         for path in sorted(sub.rglob("*"))
-        if path.is_file() and _is_image(path)
+        if path.is_file() and is_image_file(path)
     ]
     if not records:
         raise BadFileError(

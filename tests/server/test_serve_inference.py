@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from hydra.utils import instantiate
 
 from client.diagnose import ServiceConnection
 from client.diagnose import main as diagnose_main
 from mpc.inference import wire
+from mpc.inference.fidelity import agreement, plaintext_probabilities, probabilities
 from mpc.inference.model import load_served
 from server.serve_inference import ServiceProcess
 from task.constants import REPO_ROOT
@@ -48,13 +48,7 @@ def _test_images(config: dict, count: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _plaintext_probs(checkpoint: Path, images: np.ndarray) -> np.ndarray:
-    served = load_served(checkpoint)
-    with torch.no_grad():
-        return torch.softmax(served.model(torch.from_numpy(images)).double(), 1).numpy()
-
-
-def _probs(logits: np.ndarray) -> np.ndarray:
-    return torch.softmax(torch.from_numpy(logits).double(), 1).numpy()
+    return plaintext_probabilities(load_served(checkpoint).model, images)
 
 
 def test_encrypted_diagnosis_matches_plaintext(service, trained_checkpoint) -> None:
@@ -63,7 +57,7 @@ def test_encrypted_diagnosis_matches_plaintext(service, trained_checkpoint) -> N
         images, _ = _test_images(conn.config, 10)
         result = conn.run(images, batch=4)  # batches of 4, 4 and 2 from one converted graph
     plain = _plaintext_probs(trained_checkpoint, images)
-    encrypted = _probs(result["logits"])
+    encrypted = probabilities(result["logits"])
     assert encrypted.shape == plain.shape == (10, 2)
     assert np.array_equal(encrypted.argmax(1), plain.argmax(1))
     assert np.abs(encrypted - plain).max() < 0.01
@@ -96,7 +90,7 @@ def test_service_survives_vanished_and_misbehaving_clients(service, trained_chec
     # it waited for that session's timeout (30 s + 2 s per image) before serving this one
     assert time.monotonic() - t0 >= SESSION_TIMEOUT
     plain = _plaintext_probs(trained_checkpoint, images)
-    assert np.array_equal(_probs(result["logits"]).argmax(1), plain.argmax(1))
+    assert np.array_equal(probabilities(result["logits"]).argmax(1), plain.argmax(1))
 
 
 def test_client_command_diagnoses_png_files(service, trained_checkpoint, tmp_path) -> None:
@@ -140,9 +134,10 @@ def test_whole_test_split_agrees_with_plaintext(service, trained_checkpoint) -> 
         images, _ = _test_images(conn.config, 10_000)
         result = conn.run(images, batch=32)
     plain = _plaintext_probs(trained_checkpoint, images)
-    encrypted = _probs(result["logits"])
-    agreement = float((encrypted.argmax(1) == plain.argmax(1)).mean())
-    error = float(np.abs(encrypted - plain).max())
-    print(f"agreement {agreement:.4f} on {len(images)} images; max |p error| {error:.2e}")
+    fidelity = agreement(probabilities(result["logits"]), plain)
+    print(
+        f"agreement {fidelity['agreement']:.4f} on {len(images)} images; "
+        f"max |p error| {fidelity['max_abs_probability_error']:.2e}"
+    )
     assert len(images) == 624
-    assert agreement >= 0.995
+    assert fidelity["agreement"] >= 0.995
