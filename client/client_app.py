@@ -9,6 +9,7 @@ error reply, which the strategy counts and skips.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from functools import cache
 
@@ -20,7 +21,11 @@ from task.config import compose_config, overrides_from_run_config, with_normalis
 from task.constants import NORM_MEAN, NORM_STD, SITE_RECORD
 from task.federated import intensity_moments, local_evaluate, local_train
 from task.models import build_model
-from task.sites import Site, load_site
+from task.privacy import BudgetExhausted, LocalDP, privacy_of
+from task.privacy.ledger import SiteLedger
+from task.sites import Site, load_site, site_state_dir
+
+log = logging.getLogger(__name__)
 
 
 @cache
@@ -41,14 +46,30 @@ def _setup(msg: Message, context: Context, overrides: Sequence[str] | None):
         # The federation's own intensity statistics (federation.secure_normalisation).
         cfg = with_normalisation(cfg, float(config[NORM_MEAN]), float(config[NORM_STD]))
     site = load_site(cfg, context.node_config)
-    model = build_model(cfg.model, site.splits.in_shape, len(site.splits.classes))
+    model = build_model(
+        cfg.model,
+        site.splits.in_shape,
+        len(site.splits.classes),
+        dp_compatible=privacy_of(cfg).name != "none",
+    )
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     return cfg, site, model
 
 
-def _reply(msg: Message, site: Site, metrics: dict, arrays: ArrayRecord | None = None):
+def _reply(
+    msg: Message,
+    site: Site,
+    metrics: dict,
+    arrays: ArrayRecord | None = None,
+    public: dict | None = None,
+):
+    """The reply: metrics, the site's name and ``public`` facts (its ε under local DP) in
+    the site record, which travels in the clear even under secure aggregation."""
     content = RecordDict(
-        {"metrics": MetricRecord(metrics), SITE_RECORD: ConfigRecord({"name": site.name})}
+        {
+            "metrics": MetricRecord(metrics),
+            SITE_RECORD: ConfigRecord({"name": site.name} | (public or {})),
+        }
     )
     if arrays is not None:
         content["arrays"] = arrays
@@ -66,15 +87,26 @@ def make_client_app(overrides: Sequence[str] | None = None) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         cfg, site, model = _setup(msg, context, overrides)
         config = msg.content["config"]
-        result = local_train(
-            model,
-            site,
-            cfg,
-            int(config["server-round"]),
-            proximal_mu=float(config.get("proximal-mu", 0.0)),
+        privacy = privacy_of(cfg)
+        ledger = (
+            SiteLedger(privacy, site_state_dir(cfg, context.node_config), site.name)
+            if isinstance(privacy, LocalDP)
+            else None
         )
+        try:
+            result = local_train(
+                model,
+                site,
+                cfg,
+                int(config["server-round"]),
+                proximal_mu=float(config.get("proximal-mu", 0.0)),
+                ledger=ledger,
+            )
+        except BudgetExhausted as err:
+            log.warning("%s", err)  # the error reply carries the same words to the server
+            raise
         metrics = {"num-examples": result.num_examples, "loss": result.loss, "lr": result.lr}
-        return _reply(msg, site, metrics, ArrayRecord(model.state_dict()))
+        return _reply(msg, site, metrics, ArrayRecord(model.state_dict()), result.privacy)
 
     @app.query("intensity", mods=[secure_mod])
     def intensity(msg: Message, context: Context) -> Message:

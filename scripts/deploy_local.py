@@ -90,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
                 if not args.insecure:
                     key, public = dep.new_node_key(name)
                     dep.register(public)
-                node = {"site-name": name, "data-path": str(folder), "partition-id": str(i)}
+                node = {
+                    "site-name": name,
+                    "data-path": str(folder),
+                    "partition-id": str(i),
+                    "state-dir": str(workdir / "sites" / name),
+                }
                 dep.start_supernode(name, node | secure_nodes[name], key)
             t0 = time.perf_counter()
             res = dep.run_app(overrides, timeout=args.timeout)

@@ -32,6 +32,14 @@ def main(cfg: DictConfig) -> float:
         f"Expert readers (PriMIA study): ACC {EXPERT_READERS['accuracy']:.3f}  "
         f"MCC {EXPERT_READERS['mcc']:.3f}"
     )
+    privacy = metrics.get("privacy") or {}
+    if privacy.get("mode") == "local_dp":
+        spent = ", ".join(f"{s} {e:.2f}" for s, e in privacy["sites"].items())
+        print(f"Local DP (δ={privacy['delta']:g}): ε per site {spent}")
+    elif privacy.get("mode") == "central_dp":
+        print(f"Central DP (δ={privacy['delta']:g}): ε {privacy['epsilon']:.2f}")
+    if privacy.get("stopped_early"):
+        print(privacy["stopped_early"])
     return float(metrics["val"]["mcc"])
 
 

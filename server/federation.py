@@ -22,7 +22,9 @@ from monai.utils import set_determinism
 from omegaconf import DictConfig, OmegaConf
 
 from server.normalisation import federation_intensity
+from server.privacy import FederationPrivacy
 from strategies.checkpointed import CheckpointedStrategy, RoundRecord
+from strategies.secagg_messages import secure_enabled
 from task import checkpoint
 from task.central import inference_config
 from task.config import with_normalisation
@@ -37,6 +39,7 @@ from task.constants import (
 from task.engine import predict
 from task.metrics import clinical_metrics
 from task.models import build_model, count_parameters
+from task.privacy import CentralDP, privacy_of
 from task.report import comparison_line, write_json, write_run_outputs
 
 log = logging.getLogger(__name__)
@@ -70,8 +73,10 @@ class RoundRecorder:
         state: dict[str, Any] | None,
         classes: tuple[str, ...],
         normalisation: dict[str, float] | None = None,
+        privacy: FederationPrivacy | None = None,
     ) -> None:
         self.run_dir, self.cfg, self.logger = run_dir, cfg, logger
+        self.privacy = privacy
         state = state or {}
         self.history: list[dict[str, Any]] = list(state.get("history", []))
         self.best_round = state.get("best_round", 0)
@@ -86,6 +91,8 @@ class RoundRecorder:
         now = time.perf_counter()
         # Wall time of the round (training, evaluation and, with secure=smpc, the protocol).
         entry["seconds"], self._t_last = now - self._t_last, now
+        if self.privacy is not None and self.privacy.enabled:
+            entry["privacy"] = self.privacy.after_round(record)
         self.history.append(entry)
         weights = arrays.to_torch_state_dict()
         mcc = entry["evaluate"].get("mcc")
@@ -102,6 +109,7 @@ class RoundRecorder:
             "best_arrays": self.best_arrays,
             "config": self.model_config,
             "normalisation": self.normalisation,
+            "privacy": self.privacy.state() if self.privacy is not None else None,
         }
         checkpoint.save_atomic(state, self.run_dir / CHECKPOINT_LAST)
         if improved:
@@ -116,6 +124,8 @@ class RoundRecorder:
             )
         write_json(self.history, self.run_dir / HISTORY_FILE)
         flat = {f"global/{k}": v for k, v in _flat_row(entry).items() if k != "round"}
+        if "epsilon" in entry.get("privacy", {}):
+            flat["global/privacy_epsilon"] = entry["privacy"]["epsilon"]
         for site, kinds in entry["sites"].items():
             for kind, metrics in kinds.items():
                 for key, value in metrics.items():
@@ -148,8 +158,18 @@ def run_federation(cfg: DictConfig, grid: Grid) -> dict[str, Any]:
     elif cfg.resume:
         log.info("resume=true but %s has no %s: starting at round 1", run_dir, CHECKPOINT_LAST)
 
+    privacy = privacy_of(cfg)
+    tracker = FederationPrivacy(privacy, cfg, state.get("privacy") if state else None)
     # secure=smpc wraps the aggregation in secure aggregation; secure=none leaves it as is.
-    aggregation = instantiate(cfg.secure)(instantiate(cfg.strategy))
+    secure_options = {}
+    if isinstance(privacy, CentralDP):
+        if not secure_enabled(cfg):
+            raise ValueError(
+                "privacy=central_dp needs secure=smpc: each site adds only its share of the "
+                "noise, so the server must never see an update in the clear"
+            )
+        secure_options["min_sites"] = privacy.min_sites
+    aggregation = instantiate(cfg.secure)(instantiate(cfg.strategy), **secure_options)
     fed = cfg.federation
     round_config = ConfigRecord()
     normalisation = state.get("normalisation") if state is not None else None
@@ -166,14 +186,18 @@ def run_federation(cfg: DictConfig, grid: Grid) -> dict[str, Any]:
 
     data = instantiate(cfg.data).load(preprocess=instantiate(cfg.transforms.preprocess))
     classes = data.classes
-    model = build_model(cfg.model, data.in_shape, len(classes))
+    model = build_model(cfg.model, data.in_shape, len(classes), dp_compatible=tracker.enabled)
     arrays = ArrayRecord(state["arrays"] if state is not None else model.state_dict())
 
     logger = instantiate(cfg.logger)
     logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), name=cfg.get("run_name"))
-    recorder = RoundRecorder(run_dir, cfg, logger, state, classes, normalisation)
+    recorder = RoundRecorder(run_dir, cfg, logger, state, classes, normalisation, tracker)
     strategy = CheckpointedStrategy(
-        aggregation, seed=cfg.seed, on_round_end=recorder, start_round=start_round
+        aggregation,
+        seed=cfg.seed,
+        on_round_end=recorder,
+        start_round=start_round,
+        should_stop=tracker.should_stop if tracker.enabled else None,
     )
     if state is not None:
         strategy.load_state_dict(state["strategy"])
@@ -216,6 +240,7 @@ def run_federation(cfg: DictConfig, grid: Grid) -> dict[str, Any]:
         "strategy": cfg.strategy._target_,
         "secure": cfg.secure._target_,
         "normalisation": normalisation,
+        "privacy": tracker.summary(strategy.stopped),
         "num_sites": fed.num_sites,
         "seed": cfg.seed,
         "rounds_seconds": rounds_seconds,

@@ -47,6 +47,16 @@ def _plain(metrics: MetricRecord | None) -> dict[str, Any]:
     return {} if metrics is None else {k: v for k, v in metrics.items()}
 
 
+def public_site_facts(msg: Message) -> dict[str, Any]:
+    """What the site record says besides the site's name (its ε under local DP)."""
+    record = msg.content.config_records.get(SITE_RECORD)
+    return {} if record is None else {k: v for k, v in record.items() if k != "name"}
+
+
+class FederationEnded(Exception):
+    """Raised by a ``should_stop`` check: the federation ends before its last round."""
+
+
 @dataclass
 class RoundRecord:
     """What one round produced, for the history, the dashboard and the checkpoint."""
@@ -56,6 +66,8 @@ class RoundRecord:
     evaluate: dict[str, Any] = field(default_factory=dict)
     sites: dict[str, dict[str, Any]] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=lambda: {"train": 0, "evaluate": 0})
+    #: The reasons of the round's failed training replies, as the sites gave them.
+    train_errors: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +88,8 @@ class CheckpointedStrategy(Strategy):
         on_round_end: ``f(record, arrays, strategy_state)`` after each round's aggregation
             and evaluation.
         start_round: first round to run (``last checkpointed round + 1`` when resuming).
+        should_stop: ``f(round)`` before each round's training: a reason to end the
+            federation now (for example too few sites with privacy budget left), or None.
     """
 
     def __init__(
@@ -85,6 +99,7 @@ class CheckpointedStrategy(Strategy):
         seed: int = 0,
         on_round_end: Callable[[RoundRecord, ArrayRecord, dict], None] | None = None,
         start_round: int = 1,
+        should_stop: Callable[[int], str | None] | None = None,
     ) -> None:
         if start_round < 1:
             raise ValueError(f"start_round={start_round} must be at least 1")
@@ -92,6 +107,8 @@ class CheckpointedStrategy(Strategy):
         self.seed = seed
         self.on_round_end = on_round_end
         self.start_round = start_round
+        self.should_stop = should_stop
+        self.stopped: str | None = None  # why the federation ended early, if it did
         self._record: RoundRecord | None = None
 
     # -- round bookkeeping ---------------------------------------------------------------
@@ -110,6 +127,8 @@ class CheckpointedStrategy(Strategy):
         for msg in replies:
             if msg.has_error():
                 record.failures[kind] += 1
+                if kind == "train":
+                    record.train_errors.append(str(msg.error.reason))
                 log.warning(
                     "round %d %s: node %d failed: %s",
                     record.round,
@@ -119,7 +138,11 @@ class CheckpointedStrategy(Strategy):
                 )
         for msg in valid:
             metrics = next(iter(msg.content.metric_records.values()), None)
-            record.sites.setdefault(site_name(msg), {})[kind] = _plain(metrics)
+            site = record.sites.setdefault(site_name(msg), {})
+            site[kind] = _plain(metrics)
+            facts = public_site_facts(msg)
+            if facts:
+                site["privacy"] = facts
         return valid
 
     # -- delegated hooks -------------------------------------------------------------------
@@ -127,6 +150,9 @@ class CheckpointedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         r = self._true_round(server_round)
+        reason = self.should_stop(r) if self.should_stop is not None else None
+        if reason:
+            raise FederationEnded(f"federation ended before round {r}: {reason}")
         random.seed(self.seed * 7919 + r)  # Flower samples nodes with `random`
         log.info("federated round %d", r)
         return self.inner.configure_train(r, arrays, config, grid)
@@ -182,15 +208,22 @@ class CheckpointedStrategy(Strategy):
                 self.on_round_end(record, arrays, self.state_dict())
             return result
 
-        return super().start(
-            grid,
-            initial_arrays,
-            num_rounds=remaining,
-            timeout=timeout,
-            train_config=train_config,
-            evaluate_config=evaluate_config,
-            evaluate_fn=end_of_round,
-        )
+        try:
+            return super().start(
+                grid,
+                initial_arrays,
+                num_rounds=remaining,
+                timeout=timeout,
+                train_config=train_config,
+                evaluate_config=evaluate_config,
+                evaluate_fn=end_of_round,
+            )
+        except FederationEnded as err:
+            # Raised before any message of the round went out: every finished round is
+            # already checkpointed and the caller's final evaluation still runs.
+            self.stopped = str(err)
+            log.warning("%s", err)
+            return Result(arrays=initial_arrays)
 
     # -- state ---------------------------------------------------------------------------
     @property

@@ -73,6 +73,9 @@ class SecureAggregation(Strategy):
         roster: JSON file ``{site: OpenSSH public key}``; round keys must verify against it.
         frac_bits, max_parties: the fixed-point encoding (see :mod:`mpc.secagg.fixedpoint`).
         stage_timeout: seconds to wait for the sites at each key stage.
+        min_sites: fewest sites whose training sum may be revealed; a round with fewer
+            survivors is abandoned before the unmask stage (central DP: each site adds
+            only a share of the noise, so a smaller sum would carry too little).
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class SecureAggregation(Strategy):
         frac_bits: int = DEFAULT_FRAC_BITS,
         max_parties: int = DEFAULT_MAX_PARTIES,
         stage_timeout: float = 300.0,
+        min_sites: int = 0,
     ) -> None:
         if not isinstance(inner, FedAvg) or isinstance(inner, ROBUST):
             raise ValueError(
@@ -98,6 +102,7 @@ class SecureAggregation(Strategy):
         self.roster = load_roster(roster)
         self.frac_bits, self.max_parties = frac_bits, max_parties
         self.stage_timeout = stage_timeout
+        self.min_sites = int(min_sites)
         self.transcripts: list[ServerSession] = []  # every session, for audits and tests
         self._grid: Grid | None = None
         self._session: ServerSession | None = None
@@ -224,6 +229,11 @@ class SecureAggregation(Strategy):
                 log.warning("secure mask: %s refused: %s", site, err)
         try:
             survivors, dropped = session.unmask_request()
+            if session.round_id.kind == "train" and len(survivors) < self.min_sites:
+                raise RoundAbandoned(
+                    f"secure {session.round_id}: {len(survivors)} site(s) left, fewer than "
+                    f"min_sites={self.min_sites}; the sum stays hidden"
+                )
             nodes = {n: s for n, s in self._names.items() if s in survivors}
             request = wire.round_record(
                 session.round_id, "unmask", survivors=survivors, dropped=dropped

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 
-def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to a temporary file in the same folder, fsync, then rename over ``path``.
-
-    ``os.replace`` is atomic on POSIX, so readers see either the old or the new file.
-    """
+def _write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write`` on a temporary file in the same folder, fsync, then rename over
+    ``path``. ``os.replace`` is atomic on POSIX, so readers see either the old or the new
+    file, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -28,6 +28,16 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` with ``torch.save``, atomically."""
+    return _write_atomic(path, lambda fh: torch.save(state, fh))
+
+
+def write_text_atomic(text: str, path: str | Path) -> Path:
+    """Write ``text`` (UTF-8), atomically."""
+    return _write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def load(path: str | Path) -> dict[str, Any]:

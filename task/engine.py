@@ -32,13 +32,14 @@ def train_epoch(
 ) -> dict[str, float]:
     """One pass (or ``max_steps`` batches) of training.
 
-    Returns the mean loss and the *number of examples* trained on (FedAvg weights by
-    examples, never by batches). ``proximal_mu`` > 0 adds FedProx's proximal term
+    Returns the mean loss, the *number of examples* trained on (FedAvg weights by
+    examples, never by batches) and the number of optimizer steps. ``proximal_mu`` > 0
+    adds FedProx's proximal term
     ``mu/2 * ||w - w_global||^2`` against ``global_params``. ``on_step`` runs after every
     optimizer step (for example to update an exponential moving average of the weights).
     """
     model.train()
-    total_loss, n_examples = 0.0, 0
+    total_loss, n_examples, steps = 0.0, 0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
     for step, (images, labels) in enumerate(bar, start=1):
         images = torch.as_tensor(images, dtype=torch.float32)
@@ -52,6 +53,7 @@ def train_epoch(
             loss = loss + 0.5 * proximal_mu * prox
         loss.backward()
         optimizer.step()
+        steps += 1
         if on_step is not None:
             on_step()
         total_loss += float(loss.detach()) * len(labels)
@@ -59,7 +61,7 @@ def train_epoch(
         bar.set_postfix(loss=f"{total_loss / n_examples:.4f}")
         if max_steps is not None and step >= max_steps:
             break
-    return {"loss": total_loss / max(n_examples, 1), "num_examples": n_examples}
+    return {"loss": total_loss / max(n_examples, 1), "num_examples": n_examples, "steps": steps}
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ whether the federation ran straight through or was resumed from a checkpoint.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -19,7 +20,13 @@ from task.constants import SCORE_BINS
 from task.data.splits import Split
 from task.engine import class_weights, mean_loss, predict, train_epoch
 from task.metrics import clinical_metrics
+from task.privacy import CentralDP, LocalDP, privacy_of
+from task.privacy.dpsgd import train_private
+from task.privacy.ledger import SiteLedger, plan_round
+from task.privacy.update_noise import clip_and_noise
 from task.sites import Site
+
+log = logging.getLogger(__name__)
 
 
 def round_seed(seed: int, server_round: int, site_index: int) -> int:
@@ -37,11 +44,18 @@ def round_lr(base_lr: float, server_round: int, num_rounds: int, schedule: str) 
 
 @dataclass
 class LocalResult:
-    """Outcome of one round of local training."""
+    """Outcome of one round of local training.
+
+    ``num_examples`` is the FedAvg weight: examples trained on; under local DP the
+    expected number (a public function of the site's size, not the Poisson draw); under
+    central DP 1 (site-level sensitivity needs weights that do not depend on the data).
+    ``privacy`` is what the site reports in the clear under local DP (ε, σ, rounds left).
+    """
 
     num_examples: int
     loss: float
     lr: float
+    privacy: dict[str, float | int] | None = None
 
 
 def local_train(
@@ -51,20 +65,102 @@ def local_train(
     server_round: int,
     *,
     proximal_mu: float = 0.0,
+    ledger: SiteLedger | None = None,
 ) -> LocalResult:
     """Train the received global model on the site's data for the configured local work.
 
     ``federation.local_steps`` (batches, as PriMIA synchronised every few batches) takes
     precedence over ``federation.local_epochs``. The number of *examples* seen is returned,
-    which FedAvg uses as the weight.
+    which FedAvg uses as the weight. With ``privacy=local_dp`` the round runs DP-SGD and is
+    accounted in ``ledger`` (required), or raises :class:`BudgetExhausted` before any
+    training; with ``privacy=central_dp`` the update is clipped and noised afterwards.
     """
+    privacy = privacy_of(cfg)
+    if isinstance(privacy, LocalDP):
+        if ledger is None:
+            raise ValueError("privacy=local_dp: local_train needs the site's privacy ledger")
+        if proximal_mu:
+            raise ValueError("privacy=local_dp does not support FedProx's proximal term")
+        return _local_train_dp(model, site, cfg, server_round, privacy, ledger)
+    global_state = (
+        {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if isinstance(privacy, CentralDP)
+        else None
+    )
+    result = _local_train_plain(model, site, cfg, server_round, proximal_mu)
+    if isinstance(privacy, CentralDP):
+        clip_and_noise(
+            model,
+            global_state,
+            clip_norm=privacy.clip_norm,
+            noise_std=privacy.site_noise_std(int(cfg.federation.num_rounds)),
+        )
+        result.num_examples = 1
+    return result
+
+
+def _loss_fn(site: Site, cfg: DictConfig) -> torch.nn.Module:
+    weight = class_weights(site.splits.train.labels, len(site.splits.classes))
+    return torch.nn.CrossEntropyLoss(weight=weight if cfg.train.class_weighted_loss else None)
+
+
+def _local_train_dp(
+    model: torch.nn.Module,
+    site: Site,
+    cfg: DictConfig,
+    server_round: int,
+    privacy: LocalDP,
+    ledger: SiteLedger,
+) -> LocalResult:
+    fed, train = cfg.federation, site.splits.train
+    plan = plan_round(
+        privacy,
+        n_train=len(train),
+        batch_size=int(cfg.train.batch_size),
+        local_steps=fed.local_steps,
+        local_epochs=int(fed.local_epochs),
+        num_rounds=int(fed.num_rounds),
+    )
+    ledger.check(plan)  # raises BudgetExhausted before touching the data
+    set_determinism(seed=round_seed(cfg.seed, server_round, site.index))
+    lr = round_lr(cfg.optimizer.lr, server_round, fed.num_rounds, fed.lr_schedule)
+    optimizer = instantiate(cfg.optimizer, lr=lr)(params=model.parameters())
+    augment = instantiate(cfg.transforms.augment) if cfg.transforms.get("augment") else None
+    stats = train_private(
+        model,
+        train.loader(cfg.train.batch_size, shuffle=True, augment=augment),
+        optimizer,
+        _loss_fn(site, cfg),
+        steps=plan.steps,
+        noise_multiplier=plan.noise_multiplier,
+        max_grad_norm=privacy.max_grad_norm,
+        accountant=ledger.accountant,
+    )
+    ledger.save()
+    report = ledger.report(plan)
+    log.info(
+        "site %s round %d: DP-SGD σ=%.4f, q=%.4f, %d steps; ε=%.3f at δ=%g",
+        site.name,
+        server_round,
+        plan.noise_multiplier,
+        plan.sample_rate,
+        stats["steps"],
+        report["epsilon"],
+        privacy.delta,
+    )
+    expected = round(plan.steps * plan.sample_rate * len(train))
+    return LocalResult(num_examples=expected, loss=stats["loss"], lr=lr, privacy=report)
+
+
+def _local_train_plain(
+    model: torch.nn.Module, site: Site, cfg: DictConfig, server_round: int, proximal_mu: float
+) -> LocalResult:
     fed = cfg.federation
     set_determinism(seed=round_seed(cfg.seed, server_round, site.index))
     lr = round_lr(cfg.optimizer.lr, server_round, fed.num_rounds, fed.lr_schedule)
     optimizer = instantiate(cfg.optimizer, lr=lr)(params=model.parameters())
     train = site.splits.train
-    weight = class_weights(train.labels, len(site.splits.classes))
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weight if cfg.train.class_weighted_loss else None)
+    loss_fn = _loss_fn(site, cfg)
     augment = instantiate(cfg.transforms.augment) if cfg.transforms.get("augment") else None
     loader = train.loader(cfg.train.batch_size, shuffle=True, augment=augment)
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu else None

@@ -17,14 +17,27 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def build_model(model_cfg: DictConfig, in_shape: tuple[int, int, int], n_classes: int):
+def build_model(
+    model_cfg: DictConfig,
+    in_shape: tuple[int, int, int],
+    n_classes: int,
+    *,
+    dp_compatible: bool = False,
+):
     """Instantiate ``model_cfg`` and dry-run it on one zero image of ``in_shape``.
+
+    ``dp_compatible=True`` (any ``privacy`` other than ``none``, on sites and server alike)
+    passes the network through Opacus's ``ModuleValidator.fix`` (BatchNorm to GroupNorm).
 
     Raises ``ValueError`` naming the model and the shape when the network cannot process it
     (for example DenseNet-121 below 32 px) or gives the wrong number of outputs, so that a
     mismatched config fails at start, not after data loading.
     """
     model = instantiate(model_cfg)
+    if dp_compatible:
+        from task.privacy.dpsgd import make_compatible
+
+        model = make_compatible(model)
     target = model_cfg.get("_target_", type(model).__name__)
     model.eval()
     try:

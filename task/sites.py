@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 #: Node-config keys. Flower's simulation sets the first two; a deployment sets the others.
 PARTITION_ID, NUM_PARTITIONS = "partition-id", "num-partitions"
 SITE_NAME, DATA_PATH = "site-name", "data-path"
+#: Node-config key of the folder where a site keeps what must outlive its process (its
+#: privacy ledger). Simulation: ``<run_dir>/sites/<site>``.
+STATE_DIR = "state-dir"
 
 
 @dataclass
@@ -82,6 +86,19 @@ def site_name(node_config: Mapping[str, Any]) -> str:
     if PARTITION_ID in node_config:
         return f"site-{int(node_config[PARTITION_ID])}"
     raise ValueError(f"node config {dict(node_config)} names no site: set '{SITE_NAME}'")
+
+
+def site_state_dir(cfg: DictConfig, node_config: Mapping[str, Any]) -> Path:
+    """This site's state folder: ``state-dir`` from its node config, else (simulation)
+    ``<run_dir>/sites/<site>``."""
+    if STATE_DIR in node_config:
+        return Path(str(node_config[STATE_DIR]))
+    if cfg.get("run_dir"):
+        return Path(str(cfg.run_dir)) / "sites" / site_name(node_config)
+    raise ValueError(
+        f"node config {dict(node_config)} has no '{STATE_DIR}' and the run has no run_dir: "
+        "the site has nowhere to keep its privacy ledger"
+    )
 
 
 @cache

@@ -10,6 +10,8 @@ from client.client_app import make_client_app
 from task.config import compose_config
 from task.constants import SITE_RECORD
 from task.models import build_model
+from task.privacy import BudgetExhausted
+from task.privacy.ledger import LEDGER_FILE
 from task.sites import load_site
 
 # The plaintext handlers; secure aggregation around them is tested in tests/strategies.
@@ -59,3 +61,34 @@ def test_site_without_data_fails_with_a_clear_error() -> None:
             _message(MessageType.TRAIN, ArrayRecord(model.state_dict())),
             _context({"site-name": "lost"}),
         )
+
+
+def test_local_dp_site_reports_epsilon_keeps_its_ledger_and_enforces_its_budget(
+    tmp_path,
+) -> None:
+    overrides = [*OVERRIDES, "privacy=local_dp", "federation.local_steps=2"]
+    cfg = compose_config(overrides)
+    node = {"partition-id": 0, "num-partitions": 3, "state-dir": str(tmp_path / "site-0")}
+    site = load_site(cfg, node)
+    model = build_model(cfg.model, site.splits.in_shape, 2, dp_compatible=True)
+    app = make_client_app(overrides)
+    eps = []
+    for _ in range(2):  # each call loads the ledger from disk, as a restarted node would
+        reply = app(_message(MessageType.TRAIN, ArrayRecord(model.state_dict())), _context(node))
+        assert not reply.has_error()
+        eps.append(reply.content[SITE_RECORD]["epsilon"])
+        assert reply.content[SITE_RECORD]["dp-steps"] == 2 * len(eps)
+    assert 0 < eps[0] < eps[1] <= 3.0
+    assert (tmp_path / "site-0" / LEDGER_FILE).is_file()
+
+    sigma = reply.content[SITE_RECORD]["noise-multiplier"]
+    # the same noise, with a budget the two rounds have just reached
+    spent = [*overrides, f"privacy.noise_multiplier={sigma}", f"privacy.epsilon={eps[1]}"]
+    with pytest.raises(BudgetExhausted, match="site site-0: privacy budget exhausted"):
+        make_client_app(spent)(
+            _message(MessageType.TRAIN, ArrayRecord(model.state_dict())), _context(node)
+        )
+    reply = make_client_app(spent)(
+        _message(MessageType.EVALUATE, ArrayRecord(model.state_dict())), _context(node)
+    )
+    assert not reply.has_error() and reply.content["metrics"]["num-examples"] > 0

@@ -15,13 +15,14 @@ from mpc.secagg.identity import write_identities
 from strategies.secagg_messages import secure_enabled
 from strategies.secure import ROBUST
 from task.constants import REPO_ROOT
+from task.privacy import privacy_of
 
 CONF = REPO_ROOT / "conf"
 SHARED = ["data", "transforms", "model", "optimizer", "logger"]
 #: top-level config -> its groups; experiments and searches belong to one entry point each.
 GROUPS = {
     "config": [*SHARED, "scheduler"],
-    "train": [*SHARED, "strategy", "partition", "secure"],
+    "train": [*SHARED, "strategy", "partition", "secure", "privacy"],
 }
 ONLY = {
     "experiment/quick": "config",
@@ -89,6 +90,7 @@ def test_every_option_composes_and_instantiates(
                 assert wrap(strategy, roster=roster).inner is strategy
         else:
             assert wrap(strategy) is strategy
+        assert privacy_of(cfg).name == (option if group == "privacy" else "none")
         parts = instantiate(cfg.partition)(torch.randint(0, 2, (400,)).numpy(), 3, seed=0)
         assert sum(len(p) for p in parts) == 400
     instantiate(cfg.logger)

@@ -1,0 +1,107 @@
+"""Local DP-SGD with Opacus: the model made compatible, the private loop, secret noise.
+
+The noise and the Poisson sampling of batches draw from a generator seeded with fresh OS
+entropy every round, never from the run's seed: a server that knows the configuration
+could otherwise regenerate the noise and subtract it. (Opacus's ``secure_mode`` needs
+``torchcsprng``, which has no build for this torch; the generator is torch's, its seed is
+secret.)
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import warnings
+
+import torch
+from opacus import PrivacyEngine
+from opacus.data_loader import DPDataLoader
+from opacus.validators import ModuleValidator
+from torch import nn
+from torch.utils.data import DataLoader
+
+from task.engine import train_epoch
+from task.privacy.accountant import Accountant
+
+log = logging.getLogger(__name__)
+
+
+def make_compatible(model: nn.Module) -> nn.Module:
+    """Opacus's ``ModuleValidator.fix`` (BatchNorm becomes GroupNorm), then validated.
+
+    Raises ``ValueError`` listing the layers Opacus still cannot train privately.
+    """
+    batch_norms = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    fixed = ModuleValidator.fix(model)
+    errors = ModuleValidator.validate(fixed, strict=False)
+    if errors:
+        raise ValueError(f"{type(model).__name__} cannot be trained with DP-SGD: {errors}")
+    if batch_norms:
+        log.info(
+            "Opacus ModuleValidator.fix: %d BatchNorm layer(s) of %s replaced by GroupNorm "
+            "(BatchNorm mixes examples, which per-example privacy forbids)",
+            batch_norms,
+            type(model).__name__,
+        )
+    return fixed
+
+
+def secret_generator() -> torch.Generator:
+    """A torch generator seeded with 63 bits from the OS's entropy."""
+    gen = torch.Generator()
+    gen.manual_seed(secrets.randbits(63))
+    return gen
+
+
+def poisson_loader(loader: DataLoader, generator: torch.Generator) -> DPDataLoader:
+    """Poisson sampling over ``loader``'s dataset at rate ``1 / len(loader)``."""
+    return DPDataLoader.from_data_loader(loader, generator=generator)
+
+
+def steps_per_epoch(n_examples: int, batch_size: int) -> int:
+    """Batches in one pass (= 1 / sample rate), as Opacus's Poisson loader counts them."""
+    return -(-n_examples // batch_size)
+
+
+def train_private(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    *,
+    steps: int,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    accountant: Accountant,
+) -> dict[str, float]:
+    """``steps`` DP-SGD steps on ``model`` (in place), each accounted in ``accountant``.
+
+    Opacus's optimizer hook steps the ledger's RDP accountant once per optimizer step, so
+    the ledger records what ran, not what was planned.
+    """
+    gen = secret_generator()
+    with warnings.catch_warnings():
+        # Opacus's advice to turn on secure_mode (torchcsprng; see the module docstring).
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant="rdp")
+    engine.accountant = accountant.opacus
+    model.train()  # Opacus refuses a model in eval mode
+    private, dp_optimizer, dp_loader = engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        data_loader=poisson_loader(loader, gen),
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        poisson_sampling=False,  # the loader above already samples, from the secret seed
+        noise_generator=gen,
+    )
+    done, total_loss, n_examples = 0, 0.0, 0
+    try:
+        while done < steps:
+            stats = train_epoch(private, dp_loader, dp_optimizer, loss_fn, max_steps=steps - done)
+            done += int(stats["steps"])
+            total_loss += stats["loss"] * stats["num_examples"]
+            n_examples += int(stats["num_examples"])
+    finally:
+        private.remove_hooks()
+    return {"loss": total_loss / max(n_examples, 1), "num_examples": n_examples, "steps": done}

@@ -1,0 +1,159 @@
+"""The ``privacy`` Hydra group's objects: what a site and the server need to know.
+
+Each option is a small frozen dataclass built by ``_target_``; its arguments are checked on
+construction, with errors that name the value. The noise is either calibrated from a
+target (ε, δ) and the planned work, before training, or given, in which case the resulting
+ε is reported. A target ε is also the budget: a site (local DP) or the server (central DP)
+refuses a round that would take ε past it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from opacus.accountants.utils import get_noise_multiplier
+
+#: Precision of the noise calibration (ε of the plan is within this below the target).
+EPSILON_TOLERANCE = 0.01
+
+
+#: Words every budget refusal carries, so that the server recognises one in an error reply.
+BUDGET_EXHAUSTED = "privacy budget exhausted"
+
+
+class BudgetExhausted(RuntimeError):
+    """A round would take a site's (or the federation's) ε past its budget."""
+
+
+def _check_common(epsilon: float | None, delta: float, noise_multiplier: float | None) -> None:
+    if epsilon is None and noise_multiplier is None:
+        raise ValueError("privacy: set epsilon (a target and budget) or noise_multiplier")
+    if epsilon is not None and not (math.isfinite(epsilon) and epsilon > 0):
+        raise ValueError(f"privacy.epsilon={epsilon} must be a positive finite number")
+    if not 0 < delta < 1:
+        raise ValueError(f"privacy.delta={delta} must be in (0, 1)")
+    if noise_multiplier is not None and not noise_multiplier > 0:
+        raise ValueError(f"privacy.noise_multiplier={noise_multiplier} must be positive")
+
+
+def calibrate(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    """The smallest noise multiplier (to ``EPSILON_TOLERANCE``) with ε ≤ ``epsilon`` after
+    ``steps`` steps at ``sample_rate`` (Opacus's RDP search)."""
+    if steps < 1:
+        raise ValueError(f"cannot calibrate noise for {steps} planned steps")
+    try:
+        sigma = get_noise_multiplier(
+            target_epsilon=epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant="rdp",
+            epsilon_tolerance=EPSILON_TOLERANCE,
+        )
+    except ValueError as err:  # Opacus: "The privacy budget is too low."
+        raise ValueError(
+            f"privacy.epsilon={epsilon} cannot be reached at delta={delta} with {steps} steps "
+            f"at sample rate {sample_rate:.4g}: {err}"
+        ) from err
+    return float(sigma)
+
+
+@dataclass(frozen=True)
+class NoPrivacy:
+    """``privacy=none``: no formal guarantee (secure aggregation still hides updates)."""
+
+    name: str = "none"
+
+
+@dataclass(frozen=True)
+class LocalDP:
+    """``privacy=local_dp``: DP-SGD at each site, example-level (ε, δ) per site.
+
+    Args:
+        epsilon: target ε over the planned rounds, and the site's budget; None: no budget
+            (then ``noise_multiplier`` is required and ε is only reported).
+        delta: δ of the guarantee; should be below 1 / (examples at the site).
+        noise_multiplier: fixed σ instead of calibrating it from ``epsilon``.
+        max_grad_norm: per-sample gradient clipping bound C.
+    """
+
+    epsilon: float | None = 3.0
+    delta: float = 1e-5
+    noise_multiplier: float | None = None
+    max_grad_norm: float = 1.0
+    name: str = "local_dp"
+
+    def __post_init__(self) -> None:
+        _check_common(self.epsilon, self.delta, self.noise_multiplier)
+        if not self.max_grad_norm > 0:
+            raise ValueError(f"privacy.max_grad_norm={self.max_grad_norm} must be positive")
+
+    def noise_for(self, sample_rate: float, planned_steps: int) -> float:
+        """σ for a site: given, or calibrated so the planned steps spend ``epsilon``."""
+        if self.noise_multiplier is not None:
+            return float(self.noise_multiplier)
+        return calibrate(float(self.epsilon), self.delta, sample_rate, planned_steps)
+
+
+@dataclass(frozen=True)
+class CentralDP:
+    """``privacy=central_dp``: site-level (ε, δ) for the federation, noise on the sum.
+
+    Each site clips its model update to L2 norm ``clip_norm`` and adds Gaussian noise of
+    standard deviation ``σ · clip_norm / sqrt(min_sites)`` before secure aggregation, so
+    any sum of at least ``min_sites`` sites carries noise of at least ``σ · clip_norm``,
+    and no site's own update is ever revealed. One round is one Gaussian mechanism on the
+    sum (sensitivity ``clip_norm``: adding or removing one site); no amplification by
+    site sampling is claimed.
+
+    Args:
+        epsilon: target ε over ``federation.num_rounds`` rounds, and the budget.
+        delta: δ of the site-level guarantee.
+        noise_multiplier: fixed σ instead of calibrating it.
+        clip_norm: bound on each site's update norm.
+        min_sites: fewest sites in any revealed sum (the server abandons a round below it).
+    """
+
+    epsilon: float | None = 3.0
+    delta: float = 1e-5
+    noise_multiplier: float | None = None
+    clip_norm: float = 1.0
+    min_sites: int = 2
+    name: str = "central_dp"
+
+    def __post_init__(self) -> None:
+        _check_common(self.epsilon, self.delta, self.noise_multiplier)
+        if not self.clip_norm > 0:
+            raise ValueError(f"privacy.clip_norm={self.clip_norm} must be positive")
+        if int(self.min_sites) != self.min_sites or self.min_sites < 1:
+            raise ValueError(f"privacy.min_sites={self.min_sites} must be a positive integer")
+
+    def noise_for(self, num_rounds: int) -> float:
+        """σ on the sum: given, or calibrated so ``num_rounds`` rounds spend ``epsilon``."""
+        if self.noise_multiplier is not None:
+            return float(self.noise_multiplier)
+        return calibrate(float(self.epsilon), self.delta, 1.0, num_rounds)
+
+    def site_noise_std(self, num_rounds: int) -> float:
+        """Standard deviation of the noise one site adds to each coordinate."""
+        return self.noise_for(num_rounds) * self.clip_norm / math.sqrt(self.min_sites)
+
+    def effective_noise(self, num_rounds: int, n_sites: int) -> float:
+        """σ of a sum of ``n_sites`` noisy updates (each site's share adds up)."""
+        if n_sites < self.min_sites:
+            raise ValueError(f"a sum of {n_sites} sites is below min_sites={self.min_sites}")
+        return self.noise_for(num_rounds) * math.sqrt(n_sites / self.min_sites)
+
+
+Privacy = NoPrivacy | LocalDP | CentralDP
+
+
+def privacy_of(cfg: DictConfig) -> Privacy:
+    """The configured privacy option (``cfg.privacy``), checked."""
+    privacy = instantiate(cfg.privacy)
+    if not isinstance(privacy, NoPrivacy | LocalDP | CentralDP):
+        raise ValueError(f"privacy._target_ builds {type(privacy).__name__}, not a privacy option")
+    return privacy

@@ -1,0 +1,90 @@
+"""The persisted accountant: against dp-accounting, monotone, saved and restored."""
+
+from __future__ import annotations
+
+import dp_accounting
+import pytest
+from dp_accounting.rdp import rdp_privacy_accountant
+
+from task.privacy import Accountant
+from task.privacy.settings import calibrate
+
+DELTA = 1e-5
+
+
+def _reference(history: list[tuple[float, float, int]], delta: float = DELTA) -> float:
+    """Google's dp-accounting, an implementation independent of Opacus, same RDP orders."""
+    acc = rdp_privacy_accountant.RdpAccountant(orders=Accountant().opacus.DEFAULT_ALPHAS)
+    for sigma, q, steps in history:
+        event = dp_accounting.GaussianDpEvent(sigma)
+        if q < 1:
+            event = dp_accounting.PoissonSampledDpEvent(q, event)
+        acc.compose(dp_accounting.SelfComposedDpEvent(event, steps))
+    return acc.get_epsilon(delta)
+
+
+@pytest.mark.parametrize(
+    "history",
+    [
+        [(1.0, 0.01, 1000)],  # a long DP-SGD run
+        [(1.5, 0.04, 300)],  # the scale of local DP here: 12 rounds of 25 steps
+        [(5.0, 1.0, 12)],  # central DP: one Gaussian mechanism a round, no sampling
+        [(1.1, 1.0, 3)],
+        [(1.2, 0.05, 100), (2.0, 0.05, 50), (1.2, 0.1, 20)],  # sites changing σ or q
+    ],
+)
+def test_epsilon_agrees_with_dp_accounting(history) -> None:
+    assert Accountant(history).epsilon(DELTA) == pytest.approx(_reference(history), abs=1e-3)
+
+
+def test_epsilon_only_grows_and_step_merges_equal_mechanisms() -> None:
+    acc, last = Accountant(), 0.0
+    for _ in range(6):
+        acc.step(1.3, 0.05, 25)
+        eps = acc.epsilon(DELTA)
+        assert eps > last
+        last = eps
+    assert acc.history == [(1.3, 0.05, 150)] and acc.steps == 150
+    assert acc.epsilon_after(DELTA, 1.3, 0.05, 25) > last
+    assert acc.history == [(1.3, 0.05, 150)]  # a trial leaves the ledger unchanged
+
+
+def test_rounds_within_budget_is_the_last_round_under_it() -> None:
+    acc = Accountant([(1.3, 0.05, 50)])
+    k = acc.rounds_within(3.0, DELTA, 1.3, 0.05, 25, limit=50)
+    assert 0 < k < 50
+    assert _reference([(1.3, 0.05, 50 + 25 * k)]) <= 3.0 < _reference([(1.3, 0.05, 75 + 25 * k)])
+
+
+def test_calibrated_noise_spends_the_target_within_tolerance() -> None:
+    sigma = calibrate(3.0, DELTA, 0.04, 300)
+    eps = _reference([(sigma, 0.04, 300)])
+    assert 2.98 <= eps <= 3.0
+
+
+def test_saved_ledger_survives_a_restart(tmp_path) -> None:
+    path = tmp_path / "site" / "ledger.json"
+    acc = Accountant.load(path)  # no file yet: a fresh ledger
+    assert acc.epsilon(DELTA) == 0.0
+    acc.step(1.3, 0.05, 25)
+    acc.save(path)
+    again = Accountant.load(path)
+    assert again.history == acc.history
+    assert again.epsilon(DELTA) == acc.epsilon(DELTA)
+    assert not list(path.parent.glob(".*.tmp"))
+
+
+def test_unreadable_ledger_is_refused_not_reset(tmp_path) -> None:
+    path = tmp_path / "ledger.json"
+    path.write_text('{"version": 1, "mechanism": "rdp", "history": [[1.0, 0.1')
+    with pytest.raises(ValueError, match=r"ledger\.json is unreadable.*ε from zero"):
+        Accountant.load(path)
+    path.write_text('{"version": 99, "mechanism": "rdp", "history": []}')
+    with pytest.raises(ValueError, match="version 99"):
+        Accountant.load(path)
+
+
+@pytest.mark.parametrize("bad", [(0.0, 0.1, 1), (1.0, 0.0, 1), (1.0, 1.5, 1), (1.0, 0.1, -1)])
+def test_impossible_mechanisms_are_refused(bad) -> None:
+    with pytest.raises(ValueError, match="cannot account"):
+        Accountant().step(*bad)
