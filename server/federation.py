@@ -83,6 +83,10 @@ class RoundRecorder:
         self.best_mcc = state.get("best_mcc", -float("inf"))
         self.best_arrays = state.get("best_arrays")
         self.model_config = inference_config(cfg, classes)
+        if privacy is not None and privacy.enabled:
+            # The network went through Opacus's ModuleValidator.fix (BatchNorm -> GroupNorm):
+            # whoever rebuilds it from this config must do the same.
+            self.model_config["dp_compatible"] = True
         self.normalisation = normalisation
         self._t_last = time.perf_counter()
 

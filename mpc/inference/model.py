@@ -151,6 +151,12 @@ def load_served(path: str | Path) -> Served:
     weights = state.get("model")
     if not isinstance(weights, dict):
         raise ModelNotServable(path, "has no 'model' weights")
+    if config.get("dp_compatible"):
+        raise ModelNotServable(
+            path,
+            "was trained with differential privacy (BatchNorm replaced by GroupNorm), and "
+            "encrypted serving folds BatchNorm only; GroupNorm is not served",
+        )
     model = instantiate(config["model"])
     try:
         model.load_state_dict(weights)

@@ -110,3 +110,13 @@ def test_folder_source_requires_train_path() -> None:
     cfg = _compose(["data=folder"])
     with pytest.raises(Exception, match="train"):
         instantiate(cfg.data)
+
+
+def test_audit_config_composes_and_builds_its_attack() -> None:
+    from task.audit.inversion import AttackSettings
+
+    cfg = _compose([], name="audit")
+    OmegaConf.resolve(cfg)
+    assert isinstance(instantiate(cfg.audit.attack), AttackSettings)
+    assert list(cfg.audit.batch_sizes) == [1, 4, 16]
+    assert set(cfg.audit.views) == {"plain", "dp", "secure"}

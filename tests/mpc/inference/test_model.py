@@ -60,6 +60,10 @@ def test_checkpoints_that_cannot_be_served_are_named(tmp_path, trained_checkpoin
         load_served(wrong)
     with pytest.raises(FileNotFoundError):
         load_served(tmp_path / "missing.pt")
+    dp = tmp_path / "dp.pt"
+    checkpoint.save_atomic({**state, "config": {**state["config"], "dp_compatible": True}}, dp)
+    with pytest.raises(ModelNotServable, match=re.escape("dp.pt: was trained with differential")):
+        load_served(dp)
 
 
 def test_received_config_may_only_name_monai(trained_checkpoint) -> None:

@@ -1,0 +1,94 @@
+"""What the server sees of a site's images after one local step, in each setting.
+
+Every view is the model update of one local SGD step divided by its learning rate, i.e. a
+gradient the server can compute from the weights it receives (``(w_global - w_site) / lr``):
+
+* ``plain``: one site's update, as a server without secure aggregation sees it;
+* ``dp``: the same step under local DP-SGD (Opacus: per-example clipping and Gaussian noise
+  at the σ a site would use for its ε);
+* ``secure``: only the example-weighted mean of ``k`` sites' updates, as our secure
+  aggregation server sees it.
+
+The victim's step is computed with dropout off and BatchNorm in inference mode, so the
+attacker can replay it exactly: the strongest attacker, an upper bound on leakage.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from opacus import PrivacyEngine
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def _params(model: nn.Module) -> list[torch.Tensor]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def plain_update(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor
+) -> list[torch.Tensor]:
+    """The gradient of the mean cross-entropy on one batch (one plain SGD step)."""
+    model.eval()
+    loss = nn.functional.cross_entropy(model(images), labels)
+    return [g.detach() for g in torch.autograd.grad(loss, _params(model))]
+
+
+def secure_sum_update(
+    model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]
+) -> list[torch.Tensor]:
+    """The example-weighted mean of the sites' one-step updates: all the server learns."""
+    total = sum(len(y) for _, y in batches)
+    out = None
+    for images, labels in batches:
+        grads = plain_update(model, images, labels)
+        w = len(labels) / total
+        out = (
+            [w * g for g in grads]
+            if out is None
+            else [o + w * g for o, g in zip(out, grads, strict=True)]
+        )
+    return out
+
+
+def dp_update(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    generator: torch.Generator,
+) -> list[torch.Tensor]:
+    """One Opacus DP-SGD step on the batch (clipped per example, noised), as a gradient.
+
+    Runs the real optimiser: SGD with learning rate 1 on a copy of the model, the update is
+    the weight difference. The noise is drawn from ``generator`` (secret to the attacker).
+    """
+    victim = copy.deepcopy(model).train()  # Opacus refuses a model in eval mode
+    before = [p.detach().clone() for p in _params(victim)]
+    loader = DataLoader(TensorDataset(images, labels), batch_size=len(labels))
+    engine = PrivacyEngine(accountant="rdp")
+    private, optimizer, loader = engine.make_private(
+        module=victim,
+        optimizer=torch.optim.SGD(_params(victim), lr=1.0),
+        data_loader=loader,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        poisson_sampling=False,  # the attacker's view of one known batch
+        noise_generator=generator,
+    )
+    # Opacus records per-example activations only in training mode; dropout is switched
+    # off by hand so that the attacker can replay the step (GroupNorm ignores the mode).
+    private.train()
+    for module in private.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.eval()
+    x, y = next(iter(loader))
+    optimizer.zero_grad()
+    nn.functional.cross_entropy(private(x), y).backward()
+    optimizer.step()
+    private.remove_hooks()
+    return [b - p.detach() for b, p in zip(before, _params(victim), strict=True)]

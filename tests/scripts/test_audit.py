@@ -1,0 +1,74 @@
+"""``python -m scripts.audit`` end to end, scaled down: real files, every view, a report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from task.constants import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_audit_writes_json_report_and_grids(tmp_path: Path) -> None:
+    federation = tmp_path / "metrics.json"
+    federation.write_text(
+        json.dumps({"privacy": {"mode": "local_dp", "delta": 1e-5, "sites": {"site-0": 2.99}}})
+    )
+    run_dir = tmp_path / "audit"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.audit",
+            "audit.batch_sizes=[1,2]",
+            "audit.attack.steps=20",
+            "audit.dlg_steps=20",
+            "audit.model_inversion.steps=20",
+            "audit.model_inversion.brief_steps=5",
+            f"audit.federation_metrics={federation}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    audit = json.loads((run_dir / "audit.json").read_text())
+    entries = audit["gradient_inversion"]
+    assert {(e["view"], e["batch_size"]) for e in entries} == {
+        (v, b) for v in ("plain", "dp", "secure") for b in (1, 2)
+    }
+    assert {e["attack"] for e in entries if e["view"] == "plain"} == {"inverting_gradients", "dlg"}
+    for e in [*entries, *audit["model_inversion"]]:
+        assert -1 <= e["ssim"] <= 1 and e["mse"] >= 0 and e["verdict"]
+        assert (run_dir / e["grid"]).is_file()
+    assert [e["class"] for e in audit["model_inversion"]] == ["normal", "pneumonia"]
+    report = (run_dir / "report.md").read_text()
+    assert "| secure | 2 | inverting_gradients |" in report
+    assert "site-0 2.99" in report
+
+
+def test_unknown_view_is_refused(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.audit",
+            "audit.views=[plain,server]",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "audit.views has ['server']" in proc.stdout + proc.stderr
