@@ -39,4 +39,4 @@ def test_default_choice_reads_the_defaults_list() -> None:
         compose_config([], "config").model
     )
     with pytest.raises(ValueError, match="selects no 'privacy'"):
-        default_choice("privacy")
+        default_choice("privacy", "config")  # the centralised baseline has no privacy group

@@ -80,11 +80,14 @@ def test_no_party_holds_the_others_secret(trained_checkpoint) -> None:
     assert owner["revealed_here"] is None
     # its shares of the images and of the outputs are ring elements unrelated to them
     assert _uncorrelated(owner["x_share"], images) < 0.05
+    # Encoded values here are < 2**23 (scale 2**16). Shares are uniform over the 64-bit
+    # ring, or over ±2**47 after CrypTen's local truncation (division by the scale), so
+    # |share| > 2**30 fails for one value in ~2**17: a clean test, not a coin flip.
     for share in (owner["x_share"], owner["y_share"]):
-        assert (share.abs() > 2**40).float().mean() > 0.95  # encoded inputs are < 2**20
+        assert (share.abs() > 2**30).float().mean() > 0.95
     # the data owner's share of the first weight tensor says nothing about the weights
     same_shape = [p.detach() for p in served.model.parameters() if p.shape == data["w_share"].shape]
     assert same_shape, data["w_name"]
     for true in same_shape:
         assert _uncorrelated(data["w_share"], true) < 0.2
-    assert (data["w_share"].abs() > 2**40).float().mean() > 0.95
+    assert (data["w_share"].abs() > 2**30).float().mean() > 0.95
