@@ -7,7 +7,7 @@ TORCH  := torch==2.13.0
 CRYPTEN := crypten==0.4.1
 STAMP  := $(VENV)/.setup-done
 
-.PHONY: setup demo test test-fast lint bench-central bench-inference clean
+.PHONY: setup demo test test-fast lint bench-central bench-inference bench-dp audit clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,12 @@ bench-central: setup
 
 bench-inference: setup
 	$(PY) -m scripts.bench_inference
+
+bench-dp: setup
+	$(PY) -m scripts.bench_dp
+
+audit: setup
+	$(PY) -m scripts.audit
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache
