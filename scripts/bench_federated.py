@@ -45,6 +45,7 @@ def _federated(overrides: list[str], run_dir: Path) -> dict:
         "overrides": overrides,
         "test": _test(m),
         "best_round": m["best_round"],
+        "privacy": m.get("privacy"),
         "rounds_seconds": m["rounds_seconds"],
         "wall_seconds": time.perf_counter() - t0,
     }

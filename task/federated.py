@@ -99,9 +99,18 @@ def local_train(
     return result
 
 
-def _loss_fn(site: Site, cfg: DictConfig) -> torch.nn.Module:
+def _round_setup(model: torch.nn.Module, site: Site, cfg: DictConfig, server_round: int):
+    """What every round's local training starts from, with or without DP: the round's seed,
+    learning rate, optimiser, (class-weighted) loss and the shuffled, augmented loader."""
+    fed = cfg.federation
+    set_determinism(seed=round_seed(cfg.seed, server_round, site.index))
+    lr = round_lr(cfg.optimizer.lr, server_round, fed.num_rounds, fed.lr_schedule)
+    optimizer = instantiate(cfg.optimizer, lr=lr)(params=model.parameters())
     weight = class_weights(site.splits.train.labels, len(site.splits.classes))
-    return torch.nn.CrossEntropyLoss(weight=weight if cfg.train.class_weighted_loss else None)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weight if cfg.train.class_weighted_loss else None)
+    augment = instantiate(cfg.transforms.augment) if cfg.transforms.get("augment") else None
+    loader = site.splits.train.loader(cfg.train.batch_size, shuffle=True, augment=augment)
+    return lr, optimizer, loss_fn, loader
 
 
 def _local_train_dp(
@@ -122,15 +131,12 @@ def _local_train_dp(
         num_rounds=int(fed.num_rounds),
     )
     ledger.check(plan)  # raises BudgetExhausted before touching the data
-    set_determinism(seed=round_seed(cfg.seed, server_round, site.index))
-    lr = round_lr(cfg.optimizer.lr, server_round, fed.num_rounds, fed.lr_schedule)
-    optimizer = instantiate(cfg.optimizer, lr=lr)(params=model.parameters())
-    augment = instantiate(cfg.transforms.augment) if cfg.transforms.get("augment") else None
+    lr, optimizer, loss_fn, loader = _round_setup(model, site, cfg, server_round)
     stats = train_private(
         model,
-        train.loader(cfg.train.batch_size, shuffle=True, augment=augment),
+        loader,
         optimizer,
-        _loss_fn(site, cfg),
+        loss_fn,
         steps=plan.steps,
         noise_multiplier=plan.noise_multiplier,
         max_grad_norm=privacy.max_grad_norm,
@@ -156,13 +162,7 @@ def _local_train_plain(
     model: torch.nn.Module, site: Site, cfg: DictConfig, server_round: int, proximal_mu: float
 ) -> LocalResult:
     fed = cfg.federation
-    set_determinism(seed=round_seed(cfg.seed, server_round, site.index))
-    lr = round_lr(cfg.optimizer.lr, server_round, fed.num_rounds, fed.lr_schedule)
-    optimizer = instantiate(cfg.optimizer, lr=lr)(params=model.parameters())
-    train = site.splits.train
-    loss_fn = _loss_fn(site, cfg)
-    augment = instantiate(cfg.transforms.augment) if cfg.transforms.get("augment") else None
-    loader = train.loader(cfg.train.batch_size, shuffle=True, augment=augment)
+    lr, optimizer, loss_fn, loader = _round_setup(model, site, cfg, server_round)
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu else None
     total, losses = 0, []
     if fed.local_steps:
@@ -177,7 +177,7 @@ def _local_train_plain(
                 proximal_mu=proximal_mu,
                 global_params=global_params,
             )
-            remaining -= math.ceil(stats["num_examples"] / cfg.train.batch_size)
+            remaining -= int(stats["steps"])
             total += stats["num_examples"]
             losses.append(stats["loss"] * stats["num_examples"])
     else:

@@ -43,10 +43,16 @@ def _env() -> dict[str, str]:
     }
 
 
-def _run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
+def _call(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``cmd`` from the repository root, output captured, whatever its exit status."""
+    return subprocess.run(
         cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def _run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``cmd`` and require it to succeed."""
+    proc = _call(cmd, timeout)
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
     return proc
 

@@ -15,7 +15,7 @@ import pytest
 from task.config import compose_config
 from task.privacy.ledger import LEDGER_FILE
 from task.sites import partition_site
-from tests.scripts.test_train import QUICK, _cmd, _run
+from tests.scripts.test_train import QUICK, _call, _cmd, _run
 from tests.task.privacy.test_accountant import _reference
 
 pytestmark = pytest.mark.slow
@@ -111,18 +111,8 @@ def test_central_dp_with_secure_aggregation(tmp_path: Path) -> None:
 
 
 def test_central_dp_without_secure_aggregation_is_refused(tmp_path: Path) -> None:
-    import subprocess
-
-    from tests.scripts.test_train import _env
-
-    proc = subprocess.run(
-        _cmd(tmp_path / "x", "logger=none", "privacy=central_dp", "secure=none"),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=Path(__file__).resolve().parents[2],
+    proc = _call(
+        _cmd(tmp_path / "x", "logger=none", "privacy=central_dp", "secure=none"), timeout=300
     )
     assert proc.returncode != 0
     assert "privacy=central_dp needs secure=smpc" in proc.stdout + proc.stderr
