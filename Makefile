@@ -31,7 +31,7 @@ demo: setup
 	$(PY) -m scripts.encrypted_demo --checkpoint outputs/demo/best.pt
 
 test: setup
-	$(PY) -m pytest -p no:cacheprovider
+	$(PY) -m pytest -p no:cacheprovider --durations=25
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow"

@@ -1,6 +1,8 @@
 """Flower ClientApp: a thin adapter over the Flower-free site loops in ``task/``.
 
-With ``secure=smpc`` the replies leave the site only masked (:mod:`client.secure`).
+With ``secure=smpc`` the replies leave the site only masked (:mod:`client.secure`). Every
+reply, masked or not, error or not, is first appended to the site's audit log
+(:mod:`client.site_log`), the outermost mod of every handler.
 
 Records in (global arrays, round config), one engine call, records out (arrays, metrics
 with the true number of examples, the site's name). An exception in a handler becomes an
@@ -17,6 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.secure import make_secure
+from client.site_log import make_site_log_mod
 from task.config import compose_config, overrides_from_run_config, with_normalisation
 from task.constants import NORM_MEAN, NORM_STD, SITE_RECORD
 from task.federated import intensity_moments, local_evaluate, local_train
@@ -78,9 +81,15 @@ def _reply(
 
 def make_client_app(overrides: Sequence[str] | None = None) -> ClientApp:
     """A ClientApp; ``overrides=None`` reads them from the run config (deployment)."""
-    app = ClientApp()
+
+    def get_cfg(context: Context):
+        return _cfg(context, overrides)
+
+    # The app's own mods wrap every handler's mods (Flower: first in the list = outermost),
+    # so the log records each reply as it leaves: after masking, key stages included.
+    app = ClientApp(mods=[make_site_log_mod(get_cfg)])
     # Secure aggregation (secure=smpc): key stages as queries, masking as a mod.
-    secure_query, secure_mod = make_secure(lambda context: _cfg(context, overrides))
+    secure_query, secure_mod = make_secure(get_cfg)
     app.query("secagg")(secure_query)
 
     @app.train(mods=[secure_mod])

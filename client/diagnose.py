@@ -36,7 +36,7 @@ from mpc.inference.party import (
 )
 from task.config import compose_config
 from task.constants import IMAGE_SUFFIXES
-from task.data.errors import BadFileError
+from task.data.errors import BadFileError, printable
 from task.data.files import ImageReader, is_image_file
 from task.data.preprocess import preprocess_one
 
@@ -61,17 +61,22 @@ def read_images(
     paths: Sequence[Path], config: dict[str, Any], *, skip_bad: bool = False
 ) -> tuple[np.ndarray, list[Path], list[dict[str, str]]]:
     """Read and preprocess ``paths`` as the model's config says; returns the batch, the
-    paths kept and the skipped files with their reasons (only when ``skip_bad``)."""
+    paths kept and the skipped files with their reasons (only when ``skip_bad``). A bad
+    file is refused with a :class:`BadFileError` naming it (printably, whatever its name)."""
     reader = ImageReader(channels=int(config["channels"]))
     preprocess = instantiate(config["preprocess"])
     images, kept, skipped = [], [], []
     for path in paths:
         try:
-            images.append(preprocess_one(reader(path), preprocess))
+            image = reader(path)
+            try:
+                images.append(preprocess_one(image, preprocess))
+            except Exception as err:  # a transform failing on this image: name the file
+                raise BadFileError(path, f"preprocessing failed: {err}") from err
         except BadFileError as err:
             if not skip_bad:
                 raise
-            skipped.append({"path": str(path), "reason": err.reason})
+            skipped.append({"path": err.path, "reason": err.reason})
             continue
         kept.append(path)
     if not images:
@@ -180,7 +185,7 @@ def diagnose(
         "classes": classes,
         "images": [
             {
-                "path": str(path),
+                "path": printable(str(path)),
                 "prediction": classes[int(p.argmax())],
                 "probabilities": {c: float(v) for c, v in zip(classes, p, strict=True)},
             }

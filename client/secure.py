@@ -6,6 +6,16 @@ plaintext reply into one masked vector (``weights x examples``, example count,
 ``metric x examples``, summed counts). Per-site ratios (AUC, accuracy, MCC) never leave
 the site unless its node config sets ``share-site-metrics = true``. With ``secure=smpc`` in
 its config a site refuses to answer any train or evaluate message in the clear.
+
+The server cannot look inside a masked vector, so the site checks its own update before
+encoding it (:func:`check_before_encoding`): every tensor of the global model with its
+shape and dtype, finite values, an L2 norm of ``weights - global`` within
+``federation.max_update_norm`` when that is set, a positive example count, and every encoded
+value inside the fixed-point range. A failing update is not clipped: the site refuses to
+send it, raising :class:`~strategies.update_check.UpdateRejected`, and the server counts
+the error reply. (Under ``privacy=central_dp`` the update was clipped to
+``privacy.clip_norm`` before the noise was added; the bound applies to what is sent, noise
+included.)
 """
 
 from __future__ import annotations
@@ -19,10 +29,17 @@ from flwr.clientapp.typing import ClientAppCallable
 from omegaconf import DictConfig
 
 from mpc.secagg.errors import ProtocolViolation
-from mpc.secagg.fixedpoint import pack
+from mpc.secagg.fixedpoint import bound, pack
 from mpc.secagg.identity import load_identity_file, load_roster
 from mpc.secagg.protocol import SiteSession
 from strategies import secagg_messages as wire
+from strategies.update_check import (
+    UpdateRejected,
+    check_range,
+    check_update,
+    check_weight,
+    validate_max_norm,
+)
 from task.constants import SITE_LEVEL_METRICS, SITE_RECORD
 from task.sites import site_name
 
@@ -54,6 +71,40 @@ def _save(context: Context, session: SiteSession) -> None:
     record = context.state.config_records.get(wire.STATE) or ConfigRecord()
     record[session.round_id.kind] = session.to_bytes()
     context.state[wire.STATE] = record
+
+
+def check_before_encoding(
+    request: Message,
+    reply: Message,
+    entries: dict[str, tuple[np.ndarray, int]],
+    *,
+    site: str,
+    max_norm: float | None,
+    max_parties: int,
+) -> None:
+    """Refuse (raise :class:`UpdateRejected`) an update that must not leave this site.
+
+    ``entries`` are the values about to be encoded (``weights x examples``, counts,
+    ``metric x examples``) with their fractional bits. The model weights are checked
+    against the global model of ``request``; every entry against the fixed-point range
+    that keeps the sum of ``max_parties`` sites from overflowing.
+    """
+    arrays = reply.content.array_records.get("arrays")
+    if arrays is not None:
+        # The FedAvg weight of a model update: positive (evaluation counts may be zero).
+        metrics = next(iter(reply.content.metric_records.values()))
+        check_weight(metrics["num-examples"], site=site)
+        reference = request.content.array_records.get("arrays")
+        if reference is None:
+            raise UpdateRejected(site, "the request carries no global model to check against")
+        check_update(
+            {k: a.numpy() for k, a in arrays.items()},
+            {k: a.numpy() for k, a in reference.items()},
+            site=site,
+            max_norm=max_norm,
+        )
+    for name, (value, frac_bits) in entries.items():
+        check_range(name, value, bound(frac_bits, max_parties), site=site)
 
 
 def make_secure(get_cfg: Callable[[Context], DictConfig]):
@@ -109,8 +160,12 @@ def make_secure(get_cfg: Callable[[Context], DictConfig]):
         if reply.has_error():
             return reply
         frac_bits, max_parties = int(cfg.secure.frac_bits), int(cfg.secure.max_parties)
+        max_norm = validate_max_norm(cfg.get("federation", {}).get("max_update_norm"))
+        name = site_name(node)
         metrics = next(iter(reply.content.metric_records.values()))
-        n = int(metrics["num-examples"])
+        n = metrics["num-examples"]
+        if not isinstance(n, int):  # a float count (or NaN) would be truncated silently
+            raise UpdateRejected(name, f"num-examples={n!r} is not an integer")
         entries: dict[str, tuple[np.ndarray, int]] = {}
         arrays = reply.content.array_records.get("arrays")
         for key, array in arrays.items() if arrays is not None else []:
@@ -123,6 +178,9 @@ def make_secure(get_cfg: Callable[[Context], DictConfig]):
                 entries[wire.METRICS + key] = (np.asarray(value, dtype=np.float64), 0)
             else:
                 entries[wire.METRICS + key] = (np.float64(value) * n, frac_bits)
+        check_before_encoding(
+            msg, reply, entries, site=name, max_norm=max_norm, max_parties=max_parties
+        )
         vector, layout = pack(entries, max_parties=max_parties)
         masked, layout_record = wire.masked_records(session.masked_input(vector), layout)
         _save(context, session)

@@ -14,17 +14,90 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra.utils import instantiate
 
 from server.deployment import DeploymentError, LocalDeployment
 from server.identities import provision_identities
+from server.pki import existing_tls
 from task.config import compose_config
 from task.constants import DATA_ENV_VAR, METRICS_FILE, REPO_ROOT
 from task.data.export import export_sites
 from task.data.pneumoniamnist import resolve_path
 from task.report import write_json
+
+
+@dataclass
+class SiteFederation:
+    """What a local deployment needs to start its sites and submit runs."""
+
+    workdir: Path
+    overrides: list[str]  # Hydra overrides of every run (sites, rounds, run_dir, roster)
+    nodes: dict[str, dict[str, str]]  # node config per site name
+    run_dir: Path
+    keys: dict[str, Path | None] = field(default_factory=dict)  # SuperNode private keys
+
+
+def prepare_sites(
+    workdir: Path,
+    sites: int,
+    rounds: int,
+    overrides: list[str],
+    *,
+    limit_per_site: int | None = None,
+    run_dir: Path | None = None,
+) -> SiteFederation:
+    """Write each site's PNGs to its own folder, make the secure-aggregation identities
+    and the node configs; nothing is started."""
+    cfg = compose_config(overrides)
+    workdir = workdir.resolve()
+    # The ServerApp runs from the installed FAB, not this checkout: give it the data path.
+    os.environ.setdefault(DATA_ENV_VAR, str(resolve_path(cfg.data.get("path"))))
+    folders = export_sites(
+        workdir / "sites",
+        instantiate(cfg.partition),
+        sites,
+        cfg.seed,
+        limit_per_site=limit_per_site,
+    )
+    run_dir = run_dir or workdir / "run"
+    run_overrides = [
+        *overrides,
+        f"federation.num_sites={sites}",
+        f"federation.num_rounds={rounds}",
+        f"run_dir={run_dir}",
+    ]
+    names = [f"site-{i}" for i in range(sites)]
+    roster = provision_identities(cfg, workdir / "identities", names)
+    if roster is not None:
+        run_overrides.append(f"secure.roster={roster}")
+    nodes = {}
+    for i, (name, folder) in enumerate(zip(names, folders, strict=True)):
+        nodes[name] = {
+            "site-name": name,
+            "data-path": str(folder),
+            "partition-id": str(i),
+            "state-dir": str(workdir / "sites" / name),
+        }
+        if roster is not None:
+            nodes[name] |= {
+                "identity-key": str(roster.parent / f"{name}.key"),
+                "roster": str(roster),
+            }
+    return SiteFederation(workdir, run_overrides, nodes, run_dir)
+
+
+def start_sites(dep: LocalDeployment, fed: SiteFederation) -> None:
+    """Register one SuperNode key per site (unless insecure) and start its SuperNode."""
+    for name, node in fed.nodes.items():
+        key = None
+        if not dep.insecure:
+            key, public = dep.new_node_key(name)
+            dep.register(public)
+        fed.keys[name] = key
+        dep.start_supernode(name, node, key)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,56 +122,41 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="no TLS and no SuperNode authentication (local experiments only)",
     )
+    parser.add_argument(
+        "--tls-dir",
+        type=Path,
+        default=None,
+        help="the SuperLink's TLS files from your PKI (ca.pem, superlink.pem, superlink.key); "
+        "default: a private CA made in the workdir",
+    )
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. strategy=fedprox")
     args = parser.parse_args(argv)
 
-    cfg = compose_config(args.overrides)
-    workdir = args.workdir.resolve()
-    # The ServerApp runs from the installed FAB, not this checkout: give it the data path.
-    os.environ.setdefault(DATA_ENV_VAR, str(resolve_path(cfg.data.get("path"))))
-    folders = export_sites(
-        workdir / "sites",
-        instantiate(cfg.partition),
-        args.sites,
-        cfg.seed,
-        limit_per_site=args.limit_per_site,
+    if args.insecure and args.tls_dir is not None:
+        parser.error("--insecure and --tls-dir contradict each other")
+    if args.tls_dir is not None:  # refuse before anything is written or started
+        try:
+            existing_tls(args.tls_dir)
+        except FileNotFoundError as err:
+            print(
+                f"error: {err}; refusing to start without TLS (--insecure, explicitly, "
+                "for a local experiment without it)",
+                file=sys.stderr,
+            )
+            return 2
+    fed = prepare_sites(
+        args.workdir, args.sites, args.rounds, args.overrides, limit_per_site=args.limit_per_site
     )
-    run_dir = workdir / "run"
-    overrides = [
-        *args.overrides,
-        f"federation.num_sites={args.sites}",
-        f"federation.num_rounds={args.rounds}",
-        f"run_dir={run_dir}",
-    ]
-    names = [f"site-{i}" for i in range(args.sites)]
-    secure_nodes: dict[str, dict[str, str]] = {name: {} for name in names}
-    roster = provision_identities(cfg, workdir / "identities", names)
-    if roster is not None:
-        overrides.append(f"secure.roster={roster}")
-        for name in names:
-            key_path = roster.parent / f"{name}.key"
-            secure_nodes[name] = {"identity-key": str(key_path), "roster": str(roster)}
+    workdir, run_dir = fed.workdir, fed.run_dir
     if args.insecure:
         print("WARNING: --insecure: no TLS, no SuperNode authentication", file=sys.stderr)
-    with LocalDeployment(workdir, insecure=args.insecure) as dep:
+    with LocalDeployment(workdir, insecure=args.insecure, tls_dir=args.tls_dir) as dep:
         try:
             dep.start_superlink()
-            for i, folder in enumerate(folders):
-                name = f"site-{i}"
-                key = None
-                if not args.insecure:
-                    key, public = dep.new_node_key(name)
-                    dep.register(public)
-                node = {
-                    "site-name": name,
-                    "data-path": str(folder),
-                    "partition-id": str(i),
-                    "state-dir": str(workdir / "sites" / name),
-                }
-                dep.start_supernode(name, node | secure_nodes[name], key)
+            start_sites(dep, fed)
             t0 = time.perf_counter()
-            res = dep.run_app(overrides, timeout=args.timeout)
+            res = dep.run_app(fed.overrides, timeout=args.timeout)
             seconds = time.perf_counter() - t0
         except DeploymentError as err:
             print(f"deployment failed: {err}\nlogs: {workdir / 'logs'}", file=sys.stderr)

@@ -10,6 +10,7 @@ app's ``[project].dependencies`` into a fresh environment with uv, which pulls a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mpc.parties import free_port
-from server.pki import TlsFiles, make_node_key, make_tls
+from server.pki import TlsFiles, existing_tls, make_node_key, make_tls
 from task.constants import REPO_ROOT
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,23 @@ CONNECTION = "primia-local"
 def _toml_str(value: object) -> str:
     """A TOML basic string (Flower parses node and run config values as TOML)."""
     return json.dumps(str(value))
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (read from /proc, Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 class DeploymentError(RuntimeError):
@@ -48,10 +66,15 @@ class LocalDeployment:
         workdir: certificates, keys, logs, Flower home and state go here.
         insecure: run without TLS and without SuperNode authentication. Only for local
             experiments; must be asked for explicitly.
+        tls_dir: the SuperLink's certificates from the hospitals' own PKI (``ca.pem``,
+            ``superlink.pem``, ``superlink.key``); None: a private CA is made in
+            ``workdir/pki``. Missing files stop the deployment; there is no fallback to
+            plaintext.
     """
 
     workdir: Path
     insecure: bool = False
+    tls_dir: Path | None = None
     port: int = field(default_factory=lambda: free_port(HOST))
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     tls: TlsFiles | None = None
@@ -70,7 +93,17 @@ class LocalDeployment:
             "PYTHONUNBUFFERED": "1",
             "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"),
         }
-        if not self.insecure:
+        if self.insecure:
+            log.warning("insecure deployment: no TLS, no SuperNode authentication")
+        elif self.tls_dir is not None:
+            try:
+                self.tls = existing_tls(Path(self.tls_dir))
+            except FileNotFoundError as err:
+                raise DeploymentError(
+                    f"{err}; refusing to start without TLS (pass --insecure, explicitly, "
+                    "for a local experiment without it)"
+                ) from err
+        else:
             self.tls = make_tls(self.workdir / "pki", [HOST, "localhost"])
         self._write_connection()
 
@@ -97,11 +130,15 @@ class LocalDeployment:
     def _bin(self, name: str) -> str:
         return str(Path(sys.executable).parent / name)
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
-        logfile = (self.workdir / "logs" / f"{name}.log").open("w")
+    def _spawn(self, name: str, args: list[str], cwd: Path | None = None) -> subprocess.Popen:
+        path = self.workdir / "logs" / f"{name}.log"
+        if path.exists():  # a restart: keep the earlier process's log beside the new one
+            earlier = len(list(path.parent.glob(f"{name}.*.log")))
+            path.rename(path.with_name(f"{name}.{earlier + 1}.log"))
+        logfile = path.open("w")
         proc = subprocess.Popen(
             args,
-            cwd=self.workdir,
+            cwd=cwd or self.workdir,
             env=self.env,
             stdout=logfile,
             stderr=subprocess.STDOUT,
@@ -199,6 +236,25 @@ class LocalDeployment:
     def connected_nodes(self) -> int:
         res = self._cli(["supernode", "list", CONNECTION, "--format", "json"])
         return res.stdout.count('"online"')
+
+    def start_app(self, overrides: Sequence[str], name: str = "flwr-run") -> subprocess.Popen:
+        """Submit the app with ``flwr run --stream`` in the background (log: ``<name>.log``)."""
+        run_config = f"overrides={_toml_str(shlex.join(overrides))}"
+        args = [self._bin("flwr"), "run", str(REPO_ROOT), CONNECTION]
+        return self._spawn(name, [*args, "--run-config", run_config, "--stream"], REPO_ROOT)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a process of the deployment with everything it started (a crash: no
+        shutdown handlers run). The SuperLink's ServerApp and a SuperNode's ClientApp
+        processes are its descendants."""
+        proc = self.procs.pop(name)
+        victims = [proc.pid, *_descendants(proc.pid)]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
     def run_app(
         self, overrides: Sequence[str], timeout: float = 1800

@@ -173,6 +173,8 @@ def run_federation(cfg: DictConfig, grid: Grid) -> dict[str, Any]:
                 "noise, so the server must never see an update in the clear"
             )
         secure_options["min_sites"] = privacy.min_sites
+    if secure_enabled(cfg):  # the server checks the revealed mean against the sites' bound
+        secure_options["max_update_norm"] = cfg.federation.max_update_norm
     aggregation = instantiate(cfg.secure)(instantiate(cfg.strategy), **secure_options)
     fed = cfg.federation
     round_config = ConfigRecord()
@@ -191,7 +193,11 @@ def run_federation(cfg: DictConfig, grid: Grid) -> dict[str, Any]:
     data = instantiate(cfg.data).load(preprocess=instantiate(cfg.transforms.preprocess))
     classes = data.classes
     model = build_model(cfg.model, data.in_shape, len(classes), dp_compatible=tracker.enabled)
-    arrays = ArrayRecord(state["arrays"] if state is not None else model.state_dict())
+    if state is not None:
+        # Through the model, so that the global arrays have its dtypes (checkpoints written
+        # before the dtype fix in CheckpointedStrategy hold float64 BatchNorm counters).
+        model.load_state_dict(state["arrays"])
+    arrays = ArrayRecord(model.state_dict())
 
     logger = instantiate(cfg.logger)
     logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), name=cfg.get("run_name"))
@@ -202,6 +208,7 @@ def run_federation(cfg: DictConfig, grid: Grid) -> dict[str, Any]:
         on_round_end=recorder,
         start_round=start_round,
         should_stop=tracker.should_stop if tracker.enabled else None,
+        max_update_norm=fed.max_update_norm,
     )
     if state is not None:
         strategy.load_state_dict(state["strategy"])
@@ -240,6 +247,9 @@ def run_federation(cfg: DictConfig, grid: Grid) -> dict[str, Any]:
             "train": sum(h["failures"]["train"] for h in recorder.history),
             "evaluate": sum(h["failures"]["evaluate"] for h in recorder.history),
         },
+        # Training replies refused before aggregation (checkpoints older than this key
+        # have none recorded).
+        "rejected": sum(len(h.get("rejected", {})) for h in recorder.history),
         "model": {"target": cfg.model._target_, "parameters": count_parameters(model)},
         "strategy": cfg.strategy._target_,
         "secure": cfg.secure._target_,

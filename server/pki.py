@@ -133,3 +133,14 @@ def make_node_key(folder: Path, name: str) -> tuple[Path, Path]:
         )
     )
     return private, public
+
+
+def existing_tls(folder: Path) -> TlsFiles:
+    """The CA certificate and the SuperLink's certificate and key that a hospital's own
+    PKI put in ``folder`` (``ca.pem``, ``superlink.pem``, ``superlink.key``)."""
+    files = TlsFiles(folder / "ca.pem", folder / "superlink.pem", folder / "superlink.key")
+    missing = [str(p) for p in (files.ca_cert, files.server_cert, files.server_key)]
+    missing = [p for p in missing if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"TLS files missing: {', '.join(missing)}")
+    return files

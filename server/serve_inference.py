@@ -130,7 +130,9 @@ class InferenceService:
             record.update(status="ok", wall_seconds=time.perf_counter() - t0, **stats)
             wire.send(conn, {"type": "done", "status": "ok", "message": ""})
         except (PartyError, wire.ProtocolError, RequestRefused, OSError) as err:
-            record["error"] = str(err).strip().splitlines()[-1][:300]
+            # "<party> failed:" and the exception's last line (a traceback follows the first)
+            lines = str(err).strip().splitlines() or [type(err).__name__]
+            record["error"] = " ".join(dict.fromkeys([lines[0], lines[-1]]))[:400]
             if "n_images" in record:  # the session had started: tell the client it failed
                 with contextlib.suppress(OSError):  # unless the client is already gone
                     wire.send(conn, {"type": "done", "status": "error", "message": record["error"]})

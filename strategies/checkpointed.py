@@ -11,7 +11,13 @@ FedMedian, FedTrimmedAvg, Krum, ...) and adds only what resuming and reporting n
 * per-site and aggregated metrics of each round are recorded, and ``on_round_end`` is called
   with them after every round (the server writes its checkpoint there);
 * the inner strategy's own state (FedOpt's moments and current model) is exported and
-  restored with ``state_dict`` / ``load_state_dict``.
+  restored with ``state_dict`` / ``load_state_dict``;
+* with plaintext aggregation, a training reply that must not be aggregated (NaN or Inf,
+  a tensor of another shape or dtype, an extra or missing tensor, an update beyond
+  ``max_update_norm``, a bad example count; :mod:`strategies.update_check`) is dropped
+  before the inner strategy sees it, and recorded with its reason in the round's
+  ``rejected``. Under secure aggregation the replies are masked; the sites check their own
+  updates and :class:`~strategies.secure.SecureAggregation` reports what it refused.
 """
 
 from __future__ import annotations
@@ -24,10 +30,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from strategies.secure import SecureAggregation
+from strategies.update_check import (
+    UpdateRejected,
+    check_metrics,
+    check_update,
+    check_weight,
+    metric_key_outliers,
+    validate_max_norm,
+)
 from task.constants import SITE_RECORD
 
 log = logging.getLogger(__name__)
@@ -68,6 +83,8 @@ class RoundRecord:
     failures: dict[str, int] = field(default_factory=lambda: {"train": 0, "evaluate": 0})
     #: The reasons of the round's failed training replies, as the sites gave them.
     train_errors: list[str] = field(default_factory=list)
+    #: Training replies refused before aggregation: {site: reason}.
+    rejected: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +93,7 @@ class RoundRecord:
             "evaluate": self.evaluate,
             "sites": self.sites,
             "failures": self.failures,
+            "rejected": self.rejected,
         }
 
 
@@ -90,6 +108,8 @@ class CheckpointedStrategy(Strategy):
         start_round: first round to run (``last checkpointed round + 1`` when resuming).
         should_stop: ``f(round)`` before each round's training: a reason to end the
             federation now (for example too few sites with privacy budget left), or None.
+        max_update_norm: bound on the L2 norm of a site's update (its weights minus the
+            global model's); None: no bound. The other checks on a reply always apply.
     """
 
     def __init__(
@@ -100,9 +120,15 @@ class CheckpointedStrategy(Strategy):
         on_round_end: Callable[[RoundRecord, ArrayRecord, dict], None] | None = None,
         start_round: int = 1,
         should_stop: Callable[[int], str | None] | None = None,
+        max_update_norm: float | None = None,
     ) -> None:
         if start_round < 1:
             raise ValueError(f"start_round={start_round} must be at least 1")
+        self.max_update_norm = validate_max_norm(max_update_norm)
+        # Secure aggregation's replies are masked vectors: there is nothing to look into.
+        self.inspects_updates = not isinstance(inner, SecureAggregation)
+        self._global: dict[str, np.ndarray] | None = None
+        self._dtypes: dict[str, np.dtype] = {}
         self.inner = inner
         self.seed = seed
         self.on_round_end = on_round_end
@@ -121,9 +147,71 @@ class CheckpointedStrategy(Strategy):
             self._record = RoundRecord(round=r)
         return self._record
 
+    def _check_train_reply(self, msg: Message, weight_key: str) -> float:
+        """Raise :class:`UpdateRejected` unless ``msg`` may enter the aggregate; returns
+        the norm of its update."""
+        site = site_name(msg)
+        content = msg.content
+        if len(content.array_records) != 1 or len(content.metric_records) != 1:
+            raise UpdateRejected(
+                site,
+                f"expected one ArrayRecord and one MetricRecord, got "
+                f"{sorted(content.array_records)} and {sorted(content.metric_records)}",
+            )
+        metrics = next(iter(content.metric_records.values()))
+        if weight_key not in metrics:
+            raise UpdateRejected(site, f"its metrics hold no {weight_key!r}")
+        check_weight(metrics[weight_key], site=site, key=weight_key)
+        check_metrics(dict(metrics.items()), site=site)
+        try:
+            update = {k: a.numpy() for k, a in next(iter(content.array_records.values())).items()}
+        except (TypeError, ValueError) as err:
+            raise UpdateRejected(site, f"an array cannot be read: {err}") from err
+        if self._global is None:
+            raise RuntimeError("aggregate_train before configure_train: no global model")
+        return check_update(update, self._global, site=site, max_norm=self.max_update_norm)
+
+    def _screen(
+        self, valid: list[Message], record: RoundRecord
+    ) -> tuple[list[Message], dict[int, float]]:
+        """The training replies that pass :mod:`strategies.update_check`, and their update
+        norms by ``id(msg)``; the others are logged and recorded in ``record.rejected``."""
+        weight_key = getattr(self.inner, "weighted_by_key", "num-examples")
+        kept: list[Message] = []
+        norms: dict[int, float] = {}
+        for msg in valid:
+            try:
+                norms[id(msg)] = self._check_train_reply(msg, weight_key)
+            except UpdateRejected as err:
+                self._reject(record, msg, str(err))
+            else:
+                kept.append(msg)
+        odd = metric_key_outliers(
+            [set(next(iter(m.content.metric_records.values())).keys()) for m in kept]
+        )
+        for i, reason in odd.items():
+            self._reject(record, kept[i], str(UpdateRejected(site_name(kept[i]), reason)))
+        return [m for i, m in enumerate(kept) if i not in odd], norms
+
+    @staticmethod
+    def _reject(record: RoundRecord, msg: Message, reason: str) -> None:
+        name = site_name(msg)
+        if name in record.rejected:  # two replies under one name: keep both reasons
+            name = f"{name} (node {msg.metadata.src_node_id})"
+        record.rejected[name] = reason
+        log.warning(
+            "round %d train: node %d refused before aggregation: %s",
+            record.round,
+            msg.metadata.src_node_id,
+            reason,
+        )
+
     def _sorted_valid(self, replies: Iterable[Message], kind: str, record: RoundRecord):
         replies = list(replies)
         valid = sorted((m for m in replies if not m.has_error()), key=site_name)
+        norms: dict[int, float] = {}
+        if kind == "train" and self.inspects_updates:
+            valid, norms = self._screen(valid, record)
         for msg in replies:
             if msg.has_error():
                 record.failures[kind] += 1
@@ -140,6 +228,8 @@ class CheckpointedStrategy(Strategy):
             metrics = next(iter(msg.content.metric_records.values()), None)
             site = record.sites.setdefault(site_name(msg), {})
             site[kind] = _plain(metrics)
+            if id(msg) in norms:  # plaintext only: what to set federation.max_update_norm by
+                site[kind]["update-norm"] = norms[id(msg)]
             facts = public_site_facts(msg)
             if facts:
                 site["privacy"] = facts
@@ -155,14 +245,39 @@ class CheckpointedStrategy(Strategy):
             raise FederationEnded(f"federation ended before round {r}: {reason}")
         random.seed(self.seed * 7919 + r)  # Flower samples nodes with `random`
         log.info("federated round %d", r)
+        global_arrays = {k: a.numpy() for k, a in arrays.items()}
+        self._dtypes = {k: a.dtype for k, a in global_arrays.items()}
+        if self.inspects_updates:  # what the sites' updates are checked against
+            self._global = global_arrays
         return self.inner.configure_train(r, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         record = self._current(server_round)
         valid = self._sorted_valid(replies, "train", record)
         arrays, metrics = self.inner.aggregate_train(record.round, valid)
+        if arrays is not None:
+            arrays = self._model_dtypes(arrays)
+        # An inner strategy may report what it refused itself (secure aggregation: masked
+        # vectors of another layout, a revealed mean beyond the bound).
+        record.rejected.update(getattr(self.inner, "rejected", {}))
         record.train = _plain(metrics)
         return arrays, metrics
+
+    def _model_dtypes(self, arrays: ArrayRecord) -> ArrayRecord:
+        """``arrays`` with the global model's dtypes. Flower's FedAvg multiplies every array
+        by a float weight, which turns integer counters (BatchNorm's ``num_batches_tracked``)
+        into float64; the sites send their model's int64 back, and the dtype check (and the
+        model itself) needs the global model to keep its own dtypes round after round."""
+        out = {}
+        for key, array in arrays.items():
+            dtype = self._dtypes.get(key)
+            if dtype is not None and np.dtype(array.dtype) != dtype:
+                value = array.numpy()
+                if np.issubdtype(dtype, np.integer):
+                    value = np.rint(value)
+                array = Array(np.asarray(value, dtype=dtype))  # 0-d stays an array
+            out[key] = array
+        return ArrayRecord(out)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -3,17 +3,24 @@
 Key stages go as ``query.secagg`` messages whose ``secagg`` ConfigRecord names the stage;
 the masking stage rides on the ordinary train / evaluate message (the ciphertexts addressed
 to the site), and the site's masked vector replaces its plaintext reply.
+
+Decoding trusts nothing: a record with a missing field, a field of the wrong type, lists of
+unequal length, a key of the wrong size or a layout that does not fit its vector is refused
+with :class:`MalformedMessage` (both a ``ProtocolViolation`` and a ``ValueError``) naming
+the field, so that the server drops that one site and the round goes on.
 """
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from omegaconf import DictConfig
 
-from mpc.secagg.protocol import KeyAdvert, RoundId
+from mpc.secagg.fixedpoint import check_layout
+from mpc.secagg.protocol import KeyAdvert, MalformedMessage, RoundId
 
 MESSAGE_TYPE = "query.secagg"
 RECORD = "secagg"  # ConfigRecord with the stage's payload, both ways
@@ -27,6 +34,32 @@ ARRAYS, METRICS = "arrays/", "metrics/"  # name prefixes in the packed vector's 
 SECURE_TARGET = "strategies.secure.SecureAggregation"
 
 
+def _field(record: ConfigRecord, key: str, kind: type):
+    """``record[key]``, which must be of type ``kind`` exactly (a bool is not an int)."""
+    try:
+        value = record[key]
+    except KeyError:
+        raise MalformedMessage(f"secure aggregation record has no {key!r} field") from None
+    if type(value) is not kind:
+        raise MalformedMessage(f"field {key!r} must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _columns(record: ConfigRecord, columns: dict[str, type]) -> list[tuple]:
+    """Rows of the equally long list fields ``columns`` ({key: element type})."""
+    lists = []
+    for key, kind in columns.items():
+        value = _field(record, key, list)
+        if not all(type(v) is kind for v in value):
+            raise MalformedMessage(f"field {key!r} must be a list of {kind.__name__}")
+        lists.append(value)
+    if len({len(v) for v in lists}) > 1:
+        raise MalformedMessage(
+            f"fields {list(columns)} are lists of different lengths {[len(v) for v in lists]}"
+        )
+    return list(zip(*lists, strict=True))
+
+
 def round_record(round_id: RoundId, stage: str, **fields) -> ConfigRecord:
     return ConfigRecord(
         {"stage": stage, "run": round_id.run, "round": round_id.round, "kind": round_id.kind}
@@ -35,7 +68,10 @@ def round_record(round_id: RoundId, stage: str, **fields) -> ConfigRecord:
 
 
 def round_id_of(record: ConfigRecord) -> RoundId:
-    return RoundId(str(record["run"]), int(record["round"]), str(record["kind"]))
+    round_no = _field(record, "round", int)
+    if round_no < 0:
+        raise MalformedMessage(f"field 'round' is {round_no}, must be >= 0")
+    return RoundId(_field(record, "run", str), round_no, _field(record, "kind", str))
 
 
 def advert_record(advert: KeyAdvert) -> ConfigRecord:
@@ -51,10 +87,10 @@ def advert_record(advert: KeyAdvert) -> ConfigRecord:
 
 def advert_of(record: ConfigRecord) -> KeyAdvert:
     return KeyAdvert(
-        str(record["site"]),
-        bytes(record["channel-pk"]),
-        bytes(record["mask-pk"]),
-        bytes(record["signature"]),
+        _field(record, "site", str),
+        _field(record, "channel-pk", bytes),
+        _field(record, "mask-pk", bytes),
+        _field(record, "signature", bytes),
     )
 
 
@@ -68,16 +104,20 @@ def adverts_fields(adverts: list[KeyAdvert]) -> dict:
 
 
 def adverts_of(record: ConfigRecord) -> list[KeyAdvert]:
-    keys = ("sites", "channel-pks", "mask-pks", "signatures")
-    return [KeyAdvert(*row) for row in zip(*(list(record[k]) for k in keys), strict=True)]
+    columns = {"sites": str, "channel-pks": bytes, "mask-pks": bytes, "signatures": bytes}
+    return [KeyAdvert(*row) for row in _columns(record, columns)]
 
 
 def blobs_fields(blobs: dict[str, bytes]) -> dict:
     return {"names": list(blobs), "blobs": list(blobs.values())}
 
 
-def blobs_of(record: ConfigRecord) -> dict:
-    return dict(zip(list(record["names"]), [bytes(b) for b in record["blobs"]], strict=True))
+def blobs_of(record: ConfigRecord) -> dict[str, bytes]:
+    rows = _columns(record, {"names": str, "blobs": bytes})
+    blobs = dict(rows)
+    if len(blobs) != len(rows):
+        raise MalformedMessage("field 'names' repeats names")
+    return blobs
 
 
 def masked_records(vector: np.ndarray, layout: list) -> tuple[ArrayRecord, ConfigRecord]:
@@ -87,11 +127,49 @@ def masked_records(vector: np.ndarray, layout: list) -> tuple[ArrayRecord, Confi
     )
 
 
+def _ring_vector(array: Array) -> np.ndarray:
+    """The 1-D ``uint64`` vector in ``array``. Its ``.npy`` header is checked against the
+    data's length before anything is allocated (``Array.numpy`` would trust the header)."""
+    if array.stype != "numpy.ndarray":
+        raise MalformedMessage(f"masked vector of serialisation {array.stype!r}")
+    data = bytes(array.data)
+    buffer = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buffer)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(buffer)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(buffer)
+        else:
+            raise ValueError(f".npy format version {version}")
+    except (ValueError, SyntaxError, RecursionError, EOFError, TypeError) as err:
+        raise MalformedMessage(f"masked vector is not a .npy array: {err}") from None
+    if dtype != np.dtype("<u8"):
+        raise MalformedMessage(f"masked vector of dtype {dtype}, expected uint64")
+    if len(shape) != 1:
+        raise MalformedMessage(f"masked vector of shape {shape}, expected one dimension")
+    size = len(data) - buffer.tell()
+    if shape[0] * 8 != size:
+        raise MalformedMessage(f"masked vector declares {shape[0]} values, holds {size} bytes")
+    return np.frombuffer(data, dtype="<u8", offset=buffer.tell()).astype(np.uint64)
+
+
 def masked_of(msg: Message) -> tuple[np.ndarray, list]:
-    vector = msg.content.array_records[MASKED]["masked"].numpy()
-    if vector.dtype != np.uint64:
-        raise ValueError(f"masked vector of dtype {vector.dtype}, expected uint64")
-    return vector, json.loads(str(msg.content.config_records[LAYOUT]["layout"]))
+    """The masked vector and its layout, checked to cover the vector exactly, so that
+    :func:`mpc.secagg.fixedpoint.unpack` cannot fail on a sum of accepted vectors."""
+    arrays = msg.content.array_records.get(MASKED)
+    if arrays is None or "masked" not in arrays:
+        raise MalformedMessage(f"reply has no masked vector ({MASKED!r} array record)")
+    vector = _ring_vector(arrays["masked"])
+    record = msg.content.config_records.get(LAYOUT)
+    if record is None:
+        raise MalformedMessage(f"reply has no layout ({LAYOUT!r} config record)")
+    try:
+        layout = json.loads(_field(record, "layout", str))
+        check_layout(layout, len(vector))
+    except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
+        raise MalformedMessage(f"layout of the masked vector refused: {err}") from None
+    return vector, layout
 
 
 def secure_enabled(cfg: DictConfig) -> bool:

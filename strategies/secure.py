@@ -12,11 +12,21 @@ server optimiser to it), so its server-side behaviour is unchanged. Evaluation c
 
 Robust aggregators (median, trimmed mean, Krum) need the individual updates, which secure
 aggregation exists to hide; they are refused.
+
+Bad updates: the server cannot look inside a masked vector, so each site checks its own
+update before encoding it (:mod:`client.secure`). What the server can check, it does: a
+training reply whose layout does not match the global model (names, shapes, fractional
+bits) or the other sites' is refused, naming the site; and with ``max_update_norm`` set,
+a revealed mean update beyond the bound (impossible when every site kept to it, since the
+mean of updates within a ball stays in it) discards the round. Both are reported in
+:attr:`SecureAggregation.rejected`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -39,6 +49,7 @@ from mpc.secagg.identity import load_roster
 from mpc.secagg.protocol import RoundAbandoned, RoundId, ServerSession, threshold_for
 from strategies import secagg_messages as wire
 from strategies.metrics import metrics_from_sums
+from strategies.update_check import MAX_NORM_KEY, update_norm, validate_max_norm
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +87,8 @@ class SecureAggregation(Strategy):
         min_sites: fewest sites whose training sum may be revealed; a round with fewer
             survivors is abandoned before the unmask stage (central DP: each site adds
             only a share of the noise, so a smaller sum would carry too little).
+        max_update_norm: the bound each site enforces on its update's L2 norm (None: no
+            bound); a revealed mean update beyond it discards the round.
     """
 
     def __init__(
@@ -88,6 +101,7 @@ class SecureAggregation(Strategy):
         max_parties: int = DEFAULT_MAX_PARTIES,
         stage_timeout: float = 300.0,
         min_sites: int = 0,
+        max_update_norm: float | None = None,
     ) -> None:
         if not isinstance(inner, FedAvg) or isinstance(inner, ROBUST):
             raise ValueError(
@@ -103,6 +117,9 @@ class SecureAggregation(Strategy):
         self.frac_bits, self.max_parties = frac_bits, max_parties
         self.stage_timeout = stage_timeout
         self.min_sites = int(min_sites)
+        self.max_update_norm = validate_max_norm(max_update_norm)
+        #: What the last ``aggregate_train`` refused: {site or "secure-sum": reason}.
+        self.rejected: dict[str, str] = {}
         self.transcripts: list[ServerSession] = []  # every session, for audits and tests
         self._grid: Grid | None = None
         self._session: ServerSession | None = None
@@ -211,22 +228,61 @@ class SecureAggregation(Strategy):
         )
         return out
 
-    def _reveal(self, replies: Iterable[Message]) -> tuple[dict[str, np.ndarray], int] | None:
-        """Collect masked vectors, run the unmask stage and decode the sums."""
+    def _refuse(self, site: str, reason: str) -> None:
+        log.warning("secure mask: %s refused: %s", site, reason)
+        self.rejected[site] = reason
+
+    def _expected_arrays(self) -> dict[str, list]:
+        """The layout entries a training reply must hold: one per global tensor."""
+        if self._global is None:
+            raise RuntimeError("aggregate_train before configure_train")
+        return {
+            ARRAYS + key: [list(array.shape), self.frac_bits] for key, array in self._global.items()
+        }
+
+    def _reveal(
+        self, replies: Iterable[Message], *, arrays: dict[str, list] | None = None
+    ) -> tuple[dict[str, np.ndarray], int] | None:
+        """Collect masked vectors, run the unmask stage and decode the sums.
+
+        ``arrays`` ({name: [shape, frac_bits]}): the model entries every training reply's
+        layout must hold. Among the replies that hold them, the most common layout wins
+        (ties: the first received); a reply of another layout is refused, so that one site
+        cannot make the others' vectors unusable by answering first.
+        """
         session, self._session = self._session, None
         if session is None:
             return None
-        layout = None
+        received: list[tuple[str, np.ndarray, list]] = []
         for reply in replies:
-            site = self._names.get(reply.metadata.src_node_id)
+            node = reply.metadata.src_node_id
+            site = self._names.get(node, f"node {node}")
             try:
-                vector, site_layout = wire.masked_of(reply)
-                if layout is not None and site_layout != layout:
+                vector, site_layout = wire.masked_of(reply)  # the layout covers the vector
+                if arrays is not None:
+                    got = {n: [s, f] for n, s, f in site_layout if n.startswith(ARRAYS)}
+                    wrong = sorted(n for n in set(got) | set(arrays) if got.get(n) != arrays.get(n))
+                    if wrong:
+                        raise ValueError(
+                            f"layout does not match the global model at {wrong[:5]} "
+                            f"(sent {[got.get(n) for n in wrong[:5]]}, "
+                            f"expected {[arrays.get(n) for n in wrong[:5]]})"
+                        )
+                received.append((site, vector, site_layout))
+            except (SecAggError, KeyError, ValueError, TypeError) as err:
+                self._refuse(site, str(err))
+        counts = Counter(repr(lay) for _, _, lay in received)
+        layout = None
+        if received:
+            usual = max(counts, key=counts.__getitem__)  # first of the most common
+            layout = next(lay for _, _, lay in received if repr(lay) == usual)
+        for site, vector, site_layout in received:
+            try:
+                if site_layout != layout:
                     raise ValueError(f"site {site!r} sent a vector of another layout")
                 session.receive_masked(site, vector)
-                layout = site_layout
             except (SecAggError, KeyError, ValueError) as err:
-                log.warning("secure mask: %s refused: %s", site, err)
+                self._refuse(site, str(err))
         try:
             survivors, dropped = session.unmask_request()
             if session.round_id.kind == "train" and len(survivors) < self.min_sites:
@@ -259,21 +315,53 @@ class SecureAggregation(Strategy):
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         return self._prepare(messages, server_round, "train")
 
+    def _check_mean(self, means: dict[str, np.ndarray], n: float, n_sites: int) -> str | None:
+        """Why the revealed mean update must not be applied, or None.
+
+        Every honest site's update lies within ``max_update_norm`` of the global model and
+        the mean is a convex combination of them (positive example counts), so it lies
+        within the bound too, up to the fixed-point rounding of ``n_sites`` encodings. A
+        mean beyond it proves that a site broke the bound or sent a false example count.
+        """
+        reference = {k: a.numpy() for k, a in self._global.items()}
+        norm = update_norm(means, reference)
+        if not math.isfinite(norm):
+            return f"the revealed mean update is not finite (norm {norm})"
+        if self.max_update_norm is None:
+            return None
+        floats = sum(r.size for r in reference.values() if np.issubdtype(r.dtype, np.floating))
+        slack = math.sqrt(floats) * n_sites * 2.0 ** -(self.frac_bits + 1) / n
+        if norm > self.max_update_norm * (1 + 1e-9) + slack:
+            return (
+                f"the revealed mean update of {n_sites} site(s) has norm {norm:.6g}, beyond "
+                f"{MAX_NORM_KEY}={self.max_update_norm:g}: a site broke the bound or sent a "
+                "false example count; the round's sum is discarded"
+            )
+        return None
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        revealed = self._reveal(replies)
+        self.rejected = {}
+        revealed = self._reveal(replies, arrays=self._expected_arrays())
         if revealed is None:
             return None, None
         sums, n_sites = revealed
         n, summed = _metric_sums(sums)
         if n <= 0:
-            log.warning("secure train round %d: no examples in the sum", server_round)
+            # Every honest site sends a positive count: a total of n <= 0 is a site's lie.
+            reason = f"the revealed example count is {n:g}; the round's sum is discarded"
+            log.warning("secure train round %d: %s", server_round, reason)
+            self.rejected["secure-sum"] = reason
             return None, None
-        if self._global is None:
-            raise RuntimeError("aggregate_train before configure_train")
+        means = {key: sums[ARRAYS + key] / n for key in self._global}
+        reason = self._check_mean(means, n, n_sites)
+        if reason is not None:
+            log.warning("secure train round %d: %s", server_round, reason)
+            self.rejected["secure-sum"] = reason
+            return None, None
         averaged = {}
         for key, array in self._global.items():
             reference = array.numpy()
-            mean = sums[ARRAYS + key] / n
+            mean = means[key]
             if np.issubdtype(reference.dtype, np.integer):
                 mean = np.rint(mean)
             averaged[key] = Array(np.asarray(mean, dtype=reference.dtype).reshape(reference.shape))
@@ -302,6 +390,7 @@ class SecureAggregation(Strategy):
         return self._prepare(messages, server_round, "evaluate")
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+        self.rejected = {}
         revealed = self._reveal(replies)
         if revealed is None:
             return None
@@ -326,6 +415,7 @@ class SecureAggregation(Strategy):
                 log.warning("secure %s: a site failed: %s", kind, reply.error.reason)
             else:
                 replies.append(reply)
+        self.rejected = {}
         revealed = self._reveal(replies)
         if revealed is None:
             return None

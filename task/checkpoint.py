@@ -24,10 +24,26 @@ def _write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise _untouched(err, path) from err
+    except RuntimeError as err:
+        # torch's zip writer hides a failed write (a full disk, a file-size limit) behind
+        # "unexpected pos" from its own clean-up; the OSError is the exception's context
+        if isinstance(err.__context__, OSError):
+            raise _untouched(err.__context__, path) from err
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _untouched(err: OSError, path: Path) -> OSError:
+    """``err`` again, naming the file and saying that the previous version survives."""
+    where = f"while writing {path} (the previous {path.name} is intact)"
+    if err.errno is None:
+        return OSError(f"{err} {where}")
+    return type(err)(err.errno, f"{err.strerror} {where}")
 
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> Path:

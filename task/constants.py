@@ -26,6 +26,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".nii", ".nii.gz")
 #: Policies for a file that cannot be used.
 BAD_FILE_POLICIES = ("error", "skip")
 
+#: Largest image file read (bytes), and largest image (pixels, from the file's header,
+#: checked before decoding): a decompression bomb or a wrong file is refused, not decoded.
+MAX_IMAGE_BYTES = 512 * 2**20
+MAX_IMAGE_PIXELS = 64_000_000
+
 #: ITU-R BT.601 luma weights, used to turn RGB into one grayscale channel.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 

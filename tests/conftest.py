@@ -1,11 +1,18 @@
-"""Shared fixtures. Data comes from ../shared/data (never downloaded in tests)."""
+"""Shared fixtures. Data comes from ../shared/data (never downloaded in tests).
+
+Fuzz tests (hypothesis) run under a bounded, reproducible profile: ``ci`` (the default) runs
+a fixed set of examples chosen from each test's name; ``HYPOTHESIS_PROFILE=fuzz`` runs
+many more, freshly random each time, for a longer search on a workstation.
+"""
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from task.config import register_resolvers
 from task.constants import DATA_ENV_VAR, DEFAULT_PNEUMONIAMNIST
@@ -14,6 +21,21 @@ register_resolvers()
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+
+# No example database: CI replays the same examples from the seed, and a failure prints
+# its reproduction blob (print_blob) to paste into @reproduce_failure.
+settings.register_profile(
+    "ci",
+    max_examples=200,
+    deadline=timedelta(seconds=5),
+    derandomize=True,
+    database=None,
+    print_blob=True,
+)
+settings.register_profile(
+    "fuzz", max_examples=3000, deadline=timedelta(seconds=20), database=None, print_blob=True
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

@@ -16,10 +16,14 @@ times 200 000 examples still fits.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 DEFAULT_FRAC_BITS = 32
 DEFAULT_MAX_PARTIES = 100
+#: float64 holds 52 fractional bits: more cannot be encoded exactly.
+MAX_FRAC_BITS = 52
 
 
 def bound(frac_bits: int, max_parties: int) -> float:
@@ -35,8 +39,8 @@ def encode(
     name: str = "value",
 ) -> np.ndarray:
     """Encode real values as ``uint64`` ring elements with ``frac_bits`` fractional bits."""
-    if not 0 <= frac_bits <= 52:
-        raise ValueError(f"frac_bits={frac_bits} must be in [0, 52]")
+    if not 0 <= frac_bits <= MAX_FRAC_BITS:
+        raise ValueError(f"frac_bits={frac_bits} must be in [0, {MAX_FRAC_BITS}]")
     x = np.asarray(x, dtype=np.float64)
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{name} holds NaN or infinite values and cannot be encoded")
@@ -72,13 +76,41 @@ def pack(
     return vector, layout
 
 
+def check_layout(layout: object, length: int) -> None:
+    """Refuse (``ValueError`` naming the entry) a layout that is not a list of distinct
+    ``[name, shape, frac_bits]`` covering exactly ``length`` values. A layout travels
+    beside a masked vector, so :func:`unpack` checks it before trusting it."""
+    if not isinstance(layout, list):
+        raise ValueError(f"layout must be a list of [name, shape, frac_bits], not {layout!r:.60}")
+    names: set[str] = set()
+    total = 0
+    for i, entry in enumerate(layout):
+        if not isinstance(entry, list | tuple) or len(entry) != 3:
+            raise ValueError(f"layout entry {i} is {entry!r:.60}, not [name, shape, frac_bits]")
+        name, shape, frac_bits = entry
+        if not isinstance(name, str) or name in names:
+            raise ValueError(f"layout entry {i} has a repeated or non-text name {name!r:.60}")
+        names.add(name)
+        if not isinstance(shape, list | tuple) or not all(type(d) is int and d >= 0 for d in shape):
+            raise ValueError(f"layout entry {name!r:.60} has shape {shape!r:.60}")
+        if type(frac_bits) is not int or not 0 <= frac_bits <= MAX_FRAC_BITS:
+            raise ValueError(
+                f"layout entry {name!r:.60} has frac_bits {frac_bits!r:.20}, "
+                f"not an integer in [0, {MAX_FRAC_BITS}]"
+            )
+        total += math.prod(shape)  # Python integers: no overflow
+        if total > length:
+            break
+    if total != length:
+        raise ValueError(f"layout covers {total} values, the vector holds {length}")
+
+
 def unpack(vector: np.ndarray, layout: list[list]) -> dict[str, np.ndarray]:
     """Split and decode a packed vector (or a sum of packed vectors) by its layout."""
+    check_layout(layout, len(vector))
     out, offset = {}, 0
     for name, shape, frac_bits in layout:
-        size = int(np.prod(shape, dtype=np.int64))
+        size = math.prod(shape)
         out[name] = decode(vector[offset : offset + size], frac_bits).reshape(shape)
         offset += size
-    if offset != len(vector):
-        raise ValueError(f"layout covers {offset} values, the vector holds {len(vector)}")
     return out

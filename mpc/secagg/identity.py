@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -26,8 +27,9 @@ def load_identity_file(path: str | os.PathLike) -> crypto.IdentityPrivateKey:
         raise FileNotFoundError(f"secure aggregation identity key {path} does not exist")
     try:
         return crypto.load_identity(path.read_bytes())
-    except ValueError as err:
-        raise ValueError(f"{path} is not an OpenSSH or PEM private key: {err}") from err
+    # TypeError: an encrypted key (no password is given); UnsupportedAlgorithm: e.g. DSA.
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
+        raise ValueError(f"{path} is not an unencrypted OpenSSH or PEM private key: {err}") from err
 
 
 def load_roster(path: str | os.PathLike) -> Roster:
@@ -35,9 +37,12 @@ def load_roster(path: str | os.PathLike) -> Roster:
     if not path.is_file():
         raise FileNotFoundError(f"secure aggregation roster {path} does not exist")
     try:
-        lines = json.loads(path.read_text())
+        lines = json.loads(path.read_bytes())
+        if not isinstance(lines, dict) or not all(isinstance(v, str) for v in lines.values()):
+            raise ValueError(f"expected {{site name: public key line}}, got {lines!r:.80}")
         return Roster.from_lines(lines)
-    except (ValueError, TypeError) as err:
+    # UnicodeDecodeError and JSONDecodeError are ValueErrors; UnsupportedAlgorithm: e.g. DSA.
+    except (ValueError, UnsupportedAlgorithm, RecursionError) as err:
         raise ValueError(
             f"roster {path} is not a JSON object of OpenSSH public keys: {err}"
         ) from err

@@ -36,6 +36,15 @@ from mpc.secagg.errors import ProtocolViolation, RoundAbandoned, ShareIntegrityE
 
 PROTOCOL = "primia-secagg/1"
 STAGES = ("advertise", "share", "mask", "unmask")
+#: Raw X25519 public keys; a share of a 32-byte secret (two 16-byte Shamir halves).
+PUBLIC_KEY_BYTES = 32
+SHARE_BYTES = crypto.SEED_BYTES
+
+
+class MalformedMessage(ProtocolViolation, ValueError):
+    """A message or saved state that does not decode: a field missing, of the wrong type
+    or size. A ``ProtocolViolation`` for the protocol's callers and a ``ValueError`` for
+    those that catch bad values."""
 
 
 def threshold_for(n: int, fraction: float) -> int:
@@ -66,6 +75,19 @@ class KeyAdvert:
     mask_pk: bytes
     signature: bytes
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.site, str):
+            raise MalformedMessage(f"round keys name site {self.site!r:.60}, not a text name")
+        for what in ("channel_pk", "mask_pk", "signature"):
+            if not isinstance(getattr(self, what), bytes):
+                raise MalformedMessage(f"round keys of site {self.site!r}: {what} is not bytes")
+        for what in ("channel_pk", "mask_pk"):
+            if len(getattr(self, what)) != PUBLIC_KEY_BYTES:
+                raise MalformedMessage(
+                    f"round keys of site {self.site!r}: {what} has {len(getattr(self, what))} "
+                    f"bytes, an X25519 public key has {PUBLIC_KEY_BYTES}"
+                )
+
     def signed_bytes(self, round_id: RoundId) -> bytes:
         return round_id.tag("advertise", self.site, self.channel_pk.hex(), self.mask_pk.hex())
 
@@ -94,12 +116,19 @@ def _pair(a: str, b: str) -> str:
     return "|".join(sorted((a, b)))
 
 
+def _agree(private: bytes, peer_public: bytes, info: bytes, peer: str) -> bytes:
+    try:
+        return crypto.agree(private, peer_public, info)
+    except ValueError as err:  # a low-order public key: no shared secret
+        raise ProtocolViolation(f"the round key of site {peer!r} is unusable: {err}") from None
+
+
 def _mask_seed(private: bytes, peer_public: bytes, round_id: RoundId, a: str, b: str) -> bytes:
-    return crypto.agree(private, peer_public, round_id.tag("pair-mask", _pair(a, b)))
+    return _agree(private, peer_public, round_id.tag("pair-mask", _pair(a, b)), b)
 
 
 def _channel_key(private: bytes, peer_public: bytes, round_id: RoundId, a: str, b: str) -> bytes:
-    return crypto.agree(private, peer_public, round_id.tag("channel", _pair(a, b)))
+    return _agree(private, peer_public, round_id.tag("channel", _pair(a, b)), b)
 
 
 def _self_mask(seed: bytes, length: int, round_id: RoundId) -> np.ndarray:
@@ -204,10 +233,16 @@ class SiteSession:
             key = _channel_key(
                 self.channel_sk, self.peers[sender].channel_pk, self.round_id, self.name, sender
             )
+            if not isinstance(blob, bytes) or len(blob) < crypto.NONCE_BYTES:
+                raise ShareIntegrityError(sender, self.name, "not a sealed ciphertext")
             try:
                 plain = crypto.open_sealed(key, blob, self.round_id.tag("share", sender, self.name))
             except InvalidTag:
                 raise ShareIntegrityError(sender, self.name, "failed authentication") from None
+            if len(plain) != 2 * SHARE_BYTES:
+                raise ShareIntegrityError(
+                    sender, self.name, f"{len(plain)} bytes of shares, expected {2 * SHARE_BYTES}"
+                )
             half = len(plain) // 2
             self.received[sender] = (plain[:half], plain[half:])
         self.cohort = sorted(self.received)
@@ -275,25 +310,56 @@ class SiteSession:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SiteSession:
-        s = json.loads(data)
-        recv = {k: (bytes.fromhex(a), bytes.fromhex(b)) for k, (a, b) in s["received"].items()}
-        keys = [bytes.fromhex(k) for k in s["keys"]]
-        peers = {p[0]: KeyAdvert(p[0], *(bytes.fromhex(v) for v in p[1:])) for p in s["peers"]}
-        return cls(
-            name=s["name"],
-            round_id=RoundId(*s["round_id"]),
-            fraction=s["fraction"],
-            selected=s["selected"],
-            channel_sk=keys[0],
-            channel_pk=keys[1],
-            mask_sk=keys[2],
-            mask_pk=keys[3],
-            peers=peers,
-            received=recv,
-            self_seed=bytes.fromhex(s["self_seed"]),
-            cohort=list(s["cohort"]),
-            stage=s["stage"],
-        )
+        """The session :meth:`to_bytes` saved; :class:`MalformedMessage` if it is corrupt."""
+        try:
+            s = json.loads(data)
+            run, round_no, kind = s["round_id"]
+            keys = [bytes.fromhex(k) for k in s["keys"]]
+            peers = {p[0]: KeyAdvert(p[0], *map(bytes.fromhex, p[1:])) for p in s["peers"]}
+            received = {
+                str(k): (bytes.fromhex(a), bytes.fromhex(b)) for k, (a, b) in s["received"].items()
+            }
+            session = cls(
+                name=s["name"],
+                round_id=RoundId(run, round_no, kind),
+                fraction=s["fraction"],
+                selected=s["selected"],
+                channel_sk=keys[0],
+                channel_pk=keys[1],
+                mask_sk=keys[2],
+                mask_pk=keys[3],
+                peers=peers,
+                received=received,
+                self_seed=bytes.fromhex(s["self_seed"]),
+                cohort=list(s["cohort"]),
+                stage=s["stage"],
+            )
+        except MalformedMessage as err:
+            raise MalformedMessage(f"saved secure aggregation session is corrupt: {err}") from None
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as err:
+            raise MalformedMessage(
+                f"saved secure aggregation session is corrupt ({type(err).__name__}: {err})"
+            ) from None
+        session._check_types()
+        return session
+
+    def _check_types(self) -> None:
+        def refuse(what: str) -> None:
+            raise MalformedMessage(f"saved secure aggregation session is corrupt: {what}")
+
+        rid = self.round_id
+        if not (isinstance(self.name, str) and isinstance(rid.run, str)):
+            refuse("site or run name is not text")
+        if type(rid.round) is not int or not isinstance(rid.kind, str):
+            refuse(f"round id {rid} is not (text, integer, text)")
+        if type(self.fraction) not in (int, float) or not 0.0 < self.fraction <= 1.0:
+            refuse(f"threshold fraction {self.fraction!r:.40}")
+        if type(self.selected) is not int or self.selected < 0:
+            refuse(f"selected {self.selected!r:.40}")
+        if self.stage not in ("new", *STAGES):
+            refuse(f"stage {self.stage!r:.40} is not one of {('new', *STAGES)}")
+        if not all(isinstance(c, str) for c in self.cohort):
+            refuse("cohort names are not text")
 
 
 # -- the server ----------------------------------------------------------------------------
@@ -387,6 +453,20 @@ class ServerSession:
             raise ProtocolViolation(f"unmask shares from site {sender!r}, which was not asked")
         if sender in self.unmasks:
             raise ProtocolViolation(f"repeated unmask shares from site {sender!r}")
+        survivors, dropped = self.request
+        expected = {f"b:{s}" for s in survivors} | {f"s:{d}" for d in dropped}
+        if set(shares) != expected:
+            raise ProtocolViolation(
+                f"site {sender!r} sent unmask shares for {sorted(map(str, shares))[:8]}, "
+                f"expected {sorted(expected)[:8]}"
+            )
+        wrong = sorted(
+            k for k, v in shares.items() if not isinstance(v, bytes) or len(v) != SHARE_BYTES
+        )
+        if wrong:
+            raise ProtocolViolation(
+                f"site {sender!r} sent unmask shares {wrong[:8]} that are not {SHARE_BYTES} bytes"
+            )
         self.unmasks[sender] = dict(shares)
 
     def result(self) -> np.ndarray:

@@ -73,3 +73,20 @@ def secure_sum(
     for n in [n for n in alive("unmask") if n in survivors]:
         server.receive_unmask(n, sites[n].unmask(survivors, dropped))
     return RoundResult(server.result(), survivors, server, sites)
+
+
+def shared_round(
+    names: list[str], *, fraction: float = 0.66, round_id: RoundId | None = None
+) -> tuple[ServerSession, dict[str, SiteSession]]:
+    """A server and its sites after a round's advertise and share stages, no one dropped
+    (tests start the later stages, or tamper with them, from here)."""
+    round_id = round_id or RoundId("reference", 1, "train")
+    identities, roster = make_identities(names)
+    server = ServerSession(round_id, fraction, len(names), roster)
+    sites = {n: SiteSession(n, round_id, fraction) for n in names}
+    for n in names:
+        server.receive_advert(sites[n].advertise(identities[n], len(names)))
+    adverts = server.broadcast()
+    for n in names:
+        server.receive_shares(n, sites[n].share_keys(adverts, roster))
+    return server, sites

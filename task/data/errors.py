@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from task.constants import BAD_FILE_POLICIES
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print, log and write as UTF-8. A file name that is not UTF-8 reaches
+    Python with its bad bytes as lone surrogates; they are shown as ``\\xff`` escapes."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no file name byte produces
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 class BadFileError(ValueError):
     """A file that cannot be used for training or evaluation.
 
-    The message always names the file and the reason, so that a site's IT team can find it.
+    The message always names the file and the reason, so that a site's IT team can find it;
+    ``path`` and ``reason`` are printable text even for a file name that is not UTF-8.
     """
 
-    def __init__(self, path: str | Path, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+    def __init__(self, path: str | bytes | os.PathLike, reason: str) -> None:
+        self.path = printable(os.fsdecode(path))
+        self.reason = printable(reason)
+        super().__init__(f"{self.path}: {self.reason}")
 
 
 def check_policy(policy: str) -> str:

@@ -9,27 +9,30 @@ values) is inverted; RGB(A) is turned into one luma channel when the model wants
 Every file is read and checked when the data set is built, so a bad file is found before
 training starts, never mid-epoch. Under ``on_bad_file="error"`` the first bad file stops
 loading with a :class:`BadFileError` naming it and the reason; under ``"skip"`` it is left
-out, counted and listed in the :class:`LoadReport`.
+out, counted and listed in the :class:`LoadReport`. A file's size and its header's image
+size are checked before it is decoded, so that a small file declaring a huge image (a
+decompression bomb, a corrupt header) is refused without allocating it.
 """
 
 from __future__ import annotations
 
 import csv
+import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 from monai.data import NibabelReader, PILReader, PydicomReader
 from monai.transforms import LoadImage
+from PIL import Image
 
-from task.constants import IMAGE_SUFFIXES, LUMA_WEIGHTS
+from task.constants import IMAGE_SUFFIXES, LUMA_WEIGHTS, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from task.data.errors import BadFileError, LoadReport, check_policy
 from task.data.preprocess import preprocess_one
-
-#: Refuse images larger than this many pixels (a decompression bomb or a wrong file).
-MAX_PIXELS = 64_000_000
 
 
 @dataclass(frozen=True)
@@ -50,22 +53,41 @@ def _is_dicom(path: Path) -> bool:
     return path.name.lower().endswith((".dcm", ".dicom"))
 
 
-def scan_folder(root: str | Path, classes: Sequence[str]) -> list[Record]:
-    """List ``root/<class>/*`` image files; refuse unknown class folders and empty input."""
+def _image_files(folder: Path) -> list[Path]:
+    return [p for p in sorted(folder.rglob("*")) if p.is_file() and is_image_file(p)]
+
+
+def scan_folder(
+    root: str | Path,
+    classes: Sequence[str],
+    policy: str = "error",
+    report: LoadReport | None = None,
+    split: str = "train",
+) -> list[Record]:
+    """List ``root/<class>/*`` image files; refuse empty input. A class folder not in
+    ``classes`` is refused under policy ``error``; under ``skip`` its files are skipped and
+    counted in ``report``."""
     root = Path(root)
+    report = report if report is not None else LoadReport()
     if not root.is_dir():
         raise BadFileError(root, "is not a folder")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir())
-    unknown = [p.name for p in subdirs if p.name not in classes]
-    if unknown:
+    unknown = [p for p in subdirs if p.name not in classes]
+    if unknown and check_policy(policy) == "error":
         raise BadFileError(
-            root, f"class folder(s) {unknown} are not in the class list {list(classes)}"
+            root,
+            f"class folder(s) {[p.name for p in unknown]} are not in the class list "
+            f"{list(classes)}",
         )
+    for sub in unknown:
+        reason = f"in class folder {sub.name!r}, which is not in the class list {list(classes)}"
+        for path in _image_files(sub):
+            report.add_skip(split, BadFileError(path, reason))
     records = [
         Record(path, classes.index(sub.name))
         for sub in subdirs
-        for path in sorted(sub.rglob("*"))
-        if path.is_file() and is_image_file(path)
+        if sub.name in classes
+        for path in _image_files(sub)
     ]
     if not records:
         raise BadFileError(
@@ -82,25 +104,33 @@ def read_csv(
     if not csv_path.is_file():
         raise BadFileError(csv_path, "CSV file not found")
     records = []
-    with csv_path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
-            raise BadFileError(csv_path, f"needs columns 'path,label', has {reader.fieldnames}")
-        for line, row in enumerate(reader, start=2):
+    # utf-8-sig: a spreadsheet's byte-order mark is not part of the first column's name;
+    # surrogateescape: a file name that is not UTF-8 still finds its file.
+    with csv_path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
+        try:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
+                raise BadFileError(csv_path, f"needs columns 'path,label', has {reader.fieldnames}")
+            rows = list(enumerate(reader, start=2))
+        except csv.Error as err:
+            raise BadFileError(csv_path, f"is not a valid CSV file ({err})") from err
+    for line, row in rows:
+        try:
+            if row["path"] is None or row["label"] is None:
+                raise BadFileError(csv_path, f"CSV line {line} has no path or no label")
             path = csv_path.parent / row["path"]
-            try:
-                if row["label"] not in classes:
-                    raise BadFileError(
-                        path, f"label {row['label']!r} (CSV line {line}) not in {list(classes)}"
-                    )
-                if not path.is_file():
-                    raise BadFileError(path, f"file named on CSV line {line} does not exist")
-            except BadFileError as err:
-                if policy == "error":
-                    raise
-                report.add_skip(split, err)
-                continue
-            records.append(Record(path, classes.index(row["label"])))
+            if row["label"] not in classes:
+                raise BadFileError(
+                    path, f"label {row['label']!r} (CSV line {line}) not in {list(classes)}"
+                )
+            if not path.is_file():
+                raise BadFileError(path, f"file named on CSV line {line} does not exist")
+        except BadFileError as err:
+            if policy == "error":
+                raise
+            report.add_skip(split, err)
+            continue
+        records.append(Record(path, classes.index(row["label"])))
     if not records:
         raise BadFileError(csv_path, "no usable rows")
     return records
@@ -111,14 +141,21 @@ class ImageReader:
 
     Args:
         channels: 1 for grayscale models (RGB is converted to luma), 3 for RGB models.
-        max_pixels: refuse larger images.
+        max_pixels: refuse larger images, from the size the file's header declares.
+        max_bytes: refuse larger files.
     """
 
-    def __init__(self, channels: int = 1, max_pixels: int = MAX_PIXELS) -> None:
+    def __init__(
+        self,
+        channels: int = 1,
+        max_pixels: int = MAX_IMAGE_PIXELS,
+        max_bytes: int = MAX_IMAGE_BYTES,
+    ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels={channels} must be 1 or 3")
         self.channels = channels
         self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
 
         # One loader per format, chosen by suffix; all three return row-major (H, W).
         def loader(reader) -> LoadImage:
@@ -145,11 +182,17 @@ class ImageReader:
         path = Path(path)
         if not path.is_file():
             raise BadFileError(path, "file does not exist")
-        monochrome1 = False
-        if _is_dicom(path):
-            monochrome1 = self._check_dicom(path)
+        size = path.stat().st_size
+        if size == 0:
+            raise BadFileError(path, "file is empty")
+        if size > self.max_bytes:
+            raise BadFileError(path, f"file of {size} bytes exceeds max_bytes={self.max_bytes}")
+        kind = self._kind(path)
         try:
-            image = np.asarray(self._loaders[self._kind(path)](str(path)), dtype=np.float32)
+            monochrome1 = self._check_header(path, kind)
+            image = np.asarray(self._loaders[kind](str(path)), dtype=np.float32)
+        except BadFileError:
+            raise
         except Exception as err:  # any reader failure is a bad file, reported by name
             raise BadFileError(
                 path,
@@ -161,17 +204,55 @@ class ImageReader:
             image = image.max() + image.min() - image
         return image
 
-    @staticmethod
-    def _check_dicom(path: Path) -> bool:
+    def _check_size(self, path: Path, shape: Sequence[int], what: str) -> None:
+        if len([s for s in shape if s != 1]) > 2:
+            raise BadFileError(
+                path, f"expected a 2-D image, the {what} declares shape {tuple(shape)} (a volume?)"
+            )
+        if math.prod(shape) > self.max_pixels:
+            raise BadFileError(
+                path,
+                f"image of {'x'.join(map(str, shape))} pixels (from the {what}) exceeds "
+                f"max_pixels={self.max_pixels}",
+            )
+
+    def _check_header(self, path: Path, kind: str) -> bool:
+        """Refuse from the header alone a file without pixels, a volume or an image beyond
+        ``max_pixels``; returns whether a DICOM is ``MONOCHROME1``."""
+        if kind == "dicom":
+            return self._check_dicom(path)
+        if kind == "nifti":
+            shape = nib.load(str(path)).shape  # the header only; the data stay on disk
+            self._check_size(path, shape[:3], "NIfTI header")
+            if math.prod(shape) > 4 * self.max_pixels:
+                raise BadFileError(path, f"NIfTI header declares shape {shape}: too large")
+            return False
+        with warnings.catch_warnings():  # PIL warns before its own (higher) limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            try:
+                with Image.open(path) as image:  # lazy: reads the header only
+                    width, height = image.size
+            except Image.DecompressionBombError as err:
+                raise BadFileError(path, f"exceeds max_pixels={self.max_pixels} ({err})") from err
+        self._check_size(path, (height, width), "file header")
+        return False
+
+    def _check_dicom(self, path: Path) -> bool:
         try:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
+            # Values over 1 KB (the pixel data) are located but not read.
+            header = pydicom.dcmread(path, defer_size="1 KB")
         except Exception as err:  # pydicom raises several types for broken headers
             raise BadFileError(path, f"not a readable DICOM file ({err})") from err
-        if "PixelData" not in header and "FloatPixelData" not in header:
-            # stop_before_pixels hides PixelData; check the tag list of the full file
-            full = pydicom.dcmread(path, specific_tags=["PixelData", "FloatPixelData"])
-            if "PixelData" not in full and "FloatPixelData" not in full:
-                raise BadFileError(path, "DICOM file has no pixel data")
+        if not any(
+            tag in header for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+        ):
+            raise BadFileError(path, "DICOM file has no pixel data")
+        rows, columns = header.get("Rows"), header.get("Columns")
+        if rows is None or columns is None:
+            raise BadFileError(path, "DICOM file does not say its size (Rows, Columns)")
+        frames = int(header.get("NumberOfFrames") or 1)
+        shape = (int(rows), int(columns)) if frames == 1 else (frames, int(rows), int(columns))
+        self._check_size(path, shape, "DICOM header")
         return str(header.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
 
     def _to_2d(self, path: Path, image: np.ndarray) -> np.ndarray:
@@ -182,7 +263,7 @@ class ImageReader:
                 path, f"expected a 2-D image, got shape {tuple(image.shape[1:])} (a volume?)"
             )
         image = image.reshape(image.shape[0], *spatial)
-        if image.shape[1] * image.shape[2] > self.max_pixels:
+        if image.shape[1] * image.shape[2] > self.max_pixels:  # also checked in the header
             raise BadFileError(
                 path,
                 f"image of {image.shape[1]}x{image.shape[2]} pixels "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from task.data.errors import LoadReport, check_policy
+from task.data.errors import BadFileError, LoadReport, check_policy
 from task.data.files import ImageReader, Record, load_records, read_csv, scan_folder
 from task.data.splits import DataSplits, Split
 
@@ -57,7 +57,7 @@ class ImageFolderSource:
         if source.suffix.lower() == ".csv":
             records = read_csv(source, self.classes, report, self.policy, split)
         else:
-            records = scan_folder(source, self.classes)
+            records = scan_folder(source, self.classes, self.policy, report, split)
         return records[: self.limit] if self.limit else records
 
     def _load_split(self, split: str, preprocess: Callable | None, report: LoadReport) -> Split:
@@ -70,6 +70,11 @@ class ImageFolderSource:
         if self.paths["val"] is not None:
             val = self._load_split("val", preprocess, report)
         else:
+            if len(train) < 2:
+                raise BadFileError(
+                    self.paths["train"],
+                    f"{len(train)} usable image: too few to split off a validation set",
+                )
             train, val = train.stratified_split(self.val_fraction, self.seed)
             report.loaded["train"], report.loaded["val"] = len(train), len(val)
         if self.paths["test"] is not None:

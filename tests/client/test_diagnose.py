@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,7 @@ from task.data.export import export_test_images
 from task.data.pneumoniamnist import load_npz, resolve_path
 from task.data.preprocess import preprocess_array
 from tests.factories import pattern, write_png
+from tests.task.data.test_bad_inputs import CORPUS, build_corpus
 
 
 def test_folders_are_searched_and_missing_paths_named(tmp_path) -> None:
@@ -51,3 +54,44 @@ def test_a_bad_image_is_refused_by_name_or_skipped_by_choice(tmp_path, trained_c
     images, kept, skipped = read_images([good, bad], config, skip_bad=True)
     assert images.shape == (1, 1, 28, 28) and kept == [good]
     assert skipped[0]["path"] == str(bad) and "cannot be read" in skipped[0]["reason"]
+
+
+@pytest.fixture(scope="module")
+def inference_config() -> dict:
+    """What a checkpoint announces (task.central): the default preprocessing, one channel."""
+    from omegaconf import OmegaConf
+
+    from task.config import compose_config
+
+    cfg = compose_config([])
+    return {
+        "preprocess": OmegaConf.to_container(cfg.transforms.preprocess, resolve=True),
+        "channels": 1,
+    }
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=[c.id for c in CORPUS])
+def test_every_corpus_file_is_refused_by_name(tmp_path, inference_config, case) -> None:
+    """The bad-input corpus (tests/task/data/test_bad_inputs.py) at the diagnosis client:
+    the error names the file and the reason, before any encrypted session starts."""
+    good = write_png(tmp_path / "good.png", pattern())
+    bad = case.build(tmp_path)
+    with pytest.raises(BadFileError, match=case.reason) as info:
+        read_images([good, bad], inference_config)
+    assert case.shown in str(info.value)
+    str(info.value).encode("utf-8")  # printable on any terminal
+
+
+def test_skip_bad_keeps_the_good_images_and_lists_the_corpus(tmp_path, inference_config) -> None:
+    good = write_png(tmp_path / "good.png", pattern())
+    bad = build_corpus(tmp_path / "bad")
+    found = collect_images([tmp_path])
+    assert len(found) == len(CORPUS) + 1
+    images, kept, skipped = read_images(found, inference_config, skip_bad=True)
+    assert kept == [good] and images.shape[0] == 1 and np.isfinite(images).all()
+    assert len(skipped) == len(CORPUS)
+    assert {s["path"].rsplit("/", 1)[1] for s in skipped} == {c.shown for c in CORPUS}
+    assert len(bad) == len(CORPUS)
+    json.dumps(skipped).encode("utf-8")  # what --json writes
+    with pytest.raises(BadFileError, match="no readable image to diagnose"):
+        read_images(sorted(bad.values()), inference_config, skip_bad=True)

@@ -1,4 +1,6 @@
-"""A real deployment: SuperLink + 3 SuperNodes over TLS with node authentication."""
+"""A real deployment: SuperLink + 3 SuperNodes over TLS with node authentication, and the
+faults a hospital network brings: a site's machine dying mid-round, the coordinator's
+SuperLink (with its ServerApp) dying and being restarted, and intruders at the door."""
 
 from __future__ import annotations
 
@@ -6,36 +8,66 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
-from server.deployment import LocalDeployment
+from scripts.deploy_local import SiteFederation, prepare_sites, start_sites
+from server.deployment import DeploymentError, LocalDeployment
+from task import checkpoint
 from task.constants import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
+SITES, ROUNDS, LIMIT = 3, 2, 200
+OVERRIDES = ["logger=none", "train.batch_size=32", "metrics.n_bootstrap=50"]
+# The fault runs aggregate in the clear: each secure-aggregation stage costs one more
+# ClientApp process per site, and the protocol's own dropout handling is tested in
+# tests/strategies/test_secure.py; the TLS run above is the secure one across processes.
+PLAIN = ("secure=none",)
 
-def test_three_sites_two_rounds_over_tls(tmp_path: Path) -> None:
-    workdir = tmp_path / "deploy"
+
+def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def _checkpointed_round(run_dir: Path) -> int:
+    path = run_dir / "last.pt"
+    return int(checkpoint.load(path)["round"]) if path.is_file() else 0
+
+
+def _overrides(fed: SiteFederation, run_dir: Path, *extra: str) -> list[str]:
+    dropped = ("run_dir=", "secure.roster=") if "secure=none" in extra else ("run_dir=",)
+    kept = [o for o in fed.overrides if not o.startswith(dropped)]
+    return [*kept, f"run_dir={run_dir}", *extra]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One uninterrupted run of ``scripts.deploy_local`` (its own SuperLink and nodes)."""
+    workdir = tmp_path_factory.mktemp("reference") / "deploy"
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
             "scripts.deploy_local",
             "--sites",
-            "3",
+            str(SITES),
             "--rounds",
-            "2",
+            str(ROUNDS),
             "--limit-per-site",
-            "200",
+            str(LIMIT),
             "--workdir",
             str(workdir),
             "--timeout",
             "900",
-            "logger=none",
-            "train.batch_size=32",
-            "metrics.n_bootstrap=50",
+            *OVERRIDES,
         ],
         cwd=REPO_ROOT,
         capture_output=True,
@@ -43,6 +75,24 @@ def test_three_sites_two_rounds_over_tls(tmp_path: Path) -> None:
         timeout=1200,
         check=False,
     )
+    return workdir, proc
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory) -> Iterator[tuple[LocalDeployment, SiteFederation]]:
+    """A second deployment with the same sites and settings, for the fault tests."""
+    fed = prepare_sites(
+        tmp_path_factory.mktemp("faults"), SITES, ROUNDS, OVERRIDES, limit_per_site=LIMIT
+    )
+    with LocalDeployment(fed.workdir) as dep:
+        dep.start_superlink()
+        start_sites(dep, fed)
+        _wait_for(lambda: dep.connected_nodes() == SITES, 120, "three SuperNodes online")
+        yield dep, fed
+
+
+def test_three_sites_two_rounds_over_tls(reference) -> None:
+    workdir, proc = reference
     logs = workdir / "logs"
     assert proc.returncode == 0, (proc.stderr[-3000:], sorted(p.name for p in logs.iterdir()))
     summary = json.loads((workdir / "deployment.json").read_text())
@@ -67,6 +117,59 @@ def test_three_sites_two_rounds_over_tls(tmp_path: Path) -> None:
     )
 
 
+def test_a_supernode_killed_mid_round_leaves_the_round_to_the_others(federation) -> None:
+    """Fault: site-2's machine dies while it trains. The SuperLink reports the node lost
+    (no heartbeat), secure aggregation completes the round with the two survivors, and the
+    restarted SuperNode rejoins under its registered key."""
+    dep, fed = federation
+    run_dir = fed.workdir / "dropout"
+    # one round (the time of CI), sampling whoever is online (at least 2) rather than
+    # waiting for all three
+    extra = ("federation.num_rounds=1", "federation.min_available_sites=2", *PLAIN)
+    app = dep.start_app(_overrides(fed, run_dir, *extra), "dropout")
+    _wait_for(
+        lambda: "Receiving: train message" in dep.log_tail("site-2", 400), 300, "train message"
+    )
+    dep.kill("site-2")
+    assert app.wait(timeout=600) == 0, dep.log_tail("dropout", 60)
+    (only,) = json.loads((run_dir / "history.json").read_text())
+    assert set(only["sites"]) == {"site-0", "site-1"}  # FedAvg of the two survivors
+    assert only["failures"]["train"] == 1
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test"]["auc"] > 0.5  # the federation ended with its test evaluation
+    # the site's machine comes back: its SuperNode rejoins under its registered key
+    dep.start_supernode("site-2", fed.nodes["site-2"], fed.keys["site-2"])
+    _wait_for(lambda: dep.connected_nodes() == SITES, 120, "site-2 back online")
+
+
+def test_a_killed_superlink_and_serverapp_resume_to_the_same_weights(federation) -> None:
+    """Fault: the coordinator crashes (SuperLink and ServerApp SIGKILLed) during round 2.
+    Restarted on its database, with the SuperNodes reconnecting by themselves, the run is
+    resumed from ``last.pt`` and ends with exactly the weights of an uninterrupted run."""
+    dep, fed = federation
+    reference = fed.workdir / "uninterrupted"
+    straight = dep.start_app(_overrides(fed, reference, *PLAIN), "uninterrupted")
+    assert straight.wait(timeout=600) == 0, dep.log_tail("uninterrupted", 60)
+    run_dir = fed.workdir / "crash"
+    app = dep.start_app(_overrides(fed, run_dir, *PLAIN), "crash")
+    _wait_for(lambda: _checkpointed_round(run_dir) >= 1, 400, "round 1 checkpoint")
+    dep.kill("superlink")
+    assert app.wait(timeout=120) != 0  # the submitting CLI sees the link go
+    assert _checkpointed_round(run_dir) == 1  # the crash left round 1's checkpoint whole
+    dep.start_superlink()
+    _wait_for(lambda: dep.connected_nodes() == SITES, 180, "SuperNodes reconnected")
+    resumed = dep.start_app(_overrides(fed, run_dir, "resume=true", *PLAIN), "resume")
+    assert resumed.wait(timeout=600) == 0, dep.log_tail("resume", 60)
+    assert _checkpointed_round(run_dir) == ROUNDS
+    final = checkpoint.load(run_dir / "last.pt")["arrays"]
+    expected = checkpoint.load(reference / "last.pt")["arrays"]
+    assert final.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(final[key], expected[key]), key
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [h["round"] for h in history] == [1, 2]
+
+
 def test_unregistered_supernode_is_refused(tmp_path: Path) -> None:
     with LocalDeployment(tmp_path) as dep:
         dep.start_superlink()
@@ -77,10 +180,25 @@ def test_unregistered_supernode_is_refused(tmp_path: Path) -> None:
             "intruder", {"site-name": "intruder", "data-path": str(tmp_path)}, intruder_key
         )
         dep.start_supernode("registered", {"site-name": "ok", "data-path": str(tmp_path)}, key)
-        deadline = time.monotonic() + 60
-        while dep.connected_nodes() < 1 and time.monotonic() < deadline:
-            time.sleep(1)
+        _wait_for(lambda: dep.connected_nodes() >= 1, 60, "the registered SuperNode")
         assert dep.connected_nodes() == 1
         assert intruder.wait(timeout=60) != 0  # the SuperNode gives up: it cannot activate
         assert "Failed to activate SuperNode" in dep.log_tail("intruder", 200)
         assert "No SuperNode found with the given public key" in dep.log_tail("superlink", 400)
+        assert dep.connected_nodes() == 1
+
+
+def test_deployment_without_its_tls_files_refuses_to_start(tmp_path: Path, capsys) -> None:
+    from scripts.deploy_local import main
+
+    workdir = tmp_path / "deploy"
+    assert main(["--tls-dir", str(tmp_path / "pki"), "--workdir", str(workdir)]) == 2
+    err = capsys.readouterr().err
+    assert f"TLS files missing: {tmp_path / 'pki' / 'ca.pem'}" in err
+    assert "refusing to start without TLS" in err and "--insecure" in err
+    assert not workdir.exists()  # nothing written, nothing started
+    (tmp_path / "pki").mkdir()
+    for name in ("ca.pem", "superlink.pem"):
+        (tmp_path / "pki" / name).write_text("-----BEGIN CERTIFICATE-----\n")
+    with pytest.raises(DeploymentError, match=r"superlink\.key; refusing to start without TLS"):
+        LocalDeployment(tmp_path / "dep", tls_dir=tmp_path / "pki")

@@ -14,6 +14,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from client.site_log import LOG_FILE, read_entries, verify
 from task.config import compose_config
 from task.constants import REPO_ROOT
 from task.federated import fedavg_reference
@@ -76,6 +77,23 @@ def test_simulation_writes_metrics_history_and_reveals_only_totals(tmp_path: Pat
         assert (run_dir / name).is_file()
     assert list((run_dir / "wandb").glob("offline-run-*"))
     assert "Expert readers" in proc.stdout
+    # Each site's audit log verifies and holds every reply it sent, in one run, in order.
+    run_ids = set()
+    for site in ("site-0", "site-1", "site-2"):
+        path = run_dir / "sites" / site / LOG_FILE
+        summary = verify(path)
+        entries = read_entries(path)[1:]
+        assert summary.site == site and summary.errors == 0 and summary.rounds[-1] == 3
+        run_ids |= {e["run_id"] for e in entries}
+        rounds = [e["round"] for e in entries if e["round"] is not None]
+        assert rounds == sorted(rounds)
+        for kind in ("train", "evaluate"):
+            sent = [e for e in entries if e["message_type"] == kind]
+            assert {e["round"] for e in sent} == {1, 2, 3}, kind
+            assert all(e["secagg"]["stage"] == "mask" for e in sent)  # masked, as sent
+        keys = {e["secagg"]["stage"] for e in entries if e["message_type"] == "query.secagg"}
+        assert keys == {"advertise", "share", "unmask"}
+    assert len(run_ids) == 1
 
 
 def test_killed_server_resumes_to_same_final_weights(tmp_path: Path) -> None:

@@ -7,9 +7,12 @@ it keeps serving after clients that vanish or misbehave.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from client.diagnose import main as diagnose_main
 from mpc.inference import wire
 from mpc.inference.fidelity import agreement, plaintext_probabilities, probabilities
 from mpc.inference.model import load_served
+from mpc.inference.party import PartyError, PreparedParty
 from server.serve_inference import ServiceProcess
 from task.constants import REPO_ROOT
 from task.data.export import export_test_images
@@ -141,3 +145,79 @@ def test_whole_test_split_agrees_with_plaintext(service, trained_checkpoint) -> 
     )
     assert len(images) == 624
     assert fidelity["agreement"] >= 0.995
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    """The peer closed the connection (a reset, when it left our bytes unread)."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_garbage_bytes_are_dropped_and_the_next_client_is_served(service) -> None:
+    host, port = wire.parse_address(service)
+    garbage_frames = {
+        # a length prefix of 1.2 GB; the service hangs up with our bytes unread, and the
+        # reset may overtake its error reply
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n": r"announced a message of \d+ bytes|closed",
+        struct.pack("!I", 8) + b"\x00garbage": "peer refused: peer sent a message that is not JSON",
+        struct.pack("!I", 2) + b"[]": r"peer refused: peer sent '\[\]', not a typed message",
+    }
+    for garbage, reason in garbage_frames.items():
+        with socket.create_connection((host, port), timeout=60) as sock:
+            wire.recv(sock, expect="hello")
+            sock.sendall(garbage)
+            with pytest.raises(wire.ProtocolError, match=reason):
+                wire.recv(sock, expect="session")
+            assert _hung_up(sock)
+    with ServiceConnection(service) as conn:
+        images, _ = _test_images(conn.config, 2)
+        assert conn.run(images, batch=2)["logits"].shape == (2, 2)
+
+
+def test_a_party_killed_mid_inference_is_reported_and_the_service_goes_on(
+    service, monkeypatch
+) -> None:
+    """Fault: the data owner's CrypTen party dies while the encrypted inference runs. The
+    model owner's party notices the lost TCP peer, the service reports the failed session
+    to the client, and the next client is served."""
+    started = threading.Event()
+    original_start = PreparedParty.start
+
+    def start(self, session, timeout=120.0):
+        original_start(self, session, timeout)
+        started.set()
+
+    monkeypatch.setattr(PreparedParty, "start", start)
+    outcome: dict = {}
+
+    def run() -> None:
+        with ServiceConnection(service) as conn:
+            images, _ = _test_images(conn.config, 40)
+            try:
+                conn.run(images, batch=1)  # 40 encrypted batches: long enough to interrupt
+            except PartyError as err:
+                outcome["error"] = str(err)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert started.wait(timeout=300)
+    time.sleep(3.0)  # the session is under way: shares exchanged, batches running
+    (party,) = [p for p in multiprocessing.active_children() if p.name == "data-owner"]
+    t0 = time.monotonic()
+    party.kill()
+    thread.join(timeout=SESSION_TIMEOUT + 2 * 40 + 60)
+    assert not thread.is_alive()
+    error = outcome["error"]
+    assert "data-owner died during its session" in error
+    # the service's own account: its model-owner party failed, reported well before the
+    # session's timeout (30 s + 2 s per image) ran out
+    verdict = error.split("service: ", 1)[1]
+    assert verdict.startswith("model-owner failed: RuntimeError"), verdict
+    assert "Connection reset by peer" in verdict or "Connection closed" in verdict, verdict
+    assert time.monotonic() - t0 < SESSION_TIMEOUT + 2 * 40
+    monkeypatch.undo()
+    with ServiceConnection(service) as conn:
+        images, _ = _test_images(conn.config, 2)
+        assert conn.run(images, batch=2)["logits"].shape == (2, 2)

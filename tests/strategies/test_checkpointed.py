@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import FedAdam, FedAvg
 
 from strategies.checkpointed import CheckpointedStrategy
@@ -23,14 +26,26 @@ SITES = {
 }
 
 
+GLOBAL = {k: np.zeros_like(v) for k, v in SITES["site-0"][0].items()}
+
+
 def _replies(order, nodes=(11, 22, 33)):
     return [train_reply(node, name, *SITES[name]) for node, name in zip(nodes, order, strict=True)]
 
 
+def _configured(strategy: CheckpointedStrategy, server_round: int = 1) -> CheckpointedStrategy:
+    """Run the round's ``configure_train`` (as ``Strategy.start`` does before aggregating),
+    so that the wrapper knows the global model the replies are checked against."""
+    grid = types.SimpleNamespace(get_node_ids=lambda: [11, 22, 33])
+    arrays = ArrayRecord({k: Array(v) for k, v in GLOBAL.items()})
+    strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
+    return strategy
+
+
 def test_fedavg_weights_by_examples_independent_of_reply_order() -> None:
-    wrapped = CheckpointedStrategy(FedAvg())
+    wrapped = _configured(CheckpointedStrategy(FedAvg()))
     a, _ = wrapped.aggregate_train(1, _replies(["site-0", "site-1", "site-2"]))
-    b, _ = CheckpointedStrategy(FedAvg()).aggregate_train(
+    b, _ = _configured(CheckpointedStrategy(FedAvg())).aggregate_train(
         1, _replies(["site-2", "site-0", "site-1"], nodes=(5, 9, 1))
     )
     total = sum(n for _, n in SITES.values())
@@ -40,7 +55,7 @@ def test_fedavg_weights_by_examples_independent_of_reply_order() -> None:
 
 
 def test_failed_site_is_counted_and_round_goes_on() -> None:
-    wrapped = CheckpointedStrategy(FedAvg(), start_round=4)
+    wrapped = _configured(CheckpointedStrategy(FedAvg(), start_round=4))
     replies = [*_replies(["site-0", "site-1", "site-2"])[:2], error_reply(44)]
     arrays, _ = wrapped.aggregate_train(1, replies)
     assert arrays is not None
@@ -72,9 +87,7 @@ def test_pooled_evaluation_mcc_is_federation_mcc() -> None:
 
 
 def test_fedadam_state_roundtrip() -> None:
-    a = CheckpointedStrategy(FedAdam(eta=0.1, eta_l=0.1))
-    initial = {k: np.zeros_like(v) for k, v in SITES["site-0"][0].items()}
-    a.inner.current_arrays = initial
+    a = _configured(CheckpointedStrategy(FedAdam(eta=0.1, eta_l=0.1)))
     a.aggregate_train(1, _replies(["site-0", "site-1", "site-2"]))
     state = a.state_dict()
     assert {"m_t", "v_t", "current_arrays"} <= set(state)
@@ -85,3 +98,128 @@ def test_fedadam_state_roundtrip() -> None:
             assert np.array_equal(getattr(a.inner, attr)[k], getattr(b.inner, attr)[k])
     with pytest.raises(ValueError, match="bogus"):
         b.load_state_dict({"bogus": {}})
+
+
+def _bad(kind: str) -> dict[str, np.ndarray]:
+    weights = {k: v.copy() for k, v in SITES["site-1"][0].items()}
+    if kind == "nan":
+        weights["w"][2, 1] = np.nan
+    elif kind == "inf":
+        weights["b"][0] = np.inf
+    elif kind == "shape":
+        weights["w"] = weights["w"][:4]
+    elif kind == "dtype":
+        weights["b"] = weights["b"].astype(np.float64)
+    elif kind == "extra":
+        weights["trigger"] = np.ones(3, dtype=np.float32)
+    elif kind == "missing":
+        del weights["b"]
+    elif kind == "norm":
+        weights["w"] = weights["w"] * 100
+    return weights
+
+
+BAD_KINDS = {
+    "nan": "tensor 'w' holds 1 non-finite value(s) (first: nan at index (2, 1))",
+    "inf": "tensor 'b' holds 1 non-finite value(s) (first: inf at index (0,))",
+    "shape": "tensor 'w' has shape (4, 4), expected (5, 4)",
+    "dtype": "tensor 'b' has dtype float64, expected float32",
+    "extra": "tensors differ from the global model's: extra 'trigger'",
+    "missing": "tensors differ from the global model's: missing 'b'",
+    "norm": "exceeds federation.max_update_norm=20",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_KINDS))
+def test_a_bad_update_is_rejected_and_the_others_are_averaged(kind, caplog) -> None:
+    # Honest updates here have norm < 8 (normal draws from a zero global model).
+    wrapped = _configured(CheckpointedStrategy(FedAvg(), max_update_norm=20.0))
+    replies = [
+        train_reply(11, "site-0", *SITES["site-0"]),
+        train_reply(22, "site-1", _bad(kind), SITES["site-1"][1]),
+        train_reply(33, "site-2", *SITES["site-2"]),
+    ]
+    arrays, _ = wrapped.aggregate_train(1, replies)
+    good = [SITES["site-0"], SITES["site-2"]]
+    total = sum(n for _, n in good)
+    for key in ("w", "b"):
+        expected = sum(w[key].astype(np.float64) * n for w, n in good) / total
+        np.testing.assert_allclose(arrays[key].numpy(), expected, rtol=1e-6)
+    record = wrapped._current(1)
+    assert set(record.rejected) == {"site-1"}
+    assert BAD_KINDS[kind] in record.rejected["site-1"]
+    assert record.to_dict()["rejected"] == record.rejected  # goes into history.json
+    assert record.failures["train"] == 0  # a rejection is not a crash at the site
+    assert set(record.sites) == {"site-0", "site-2"}  # its metrics are not recorded
+    # The accepted sites' update norms (global model is zero here) are in the history.
+    norm = np.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in good[0][0].values()))
+    assert record.sites["site-0"]["train"]["update-norm"] == pytest.approx(norm)
+    assert "node 22 refused before aggregation" in caplog.text
+
+
+@pytest.mark.parametrize("count", [0, -300, float("nan")])
+def test_a_false_example_count_is_rejected(count) -> None:
+    wrapped = _configured(CheckpointedStrategy(FedAvg()))
+    replies = _replies(["site-0", "site-1", "site-2"])
+    replies[1] = train_reply(22, "site-1", SITES["site-1"][0], count)
+    arrays, _ = wrapped.aggregate_train(1, replies)
+    assert "num-examples" in wrapped._current(1).rejected["site-1"]
+    expected = (SITES["site-0"][0]["b"] * 100 + SITES["site-2"][0]["b"] * 50) / 150
+    np.testing.assert_allclose(arrays["b"].numpy(), expected, rtol=1e-6)
+
+
+def test_an_odd_metric_is_rejected_instead_of_failing_the_round() -> None:
+    """Flower's FedAvg refuses a round whose replies name different metrics: the odd one
+    is dropped before it gets there."""
+    wrapped = _configured(CheckpointedStrategy(FedAvg()))
+    replies = _replies(["site-0", "site-1", "site-2"])
+    replies[2].content["metrics"]["extra"] = 1.0
+    arrays, _ = wrapped.aggregate_train(1, replies)
+    assert arrays is not None
+    assert (
+        "metrics differ from the other sites': extra 'extra'"
+        in (wrapped._current(1).rejected["site-2"])
+    )
+
+
+def test_when_every_update_is_bad_the_round_aggregates_nothing_and_goes_on() -> None:
+    wrapped = _configured(CheckpointedStrategy(FedAvg()))
+    replies = [train_reply(n, f"site-{i}", _bad("nan"), 10) for i, n in enumerate((1, 2))]
+    assert wrapped.aggregate_train(1, [*replies, error_reply(3)]) == (None, None)
+    record = wrapped._current(1)
+    assert set(record.rejected) == {"site-0", "site-1"} and record.failures["train"] == 1
+    # The next round starts a fresh record.
+    _configured(wrapped, server_round=2)
+    arrays, _ = wrapped.aggregate_train(2, _replies(["site-0", "site-1", "site-2"]))
+    assert arrays is not None and wrapped._current(2).rejected == {}
+
+
+def test_checking_needs_the_global_model_of_the_round() -> None:
+    with pytest.raises(RuntimeError, match="before configure_train"):
+        CheckpointedStrategy(FedAvg()).aggregate_train(1, _replies(["site-0", "site-1", "site-2"]))
+
+
+@pytest.mark.parametrize("bound", [-1.0, 0, float("nan")])
+def test_a_bad_bound_fails_at_construction_naming_it(bound) -> None:
+    with pytest.raises(ValueError, match=r"federation\.max_update_norm"):
+        CheckpointedStrategy(FedAvg(), max_update_norm=bound)
+
+
+def test_the_global_model_keeps_integer_counters_round_after_round() -> None:
+    """Flower's FedAvg turns int64 counters into float64; the sites send int64 back, so a
+    drifted global model would make the dtype check refuse every site from round 2 on."""
+    weights = {"w": np.ones(3, dtype=np.float32), "steps": np.array(4, dtype=np.int64)}
+    wrapped = CheckpointedStrategy(FedAvg())
+    arrays = ArrayRecord({k: Array(v) for k, v in weights.items()})
+    grid = types.SimpleNamespace(get_node_ids=lambda: [11, 22, 33])
+    for server_round in (1, 2, 3):
+        wrapped.configure_train(server_round, arrays, ConfigRecord(), grid)
+        replies = [
+            train_reply(11, "site-0", {"w": weights["w"] * 2, "steps": np.array(9)}, 1),
+            train_reply(22, "site-1", {"w": weights["w"] * 4, "steps": np.array(10)}, 2),
+        ]
+        arrays, _ = wrapped.aggregate_train(server_round, replies)
+        assert wrapped._current(server_round).rejected == {}
+        assert arrays["steps"].numpy().dtype == np.int64
+        assert int(arrays["steps"].numpy()) == 10  # rint((9 + 2 * 10) / 3) = rint(9.67)
+        assert arrays["w"].numpy().dtype == np.float32

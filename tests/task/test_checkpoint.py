@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from task import checkpoint
+from tests.processes import run_python
 
 
 def test_roundtrip(tmp_path: Path) -> None:
@@ -48,3 +52,75 @@ def test_read_only_filesystem_at_rename_keeps_previous(tmp_path: Path, monkeypat
 def test_missing_checkpoint_names_path(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"nope\.pt"):
         checkpoint.load(tmp_path / "nope.pt")
+
+
+# -- the same faults on a real file system, in a real process --------------------------
+
+_SAVE = """
+import signal, sys, torch
+from task import checkpoint
+from task.constants import REPO_ROOT
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit: EFBIG, not a kill
+{setup}
+try:
+    checkpoint.save_atomic({{"round": 2, "w": torch.zeros(1 << 20)}}, sys.argv[1])
+except OSError as err:
+    print(f"checkpoint not written: {{err}}", file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+def _save_in_child(path: Path, setup: str = "") -> subprocess.CompletedProcess:
+    return run_python("-c", _SAVE.format(setup=setup), str(path))
+
+
+def _previous_intact(folder: Path) -> None:
+    assert checkpoint.load(folder / "c.pt")["round"] == 1
+    assert sorted(os.listdir(folder)) == ["c.pt"]  # no temporary file left behind
+
+
+@contextlib.contextmanager
+def _tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A small RAM file system of ``size`` at ``folder`` (needs the right to mount)."""
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_file_size_limit_in_a_real_process_keeps_previous(tmp_path: Path) -> None:
+    checkpoint.save_atomic({"round": 1}, tmp_path / "c.pt")
+    proc = _save_in_child(
+        tmp_path / "c.pt",
+        "import resource; resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16,) * 2)",
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "checkpoint not written: [Errno 27] File too large" in proc.stderr
+    _previous_intact(tmp_path)
+
+
+def test_full_disk_in_a_real_process_keeps_previous(tmp_path: Path) -> None:
+    with _tmpfs(tmp_path / "disk", "1m") as disk:  # the new checkpoint needs 4 MB
+        checkpoint.save_atomic({"round": 1}, disk / "c.pt")
+        proc = _save_in_child(disk / "c.pt")
+        assert proc.returncode == 3, proc.stderr
+        assert "checkpoint not written: [Errno 28] No space left on device" in proc.stderr
+        _previous_intact(disk)
+
+
+def test_read_only_file_system_in_a_real_process_keeps_previous(tmp_path: Path) -> None:
+    with _tmpfs(tmp_path / "disk", "16m") as disk:
+        checkpoint.save_atomic({"round": 1}, disk / "c.pt")
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        proc = _save_in_child(disk / "c.pt")
+        assert proc.returncode == 3, proc.stderr
+        assert "checkpoint not written: [Errno 30] Read-only file system" in proc.stderr
+        _previous_intact(disk)

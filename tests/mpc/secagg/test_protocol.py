@@ -16,7 +16,7 @@ from mpc.secagg.protocol import (
     SiteSession,
     threshold_for,
 )
-from mpc.secagg.reference import make_identities, plaintext_sum, secure_sum
+from mpc.secagg.reference import make_identities, plaintext_sum, secure_sum, shared_round
 
 SITES = [f"site-{i}" for i in range(5)]
 
@@ -34,16 +34,7 @@ def _uniform_bytes_p(values: np.ndarray) -> float:
 
 def _shared_round(names, kind="train"):
     """A server and its sites after the advertise and share stages of one round."""
-    rid = RoundId("r", 1, kind)
-    ids, roster = make_identities(names)
-    server = ServerSession(rid, 0.66, len(names), roster)
-    sites = {n: SiteSession(n, rid, 0.66) for n in names}
-    for n in names:
-        server.receive_advert(sites[n].advertise(ids[n], len(names)))
-    adverts = server.broadcast()
-    for n in names:
-        server.receive_shares(n, sites[n].share_keys(adverts, roster))
-    return server, sites
+    return shared_round(names, round_id=RoundId("r", 1, kind))
 
 
 def test_threshold_rule():
