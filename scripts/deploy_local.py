@@ -19,9 +19,8 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 
-from server.deployment import DeploymentError, LocalDeployment
+from server.deployment import DeploymentError, LocalDeployment, given_tls
 from server.identities import provision_identities
-from server.pki import existing_tls
 from task.config import compose_config
 from task.constants import DATA_ENV_VAR, METRICS_FILE, REPO_ROOT
 from task.data.export import export_sites
@@ -137,13 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--insecure and --tls-dir contradict each other")
     if args.tls_dir is not None:  # refuse before anything is written or started
         try:
-            existing_tls(args.tls_dir)
-        except FileNotFoundError as err:
-            print(
-                f"error: {err}; refusing to start without TLS (--insecure, explicitly, "
-                "for a local experiment without it)",
-                file=sys.stderr,
-            )
+            given_tls(args.tls_dir)
+        except DeploymentError as err:
+            print(f"error: {err}", file=sys.stderr)
             return 2
     fed = prepare_sites(
         args.workdir, args.sites, args.rounds, args.overrides, limit_per_site=args.limit_per_site

@@ -58,6 +58,18 @@ class DeploymentError(RuntimeError):
     """A process of the deployment failed; the message names it and points at its log."""
 
 
+def given_tls(folder: Path) -> TlsFiles:
+    """The SuperLink's TLS files in ``folder``; a missing one stops the deployment (there
+    is no fallback to plaintext)."""
+    try:
+        return existing_tls(folder)
+    except FileNotFoundError as err:
+        raise DeploymentError(
+            f"{err}; refusing to start without TLS (pass --insecure, explicitly, "
+            "for a local experiment without it)"
+        ) from err
+
+
 @dataclass
 class LocalDeployment:
     """Start, use and stop a SuperLink and SuperNodes under ``workdir``.
@@ -96,13 +108,7 @@ class LocalDeployment:
         if self.insecure:
             log.warning("insecure deployment: no TLS, no SuperNode authentication")
         elif self.tls_dir is not None:
-            try:
-                self.tls = existing_tls(Path(self.tls_dir))
-            except FileNotFoundError as err:
-                raise DeploymentError(
-                    f"{err}; refusing to start without TLS (pass --insecure, explicitly, "
-                    "for a local experiment without it)"
-                ) from err
+            self.tls = given_tls(Path(self.tls_dir))
         else:
             self.tls = make_tls(self.workdir / "pki", [HOST, "localhost"])
         self._write_connection()

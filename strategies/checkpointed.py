@@ -40,6 +40,7 @@ from strategies.update_check import (
     check_metrics,
     check_update,
     check_weight,
+    in_model_dtype,
     metric_key_outliers,
     validate_max_norm,
 )
@@ -272,10 +273,7 @@ class CheckpointedStrategy(Strategy):
         for key, array in arrays.items():
             dtype = self._dtypes.get(key)
             if dtype is not None and np.dtype(array.dtype) != dtype:
-                value = array.numpy()
-                if np.issubdtype(dtype, np.integer):
-                    value = np.rint(value)
-                array = Array(np.asarray(value, dtype=dtype))  # 0-d stays an array
+                array = Array(in_model_dtype(array.numpy(), dtype))
             out[key] = array
         return ArrayRecord(out)
 

@@ -49,7 +49,12 @@ from mpc.secagg.identity import load_roster
 from mpc.secagg.protocol import RoundAbandoned, RoundId, ServerSession, threshold_for
 from strategies import secagg_messages as wire
 from strategies.metrics import metrics_from_sums
-from strategies.update_check import MAX_NORM_KEY, update_norm, validate_max_norm
+from strategies.update_check import (
+    MAX_NORM_KEY,
+    in_model_dtype,
+    update_norm,
+    validate_max_norm,
+)
 
 log = logging.getLogger(__name__)
 
@@ -361,10 +366,9 @@ class SecureAggregation(Strategy):
         averaged = {}
         for key, array in self._global.items():
             reference = array.numpy()
-            mean = means[key]
-            if np.issubdtype(reference.dtype, np.integer):
-                mean = np.rint(mean)
-            averaged[key] = Array(np.asarray(mean, dtype=reference.dtype).reshape(reference.shape))
+            averaged[key] = Array(
+                in_model_dtype(means[key], reference.dtype).reshape(reference.shape)
+            )
         virtual = Message(
             content=RecordDict(
                 {

@@ -83,6 +83,15 @@ def update_norm(update: Mapping[str, np.ndarray], reference: Mapping[str, np.nda
     return math.sqrt(total)
 
 
+def in_model_dtype(mean: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """An aggregated (float) mean as the model's ``dtype``: integer tensors (BatchNorm's
+    ``num_batches_tracked``) are rounded, not truncated; 0-d stays an array."""
+    mean = np.asarray(mean)
+    if np.issubdtype(dtype, np.integer):
+        mean = np.rint(mean)
+    return np.asarray(mean, dtype=dtype)
+
+
 def _names(keys: Set[str], limit: int = 5) -> str:
     shown = sorted(keys)
     more = f" and {len(shown) - limit} more" if len(shown) > limit else ""
