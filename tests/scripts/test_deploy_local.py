@@ -142,32 +142,36 @@ def test_a_supernode_killed_mid_round_leaves_the_round_to_the_others(federation)
     _wait_for(lambda: dep.connected_nodes() == SITES, 120, "site-2 back online")
 
 
-def test_a_killed_superlink_and_serverapp_resume_to_the_same_weights(federation) -> None:
+def test_a_killed_superlink_and_serverapp_resume_from_the_last_checkpoint(federation) -> None:
     """Fault: the coordinator crashes (SuperLink and ServerApp SIGKILLed) during round 2.
     Restarted on its database, with the SuperNodes reconnecting by themselves, the run is
-    resumed from ``last.pt`` and ends with exactly the weights of an uninterrupted run."""
+    resumed from ``last.pt`` and finishes, round 1 untouched. That a resumed run ends with
+    exactly the weights of an uninterrupted one is proven on the same server code in
+    ``tests/scripts/test_train.py`` (a deployed uninterrupted reference cost 76 s of CI)."""
     dep, fed = federation
-    reference = fed.workdir / "uninterrupted"
-    straight = dep.start_app(_overrides(fed, reference, *PLAIN), "uninterrupted")
-    assert straight.wait(timeout=600) == 0, dep.log_tail("uninterrupted", 60)
     run_dir = fed.workdir / "crash"
     app = dep.start_app(_overrides(fed, run_dir, *PLAIN), "crash")
     _wait_for(lambda: _checkpointed_round(run_dir) >= 1, 400, "round 1 checkpoint")
     dep.kill("superlink")
     assert app.wait(timeout=120) != 0  # the submitting CLI sees the link go
     assert _checkpointed_round(run_dir) == 1  # the crash left round 1's checkpoint whole
+    round_1 = checkpoint.load(run_dir / "last.pt")
     dep.start_superlink()
     _wait_for(lambda: dep.connected_nodes() == SITES, 180, "SuperNodes reconnected")
     resumed = dep.start_app(_overrides(fed, run_dir, "resume=true", *PLAIN), "resume")
     assert resumed.wait(timeout=600) == 0, dep.log_tail("resume", 60)
-    assert _checkpointed_round(run_dir) == ROUNDS
-    final = checkpoint.load(run_dir / "last.pt")["arrays"]
-    expected = checkpoint.load(reference / "last.pt")["arrays"]
-    assert final.keys() == expected.keys()
-    for key in expected:
-        assert torch.equal(final[key], expected[key]), key
+    final = checkpoint.load(run_dir / "last.pt")
+    assert final["round"] == ROUNDS
+    assert final["arrays"].keys() == round_1["arrays"].keys()
+    assert any(not torch.equal(final["arrays"][k], v) for k, v in round_1["arrays"].items())
     history = json.loads((run_dir / "history.json").read_text())
     assert [h["round"] for h in history] == [1, 2]
+    # round 1 kept as the crashed run recorded it; round 2 trained by all three sites
+    before = round_1["history"][0]["evaluate"]
+    assert {k: history[0]["evaluate"][k] for k in ("mcc", "num-examples")} == {
+        k: before[k] for k in ("mcc", "num-examples")
+    }
+    assert set(history[1]["sites"]) == {"site-0", "site-1", "site-2"}
 
 
 def test_unregistered_supernode_is_refused(tmp_path: Path) -> None:

@@ -58,9 +58,16 @@ def _run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_simulation_writes_metrics_history_and_reveals_only_totals(tmp_path: Path) -> None:
-    run_dir = tmp_path / "sim"
-    proc = _run(_cmd(run_dir, "partition=dirichlet", "partition.min_size=20"))
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One uninterrupted default simulation (secure aggregation, wandb offline): checked
+    by the first test, and the reference the killed-and-resumed run must end at."""
+    run_dir = tmp_path_factory.mktemp("straight") / "sim"
+    return run_dir, _run(_cmd(run_dir))
+
+
+def test_simulation_writes_metrics_history_and_reveals_only_totals(straight) -> None:
+    run_dir, proc = straight
     metrics = json.loads((run_dir / "metrics.json").read_text())
     history = json.loads((run_dir / "history.json").read_text())
     assert {"auc", "accuracy", "mcc"} <= set(metrics["test"])
@@ -96,10 +103,10 @@ def test_simulation_writes_metrics_history_and_reveals_only_totals(tmp_path: Pat
     assert len(run_ids) == 1
 
 
-def test_killed_server_resumes_to_same_final_weights(tmp_path: Path) -> None:
-    straight = tmp_path / "straight"
-    _run(_cmd(straight, "logger=none"))
-
+def test_killed_server_resumes_to_same_final_weights(straight, tmp_path: Path) -> None:
+    """The run killed after a checkpoint and resumed ends where ``straight`` ended (the
+    logger, off here, does not touch the arithmetic)."""
+    straight_dir, _ = straight
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
         _cmd(killed, "logger=none"),
@@ -120,7 +127,7 @@ def test_killed_server_resumes_to_same_final_weights(tmp_path: Path) -> None:
     assert first["round"] < 3
     _run(_cmd(killed, "logger=none", "resume=true"))
 
-    a = torch.load(straight / "last.pt", weights_only=True)
+    a = torch.load(straight_dir / "last.pt", weights_only=True)
     b = torch.load(killed / "last.pt", weights_only=True)
     assert a["round"] == b["round"] == 3
     for key, value in a["arrays"].items():
