@@ -29,6 +29,7 @@ ONLY = {
     "experiment/resnet18": "config",
     "hparams_search/central_optuna": "config",
     "experiment/fed_quick": "train",
+    "experiment/fed_converged": "train",
     "hparams_search/federated_optuna": "train",
 }
 

@@ -6,8 +6,6 @@ import pytest
 from hydra.errors import ConfigCompositionException
 
 from task.config import compose_config, overrides_from_run_config
-from task.constants import REPO_ROOT
-from task.models import build_model
 
 
 def test_run_config_carries_experiment_and_overrides() -> None:
@@ -42,15 +40,3 @@ def test_default_choice_reads_the_defaults_list() -> None:
     )
     with pytest.raises(ValueError, match="selects no 'privacy'"):
         default_choice("privacy", "config")  # the centralised baseline has no privacy group
-
-
-@pytest.mark.parametrize(
-    "name", sorted(p.stem for p in (REPO_ROOT / "conf" / "experiment").glob("*.yaml"))
-)
-def test_every_experiment_composes_and_its_model_runs(name: str) -> None:
-    """``fed_*`` experiments are for the federation (``scripts.train``), the others for the
-    centralised baseline (``scripts.train_central``): each composes there and its network
-    runs on the data's images."""
-    config_name = "train" if name.startswith("fed_") else "config"
-    cfg = compose_config([f"experiment={name}"], config_name)
-    build_model(cfg.model, (1, cfg.data.resolution, cfg.data.resolution), 2)
