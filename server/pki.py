@@ -139,8 +139,8 @@ def existing_tls(folder: Path) -> TlsFiles:
     """The CA certificate and the SuperLink's certificate and key that a hospital's own
     PKI put in ``folder`` (``ca.pem``, ``superlink.pem``, ``superlink.key``)."""
     files = TlsFiles(folder / "ca.pem", folder / "superlink.pem", folder / "superlink.key")
-    missing = [str(p) for p in (files.ca_cert, files.server_cert, files.server_key)]
-    missing = [p for p in missing if not Path(p).is_file()]
+    wanted = (files.ca_cert, files.server_cert, files.server_key)
+    missing = [str(p) for p in wanted if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"TLS files missing: {', '.join(missing)}")
     return files

@@ -320,7 +320,13 @@ class SecureAggregation(Strategy):
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         return self._prepare(messages, server_round, "train")
 
-    def _check_mean(self, means: dict[str, np.ndarray], n: float, n_sites: int) -> str | None:
+    def _check_mean(
+        self,
+        means: dict[str, np.ndarray],
+        reference: dict[str, np.ndarray],
+        n: float,
+        n_sites: int,
+    ) -> str | None:
         """Why the revealed mean update must not be applied, or None.
 
         Every honest site's update lies within ``max_update_norm`` of the global model and
@@ -328,7 +334,6 @@ class SecureAggregation(Strategy):
         within the bound too, up to the fixed-point rounding of ``n_sites`` encodings. A
         mean beyond it proves that a site broke the bound or sent a false example count.
         """
-        reference = {k: a.numpy() for k, a in self._global.items()}
         norm = update_norm(means, reference)
         if not math.isfinite(norm):
             return f"the revealed mean update is not finite (norm {norm})"
@@ -357,18 +362,17 @@ class SecureAggregation(Strategy):
             log.warning("secure train round %d: %s", server_round, reason)
             self.rejected["secure-sum"] = reason
             return None, None
-        means = {key: sums[ARRAYS + key] / n for key in self._global}
-        reason = self._check_mean(means, n, n_sites)
+        reference = {key: array.numpy() for key, array in self._global.items()}
+        means = {key: sums[ARRAYS + key] / n for key in reference}
+        reason = self._check_mean(means, reference, n, n_sites)
         if reason is not None:
             log.warning("secure train round %d: %s", server_round, reason)
             self.rejected["secure-sum"] = reason
             return None, None
-        averaged = {}
-        for key, array in self._global.items():
-            reference = array.numpy()
-            averaged[key] = Array(
-                in_model_dtype(means[key], reference.dtype).reshape(reference.shape)
-            )
+        averaged = {
+            key: Array(in_model_dtype(means[key], ref.dtype).reshape(ref.shape))
+            for key, ref in reference.items()
+        }
         virtual = Message(
             content=RecordDict(
                 {

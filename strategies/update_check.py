@@ -68,19 +68,26 @@ def _first_bad(array: np.ndarray) -> str:
     return f"{int(bad.sum())} non-finite value(s) (first: {array[where]} at index {where})"
 
 
-def update_norm(update: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> float:
-    """L2 norm of ``update - reference`` over all floating-point tensors together.
+def _squared_parts(
+    update: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]
+) -> dict[str, float]:
+    """Squared L2 norm of ``update - reference`` per floating-point tensor, in float64.
 
     Integer tensors (BatchNorm's ``num_batches_tracked``) are counters, not weights: they
-    are left out, as central DP's clipping leaves them out. Computed in float64.
+    are left out, as central DP's clipping leaves them out.
     """
-    total = 0.0
+    parts = {}
     for key, ref in reference.items():
         ref = np.asarray(ref)
         if key in update and _is_float(ref):
             delta = np.asarray(update[key], dtype=np.float64) - ref.astype(np.float64)
-            total += float(np.sum(delta * delta))
-    return math.sqrt(total)
+            parts[key] = float(np.sum(delta * delta))
+    return parts
+
+
+def update_norm(update: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> float:
+    """L2 norm of ``update - reference`` over all floating-point tensors together."""
+    return math.sqrt(sum(_squared_parts(update, reference).values()))
 
 
 def in_model_dtype(mean: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -98,6 +105,14 @@ def _names(keys: Set[str], limit: int = 5) -> str:
     return ", ".join(repr(k) for k in shown[:limit]) + more
 
 
+def _key_difference(expected: Set[str], got: Set[str]) -> str | None:
+    """``"missing ...; extra ..."`` for two sets of names, or None when they are equal."""
+    missing, extra = expected - got, got - expected
+    parts = [f"missing {_names(missing)}"] if missing else []
+    parts += [f"extra {_names(extra)}"] if extra else []
+    return "; ".join(parts) or None
+
+
 def check_update(
     update: Mapping[str, np.ndarray],
     reference: Mapping[str, np.ndarray],
@@ -112,11 +127,9 @@ def check_update(
     ``max_norm`` of the global model. Returns that distance; raises :class:`UpdateRejected`
     naming the site, the tensor and the value otherwise.
     """
-    missing, extra = set(reference) - set(update), set(update) - set(reference)
-    if missing or extra:
-        parts = [f"missing {_names(missing)}"] if missing else []
-        parts += [f"extra {_names(extra)}"] if extra else []
-        raise UpdateRejected(site, f"tensors differ from the global model's: {'; '.join(parts)}")
+    difference = _key_difference(set(reference), set(update))
+    if difference:
+        raise UpdateRejected(site, f"tensors differ from the global model's: {difference}")
     for key, ref in reference.items():
         value, ref = np.asarray(update[key]), np.asarray(ref)
         if value.dtype != ref.dtype:
@@ -131,18 +144,14 @@ def check_update(
             )
         if _is_float(value) and not np.all(np.isfinite(value)):
             raise UpdateRejected(site, f"tensor {key!r} holds {_first_bad(value)}", tensor=key)
-    norm = update_norm(update, reference)
+    parts = _squared_parts(update, reference)
+    norm = math.sqrt(sum(parts.values()))
     if max_norm is not None and norm > max_norm:
-        parts = {
-            k: float(np.linalg.norm(np.asarray(update[k], np.float64) - np.asarray(r, np.float64)))
-            for k, r in reference.items()
-            if _is_float(np.asarray(r))
-        }
         worst = max(parts, key=parts.__getitem__)
         raise UpdateRejected(
             site,
             f"update norm {norm:.6g} exceeds {MAX_NORM_KEY}={max_norm:g} "
-            f"(largest part: tensor {worst!r}, norm {parts[worst]:.6g})",
+            f"(largest part: tensor {worst!r}, norm {math.sqrt(parts[worst]):.6g})",
             tensor=worst,
         )
     return norm
@@ -202,16 +211,10 @@ def metric_key_outliers(key_sets: Sequence[Set[str]]) -> dict[int, str]:
     if not key_sets:
         return {}
     counts = Counter(frozenset(keys) for keys in key_sets)
-    usual = max(counts, key=lambda keys: (counts[keys], -_first_index(key_sets, keys)))
+    usual = max(counts, key=counts.__getitem__)  # a Counter iterates in first-seen order
     out = {}
     for i, keys in enumerate(key_sets):
-        missing, extra = usual - set(keys), set(keys) - usual
-        if missing or extra:
-            parts = [f"missing {_names(missing)}"] if missing else []
-            parts += [f"extra {_names(extra)}"] if extra else []
-            out[i] = f"metrics differ from the other sites': {'; '.join(parts)}"
+        difference = _key_difference(usual, set(keys))
+        if difference:
+            out[i] = f"metrics differ from the other sites': {difference}"
     return out
-
-
-def _first_index(key_sets: Sequence[Set[str]], keys: frozenset[str]) -> int:
-    return next(i for i, k in enumerate(key_sets) if frozenset(k) == keys)
