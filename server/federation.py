@@ -37,6 +37,7 @@ from task.constants import (
     REPO_ROOT,
 )
 from task.engine import predict
+from task.federated import uses_bf16
 from task.metrics import clinical_metrics
 from task.models import build_model, count_parameters
 from task.privacy import CentralDP, privacy_of
@@ -163,6 +164,7 @@ def run_federation(cfg: DictConfig, grid: Grid) -> dict[str, Any]:
         log.info("resume=true but %s has no %s: starting at round 1", run_dir, CHECKPOINT_LAST)
 
     privacy = privacy_of(cfg)
+    uses_bf16(cfg)  # a bad train.precision fails the run here, not at the sites' first round
     tracker = FederationPrivacy(privacy, cfg, state.get("privacy") if state else None)
     # secure=smpc wraps the aggregation in secure aggregation; secure=none leaves it as is.
     secure_options = {}

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.utils import instantiate
+from monai.transforms import Randomizable
 from monai.utils import set_determinism
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -118,9 +119,10 @@ def _restore(
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
-    loader_rng = np.random.RandomState()
-    loader_rng.set_state(_np_tuple(state["loader_rng"]))
-    train_loader.dataset.set_random_state(state=loader_rng)
+    if isinstance(train_loader.dataset, Randomizable):  # per-image augmentation's generator
+        loader_rng = np.random.RandomState()
+        loader_rng.set_state(_np_tuple(state["loader_rng"]))
+        train_loader.dataset.set_random_state(state=loader_rng)
     source_best = Path(resume).with_name(CHECKPOINT_BEST)
     if source_best.is_file() and source_best.resolve() != (run_dir / CHECKPOINT_BEST).resolve():
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -176,6 +178,7 @@ def fit(
             progress=settings.progress,
             desc=f"epoch {epoch}/{settings.epochs}",
             on_step=(lambda: ema.update_parameters(model)) if ema is not None else None,
+            channels_last=True,
         )
         train_time = time.perf_counter() - t0
         if scheduler is not None:
@@ -222,7 +225,13 @@ def fit(
             "stale": stale,
             "history": history,
             "rng": _rng_state(),
-            "loader_rng": _np_state(train_loader.dataset.R.get_state()),
+            # Per-image augmentation draws from the dataset's generator; batch augmentation
+            # from torch's, which "rng" holds.
+            "loader_rng": (
+                _np_state(train_loader.dataset.R.get_state())
+                if isinstance(train_loader.dataset, Randomizable)
+                else None
+            ),
             **(extra_state or {}),
         }
         evaluated = {**state, "model": eval_model.state_dict()}

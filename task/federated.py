@@ -42,6 +42,14 @@ def round_lr(base_lr: float, server_round: int, num_rounds: int, schedule: str) 
     raise ValueError(f"federation.lr_schedule={schedule!r} must be 'constant' or 'cosine'")
 
 
+def uses_bf16(cfg: DictConfig) -> bool:
+    """``train.precision``: ``fp32``, or ``bf16`` for the forward pass under CPU autocast."""
+    precision = cfg.train.precision
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"train.precision={precision!r} must be 'fp32' or 'bf16'")
+    return precision == "bf16"
+
+
 @dataclass
 class LocalResult:
     """Outcome of one round of local training.
@@ -176,6 +184,8 @@ def _local_train_plain(
                 max_steps=remaining,
                 proximal_mu=proximal_mu,
                 global_params=global_params,
+                channels_last=True,
+                bf16=uses_bf16(cfg),
             )
             remaining -= int(stats["steps"])
             total += stats["num_examples"]
@@ -189,6 +199,8 @@ def _local_train_plain(
                 loss_fn,
                 proximal_mu=proximal_mu,
                 global_params=global_params,
+                channels_last=True,
+                bf16=uses_bf16(cfg),
             )
             total += stats["num_examples"]
             losses.append(stats["loss"] * stats["num_examples"])

@@ -42,11 +42,25 @@ class Site:
     splits: DataSplits
 
 
+@cache
+def _bundled_data(data_yaml: str, preprocess_yaml: str) -> DataSplits:
+    """The bundled data set, loaded and preprocessed once per process for its config.
+
+    Why: simulated sites share one process (Flower's simulation runs them in one actor here),
+    and each used to load and preprocess the whole file for its own partition.
+    """
+    source = instantiate(OmegaConf.create(data_yaml))
+    return source.load(preprocess=instantiate(OmegaConf.create(preprocess_yaml)))
+
+
 def partition_site(cfg: DictConfig, partition_id: int, num_partitions: int) -> Site:
     """The ``partition_id``-th simulated site of the bundled data set."""
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id {partition_id} outside 0..{num_partitions - 1}")
-    data = instantiate(cfg.data).load(preprocess=instantiate(cfg.transforms.preprocess))
+    data = _bundled_data(
+        OmegaConf.to_yaml(cfg.data, resolve=True),
+        OmegaConf.to_yaml(cfg.transforms.preprocess, resolve=True),
+    )
     pool = Split(
         np.concatenate([data.train.images, data.val.images]),
         np.concatenate([data.train.labels, data.val.labels]),

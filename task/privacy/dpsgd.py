@@ -20,6 +20,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader
 
+from task.data.splits import BatchAugmented
 from task.engine import train_epoch
 from task.privacy.accountant import Accountant
 
@@ -53,8 +54,13 @@ def secret_generator() -> torch.Generator:
     return gen
 
 
-def poisson_loader(loader: DataLoader, generator: torch.Generator) -> DPDataLoader:
-    """Poisson sampling over ``loader``'s dataset at rate ``1 / len(loader)``."""
+def poisson_loader(
+    loader: DataLoader | BatchAugmented, generator: torch.Generator
+) -> DPDataLoader | BatchAugmented:
+    """Poisson sampling over ``loader``'s dataset at rate ``1 / len(loader)``; a batch
+    augmentation stays on the sampled batches."""
+    if isinstance(loader, BatchAugmented):
+        return BatchAugmented(poisson_loader(loader.loader, generator), loader.augment)
     return DPDataLoader.from_data_loader(loader, generator=generator)
 
 

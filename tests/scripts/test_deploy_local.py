@@ -22,7 +22,7 @@ from task.constants import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 SITES, ROUNDS, LIMIT = 3, 2, 200
-OVERRIDES = ["logger=none", "train.batch_size=32", "metrics.n_bootstrap=50"]
+OVERRIDES = ["logger=none", "model=small_cnn", "train.batch_size=32", "metrics.n_bootstrap=50"]
 # The fault runs aggregate in the clear: each secure-aggregation stage costs one more
 # ClientApp process per site, and the protocol's own dropout handling is tested in
 # tests/strategies/test_secure.py; the TLS run above is the secure one across processes.

@@ -26,6 +26,7 @@ QUICK = [
     "data.limit=300",
     "federation.num_rounds=3",
     "train.batch_size=32",
+    "model=small_cnn",
     "model.channels=[8,16,32,64]",
     "metrics.n_bootstrap=50",
 ]

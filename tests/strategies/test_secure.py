@@ -28,6 +28,7 @@ BASE = [
     "data.limit=240",
     "federation.local_steps=3",
     "train.batch_size=16",
+    "model=small_cnn",
     "model.channels=[4,8,8,8]",
     "logger=none",
 ]

@@ -14,6 +14,7 @@ from task.federated import (
     local_train,
     pooled_metrics,
     round_lr,
+    uses_bf16,
 )
 from task.models import build_model
 from task.sites import load_site, partition_site
@@ -25,6 +26,13 @@ def test_round_lr_schedules() -> None:
     assert round_lr(0.1, 6, 10, "cosine") == pytest.approx(0.05)
     with pytest.raises(ValueError, match="linear"):
         round_lr(0.1, 1, 10, "linear")
+
+
+def test_precision_is_fp32_or_bf16_and_anything_else_is_refused_by_value() -> None:
+    assert not uses_bf16(compose_config(["train.precision=fp32"]))
+    assert uses_bf16(compose_config(["train.precision=bf16"]))
+    with pytest.raises(ValueError, match=r"train\.precision='fp16'"):
+        uses_bf16(compose_config(["train.precision=fp16"]))
 
 
 def test_pooled_metrics_match_sklearn_on_pooled_predictions() -> None:
@@ -40,7 +48,12 @@ def test_pooled_metrics_match_sklearn_on_pooled_predictions() -> None:
 @pytest.fixture(scope="module")
 def cfg():
     return compose_config(
-        ["data.limit=300", "federation.num_sites=3", "model.channels=[8,16,32,64]"]
+        [
+            "data.limit=300",
+            "federation.num_sites=3",
+            "model=small_cnn",
+            "model.channels=[8,16,32,64]",
+        ]
     )
 
 

@@ -1,4 +1,5 @@
-"""The in-memory split's training loader: augmentation without MONAI's metadata."""
+"""The in-memory split's training loader: augmentation per image (without MONAI's
+metadata) or per batch."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ def _split(n: int = 48) -> Split:
     return Split(rng.normal(size=(n, 1, 28, 28)).astype(np.float32), rng.integers(0, 2, n))
 
 
-def _augment():
-    return instantiate(compose_config(["logger=none"]).transforms.augment)
+def _augment(option: str = "per_image"):
+    return instantiate(compose_config(["logger=none", f"transforms={option}"]).transforms.augment)
 
 
 def _epoch(split: Split, augment, seed: int) -> torch.Tensor:
@@ -29,8 +30,9 @@ def _epoch(split: Split, augment, seed: int) -> torch.Tensor:
     return torch.cat(batches)
 
 
-def test_augmented_batches_are_reproducible_random_and_leave_tracking_on() -> None:
-    split, augment = _split(), _augment()
+@pytest.mark.parametrize("option", ["per_image", "default"])
+def test_augmented_batches_are_reproducible_random_and_leave_tracking_on(option: str) -> None:
+    split, augment = _split(), _augment(option)
     assert get_track_meta()
     first, again = _epoch(split, augment, seed=1), _epoch(split, augment, seed=1)
     assert torch.equal(first, again)  # same seed, same augmented epoch
@@ -57,3 +59,14 @@ def test_the_wrapped_transform_gives_plain_tensors_and_the_same_pixels_as_unwrap
     untracked = wrapped(image)
     assert type(untracked) is torch.Tensor and not isinstance(untracked, MetaTensor)
     assert torch.equal(torch.as_tensor(tracked), untracked)
+
+
+def test_a_batch_augmentation_keeps_the_loader_s_length_labels_and_dataset() -> None:
+    split = _split(40)
+    plain = split.loader(16, shuffle=False)
+    augmented = split.loader(16, shuffle=False, augment=_augment("default"))
+    assert len(augmented) == len(plain) == 3
+    assert augmented.dataset is augmented.loader.dataset  # Opacus reads loader.dataset
+    for (x, y), (x0, y0) in zip(augmented, plain, strict=True):
+        assert torch.equal(torch.as_tensor(y), torch.as_tensor(y0))
+        assert x.shape == x0.shape and not torch.equal(x, x0)

@@ -15,7 +15,7 @@ from task.privacy.dpsgd import steps_per_epoch, train_private
 
 
 def test_batchnorm_becomes_groupnorm_and_the_log_says_so(caplog) -> None:
-    cfg = compose_config(["model.channels=[8,16,32,64]"])
+    cfg = compose_config(["model=small_cnn", "model.channels=[8,16,32,64]"])
     plain = build_model(cfg.model, (1, 28, 28), 2)
     n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
     with caplog.at_level(logging.INFO, logger="task.privacy.dpsgd"):
