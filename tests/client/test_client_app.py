@@ -6,7 +6,7 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.client_app import make_client_app
+from client.client_app import _network, make_client_app
 from task.config import compose_config
 from task.constants import SITE_RECORD
 from task.models import build_model
@@ -49,6 +49,28 @@ def test_train_returns_weights_true_example_count_and_site_name() -> None:
     reply = app(_message(MessageType.EVALUATE, ArrayRecord(model.state_dict())), _context(node))
     metrics = reply.content["metrics"]
     assert metrics["num-examples"] == len(site.splits.val) == sum(metrics["confusion"])
+
+
+def test_sites_sharing_one_process_reuse_one_network_without_carrying_state() -> None:
+    """Simulated sites share a process and, since building costs ~0.1 s, one network: each
+    message loads its whole state, so a reply depends on the message and the site only."""
+    cfg = compose_config(OVERRIDES)
+    app = make_client_app(OVERRIDES)
+    nodes = [{"partition-id": i, "num-partitions": 3} for i in (0, 2)]
+    model = build_model(cfg.model, (1, 28, 28), 2)
+    sent = ArrayRecord(model.state_dict())
+
+    def train(node: dict) -> dict:
+        reply = app(_message(MessageType.TRAIN, sent), _context(node))
+        return reply.content["arrays"].to_torch_state_dict()
+
+    hits = _network.cache_info().hits
+    first = train(nodes[0])
+    train(nodes[1])  # another site trains the shared network in between
+    again = train(nodes[0])
+    assert all((first[k] == again[k]).all() for k in first)  # seeded by round and site
+    assert any(not (first[k] == v).all() for k, v in train(nodes[1]).items())
+    assert _network.cache_info().hits >= hits + 3  # built at most once for all four
 
 
 def test_site_without_data_fails_with_a_clear_error() -> None:
