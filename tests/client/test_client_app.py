@@ -52,8 +52,8 @@ def test_train_returns_weights_true_example_count_and_site_name() -> None:
 
 
 def test_sites_sharing_one_process_reuse_one_network_without_carrying_state() -> None:
-    """Simulated sites share a process and, since building costs ~0.1 s, one network: each
-    message loads its whole state, so a reply depends on the message and the site only."""
+    """Simulated sites share a process and one network, built once: each message loads its
+    whole state, so a reply depends on the message and the site only."""
     cfg = compose_config(OVERRIDES)
     app = make_client_app(OVERRIDES)
     nodes = [{"partition-id": i, "num-partitions": 3} for i in (0, 2)]
