@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -172,39 +173,28 @@ def _local_train_plain(
     fed = cfg.federation
     lr, optimizer, loss_fn, loader = _round_setup(model, site, cfg, server_round)
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu else None
-    total, losses = 0, []
+    # One local pass: the same loop, layout and precision for epochs and for local steps.
+    run = partial(
+        train_epoch,
+        model,
+        loader,
+        optimizer,
+        loss_fn,
+        proximal_mu=proximal_mu,
+        global_params=global_params,
+        channels_last=True,
+        bf16=uses_bf16(cfg),
+    )
     if fed.local_steps:
-        remaining = int(fed.local_steps)
+        passes, remaining = [], int(fed.local_steps)
         while remaining > 0:
-            stats = train_epoch(
-                model,
-                loader,
-                optimizer,
-                loss_fn,
-                max_steps=remaining,
-                proximal_mu=proximal_mu,
-                global_params=global_params,
-                channels_last=True,
-                bf16=uses_bf16(cfg),
-            )
-            remaining -= int(stats["steps"])
-            total += stats["num_examples"]
-            losses.append(stats["loss"] * stats["num_examples"])
+            passes.append(run(max_steps=remaining))
+            remaining -= int(passes[-1]["steps"])
     else:
-        for _ in range(int(fed.local_epochs)):
-            stats = train_epoch(
-                model,
-                loader,
-                optimizer,
-                loss_fn,
-                proximal_mu=proximal_mu,
-                global_params=global_params,
-                channels_last=True,
-                bf16=uses_bf16(cfg),
-            )
-            total += stats["num_examples"]
-            losses.append(stats["loss"] * stats["num_examples"])
-    return LocalResult(num_examples=total, loss=sum(losses) / max(total, 1), lr=lr)
+        passes = [run() for _ in range(int(fed.local_epochs))]
+    total = sum(stats["num_examples"] for stats in passes)
+    loss_sum = sum(stats["loss"] * stats["num_examples"] for stats in passes)
+    return LocalResult(num_examples=total, loss=loss_sum / max(total, 1), lr=lr)
 
 
 def confusion_counts(labels: np.ndarray, probs: np.ndarray, n_classes: int) -> list[int]:

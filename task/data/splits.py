@@ -21,12 +21,11 @@ from task.data.preprocess import no_metadata
 class WithoutMetadata(Randomizable):
     """Runs a per-image MONAI transform with MONAI's metadata tracking off.
 
-    Why: on in-memory arrays there is no metadata worth carrying, and wrapping every image
-    in a ``MetaTensor`` for each random transform is most of the cost of augmenting:
-    PneumoniaMNIST's 4708 training images took 12.8 s per epoch with tracking and 8.4 s
-    without (default augmentation, 2 cores). The flag is MONAI's process-wide switch, so it
-    is restored after each image. Seeding is unchanged in kind: the loader's dataset
-    reseeds this transform per image, and this passes the seed on to the wrapped one.
+    Why: see :func:`~task.data.preprocess.no_metadata`; augmenting PneumoniaMNIST's 4708
+    training images per image took 12.8 s per epoch with tracking and 8.4 s without
+    (2 cores). The switch is restored after each image. Seeding is unchanged in kind: the
+    loader's dataset reseeds this transform per image, and this passes the seed on to the
+    wrapped one.
     """
 
     def __init__(self, transform: Callable) -> None:

@@ -23,7 +23,7 @@ def _model() -> torch.nn.Module:
     )
 
 
-def _train(channels_last: bool) -> dict[str, torch.Tensor]:
+def _train(channels_last: bool, bf16: bool = False) -> dict[str, torch.Tensor]:
     model = _model()
     gen = torch.Generator().manual_seed(1)
     batches = [(torch.randn(8, 1, 16, 16, generator=gen), torch.arange(8) % 2) for _ in range(3)]
@@ -31,9 +31,15 @@ def _train(channels_last: bool) -> dict[str, torch.Tensor]:
     # which turns rounding-level differences of near-zero gradients into lr-sized ones).
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     stats = train_epoch(
-        model, batches, optimizer, torch.nn.CrossEntropyLoss(), channels_last=channels_last
+        model,
+        batches,
+        optimizer,
+        torch.nn.CrossEntropyLoss(),
+        channels_last=channels_last,
+        bf16=bf16,
     )
     assert stats["steps"] == 3 and stats["num_examples"] == 24
+    assert torch.isfinite(torch.tensor(stats["loss"]))
     return model.state_dict()
 
 
@@ -49,14 +55,6 @@ def test_channels_last_trains_the_same_weights_and_returns_the_default_layout() 
 
 def test_bf16_autocast_trains_float32_weights() -> None:
     start = _model().state_dict()
-    model = _model()
-    gen = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(8, 1, 16, 16, generator=gen), torch.arange(8) % 2) for _ in range(2)]
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    stats = train_epoch(
-        model, batches, optimizer, torch.nn.CrossEntropyLoss(), channels_last=True, bf16=True
-    )
-    assert torch.isfinite(torch.tensor(stats["loss"]))
-    after = model.state_dict()
+    after = _train(channels_last=True, bf16=True)
     assert all(v.dtype == start[k].dtype for k, v in after.items())  # nothing left in bf16
     assert not torch.equal(after["conv1.weight"], start["conv1.weight"])
