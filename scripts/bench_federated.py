@@ -70,11 +70,14 @@ def main() -> None:
     cfg = compose_config(base)
     epochs = cfg.federation.num_rounds * cfg.federation.local_epochs
     GlobalHydra.instance().clear()
-    # Same network as the federation (conf/train.yaml's model), same epochs and seed.
+    # Same network and optimiser as the federation (conf/train.yaml's; the federation's
+    # adamw_federated also lifts the centralised AUC, 0.976 -> 0.978 in a probe), same
+    # epochs and seed.
     central_cfg = compose_config(
         [
             "logger=none",
             f"model={default_choice('model')}",
+            f"optimizer={default_choice('optimizer')}",
             f"train.epochs={epochs}",
             "train.progress=false",
         ],

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from client.client_app import make_client_app
 from server.identities import provision_identities
 from server.server_app import make_server_app
-from task.constants import METRICS_FILE
+from task.constants import METRICS_FILE, SIM_PULL_INTERVAL
 
 
 def simulate(cfg: DictConfig, overrides: Sequence[str], run_dir: Path) -> dict[str, Any]:
@@ -33,7 +33,7 @@ def simulate(cfg: DictConfig, overrides: Sequence[str], run_dir: Path) -> dict[s
         overrides.append(f"secure.roster={roster}")
     cpus = os.cpu_count() or 1
     run_simulation(
-        server_app=make_server_app(overrides),
+        server_app=make_server_app(overrides, pull_interval=SIM_PULL_INTERVAL),
         client_app=make_client_app(overrides),
         num_supernodes=int(cfg.federation.num_sites),
         backend_config={

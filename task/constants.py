@@ -57,3 +57,8 @@ SITE_LEVEL_METRICS = ("auc", "accuracy", "mcc")
 
 #: Round-config keys carrying the federation's intensity statistics to the sites.
 NORM_MEAN, NORM_STD = "norm-mean", "norm-std"
+
+#: Seconds the simulation's grid waits between looks for the sites' replies (Flower's
+#: ``InMemoryGrid`` default: 0.1). Each look is a lookup in memory; the wait is paid after
+#: the last reply of every exchange, twice a round.
+SIM_PULL_INTERVAL = 0.01

@@ -5,14 +5,15 @@ at zero. Here the accountant's history (``(noise multiplier, sample rate, steps)
 entries) is the state: it is loaded before a round, stepped by Opacus's optimizer hook
 during the round, and written back atomically after it. A restarted site (or server)
 continues from the file, so ε only grows.
+
+Opacus is imported when an accountant is built, not with this module (see
+:mod:`task.privacy.dpsgd`).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-from opacus.accountants import RDPAccountant
 
 from task.checkpoint import write_text_atomic
 
@@ -28,6 +29,8 @@ class Accountant:
     """
 
     def __init__(self, history: list[tuple[float, float, int]] | None = None) -> None:
+        from opacus.accountants import RDPAccountant
+
         self.opacus = RDPAccountant()
         for sigma, q, steps in history or []:
             self.step(sigma, q, steps)

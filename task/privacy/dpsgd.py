@@ -5,6 +5,10 @@ entropy every round, never from the run's seed: a server that knows the configur
 could otherwise regenerate the noise and subtract it. (Opacus's ``secure_mode`` needs
 ``torchcsprng``, which has no build for this torch; the generator is torch's, its seed is
 secret.)
+
+Opacus is imported where it is used: importing it costs about a second (it pulls in
+``torch.distributed.tensor``), and every process that imports the sites' or the server's
+code, a deployed ClientApp per message included, paid it with DP off.
 """
 
 from __future__ import annotations
@@ -12,17 +16,18 @@ from __future__ import annotations
 import logging
 import secrets
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
-from opacus import PrivacyEngine
-from opacus.data_loader import DPDataLoader
-from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader
 
 from task.data.splits import BatchAugmented
 from task.engine import train_epoch
 from task.privacy.accountant import Accountant
+
+if TYPE_CHECKING:
+    from opacus.data_loader import DPDataLoader
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,8 @@ def make_compatible(model: nn.Module) -> nn.Module:
 
     Raises ``ValueError`` listing the layers Opacus still cannot train privately.
     """
+    from opacus.validators import ModuleValidator
+
     batch_norms = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     fixed = ModuleValidator.fix(model)
     errors = ModuleValidator.validate(fixed, strict=False)
@@ -61,6 +68,8 @@ def poisson_loader(
     augmentation stays on the sampled batches."""
     if isinstance(loader, BatchAugmented):
         return BatchAugmented(poisson_loader(loader.loader, generator), loader.augment)
+    from opacus.data_loader import DPDataLoader
+
     return DPDataLoader.from_data_loader(loader, generator=generator)
 
 
@@ -85,6 +94,8 @@ def train_private(
     Opacus's optimizer hook steps the ledger's RDP accountant once per optimizer step, so
     the ledger records what ran, not what was planned.
     """
+    from opacus import PrivacyEngine
+
     gen = secret_generator()
     with warnings.catch_warnings():
         # Opacus's advice to turn on secure_mode (torchcsprng; see the module docstring).

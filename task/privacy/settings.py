@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from opacus.accountants.utils import get_noise_multiplier
 
 #: Precision of the noise calibration (ε of the plan is within this below the target).
 EPSILON_TOLERANCE = 0.01
@@ -44,6 +43,9 @@ def calibrate(epsilon: float, delta: float, sample_rate: float, steps: int) -> f
     ``steps`` steps at ``sample_rate`` (Opacus's RDP search)."""
     if steps < 1:
         raise ValueError(f"cannot calibrate noise for {steps} planned steps")
+    # Imported here, not with the module: see task.privacy.dpsgd.
+    from opacus.accountants.utils import get_noise_multiplier
+
     try:
         sigma = get_noise_multiplier(
             target_epsilon=epsilon,
