@@ -30,11 +30,13 @@ from task.central import inference_config
 from task.config import with_normalisation
 from task.constants import (
     CHECKPOINT_BEST,
+    CHECKPOINT_FINAL,
     CHECKPOINT_LAST,
     HISTORY_FILE,
     NORM_MEAN,
     NORM_STD,
     REPO_ROOT,
+    SELECTIONS,
 )
 from task.engine import predict
 from task.federated import uses_bf16
@@ -83,6 +85,7 @@ class RoundRecorder:
         self.best_round = state.get("best_round", 0)
         self.best_mcc = state.get("best_mcc", -float("inf"))
         self.best_arrays = state.get("best_arrays")
+        self.last_round, self.last_arrays = state.get("round", 0), state.get("arrays")
         self.model_config = inference_config(cfg, classes)
         if privacy is not None and privacy.enabled:
             # The network went through Opacus's ModuleValidator.fix (BatchNorm -> GroupNorm):
@@ -100,6 +103,7 @@ class RoundRecorder:
             entry["privacy"] = self.privacy.after_round(record)
         self.history.append(entry)
         weights = arrays.to_torch_state_dict()
+        self.last_round, self.last_arrays = record.round, weights
         mcc = entry["evaluate"].get("mcc")
         improved = mcc is not None and mcc > self.best_mcc
         if improved:
@@ -146,6 +150,28 @@ class RoundRecorder:
             entry["failures"],
         )
 
+    def tested(self, selection: str) -> tuple[int, dict[str, Any]]:
+        """The round and global weights that ``selection`` tests: the best pooled
+        validation MCC (``val_mcc``) or the last round (``last``)."""
+        check_selection(selection)
+        if selection == "last":
+            round_, arrays = self.last_round, self.last_arrays
+        else:
+            round_, arrays = self.best_round, self.best_arrays
+        if arrays is None:
+            raise RuntimeError(
+                f"no round of {self.run_dir} produced weights for federation.selection="
+                f"{selection} (val_mcc needs a pooled validation MCC)"
+            )
+        return round_, arrays
+
+
+def check_selection(selection: str) -> str:
+    """``selection`` if it is one of :data:`SELECTIONS`; a ``ValueError`` naming it."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"federation.selection={selection!r} is not one of {SELECTIONS}")
+    return selection
+
 
 def run_federation(cfg: DictConfig, grid: Grid) -> dict[str, Any]:
     """Run (or resume) a federation on ``grid``; returns the final metrics."""
@@ -165,6 +191,7 @@ def run_federation(cfg: DictConfig, grid: Grid) -> dict[str, Any]:
 
     privacy = privacy_of(cfg)
     uses_bf16(cfg)  # a bad train.precision fails the run here, not at the sites' first round
+    selection = check_selection(cfg.federation.selection)  # and a bad selection here
     tracker = FederationPrivacy(privacy, cfg, state.get("privacy") if state else None)
     # secure=smpc wraps the aggregation in secure aggregation; secure=none leaves it as is.
     secure_options = {}
@@ -226,9 +253,13 @@ def run_federation(cfg: DictConfig, grid: Grid) -> dict[str, Any]:
     )
     rounds_seconds = time.perf_counter() - t_rounds
 
-    if recorder.best_arrays is None:
-        raise RuntimeError(f"no round of {run_dir} produced a pooled validation MCC")
-    model.load_state_dict(recorder.best_arrays)
+    tested_round, tested_arrays = recorder.tested(selection)
+    if selection == "last":
+        checkpoint.save_atomic(
+            {"model": tested_arrays, "round": tested_round, "config": recorder.model_config},
+            run_dir / CHECKPOINT_FINAL,
+        )
+    model.load_state_dict(tested_arrays)
     probs, labels = predict(model, data.test.loader(cfg.train.eval_batch_size, shuffle=False))
     test = clinical_metrics(
         labels,
@@ -238,13 +269,15 @@ def run_federation(cfg: DictConfig, grid: Grid) -> dict[str, Any]:
         level=cfg.metrics.ci_level,
         seed=cfg.seed,
     )
-    best_entry = next(h for h in recorder.history if h["round"] == recorder.best_round)
+    tested_entry = next(h for h in recorder.history if h["round"] == tested_round)
     metrics = {
         "test": test,
-        "val": best_entry["evaluate"],
+        "val": tested_entry["evaluate"],
+        "selection": selection,
+        "tested_round": tested_round,
         "best_round": recorder.best_round,
         "rounds_run": len(recorder.history),
-        "sites": {site: kinds.get("evaluate", {}) for site, kinds in best_entry["sites"].items()},
+        "sites": {site: kinds.get("evaluate", {}) for site, kinds in tested_entry["sites"].items()},
         "failures": {
             "train": sum(h["failures"]["train"] for h in recorder.history),
             "evaluate": sum(h["failures"]["evaluate"] for h in recorder.history),

@@ -25,7 +25,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from task import checkpoint
 from task.config import compose_config
-from task.constants import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LAST
+from task.constants import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LAST, SELECTIONS
 from task.data.splits import DataSplits
 from task.engine import class_weights, mean_loss, predict, train_epoch
 from task.metrics import clinical_metrics
@@ -33,8 +33,6 @@ from task.models import build_model, count_parameters
 from task.report import comparison_line, write_run_outputs
 
 log = logging.getLogger(__name__)
-
-SELECTIONS = ("val_mcc", "last")
 
 
 @dataclass

@@ -42,7 +42,11 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
 CHECKPOINT_BEST = "best.pt"
 CHECKPOINT_LAST = "last.pt"
-CHECKPOINT_FINAL = "final.pt"  # the last epoch's evaluated (EMA) weights
+CHECKPOINT_FINAL = "final.pt"  # the last epoch's (round's) evaluated weights
+
+#: Which weights a run tests and reports: the best validation MCC (PriMIA's choice) or the
+#: last epoch / round (``train.selection``, ``federation.selection``).
+SELECTIONS = ("val_mcc", "last")
 
 #: Reply record (a ConfigRecord beside arrays and metrics) that names the replying site.
 SITE_RECORD = "site"
