@@ -41,9 +41,8 @@ def _test(m: dict) -> dict:
     return {k: m["test"][k] for k in KEYS}
 
 
-def _checkpoint_test(cfg, path: Path, key: str) -> dict:
+def _checkpoint_test(cfg, data, path: Path, key: str) -> dict:
     """Test AUC, ACC and MCC of the weights under ``key`` in the checkpoint ``path``."""
-    data = instantiate(cfg.data).load(preprocess=instantiate(cfg.transforms.preprocess))
     model = build_model(cfg.model, data.in_shape, len(data.classes))
     model.load_state_dict(checkpoint.load(path)[key])
     probs, labels = predict(model, data.test.loader(cfg.train.eval_batch_size, shuffle=False))
@@ -114,16 +113,17 @@ def main() -> None:
     # epoch (train.selection=last: the small validation split's MCC picks noisily). Each
     # side under the other's rule too, from the checkpoints both runs write, so that the
     # comparison can be read like for like.
-    fed_cfg = compose_config(base)
+    # Loaded once: both configs compose the same data and transforms groups.
+    data = instantiate(cfg.data).load(preprocess=instantiate(cfg.transforms.preprocess))
     other = {
         "central_best_val_mcc": _checkpoint_test(
-            central_cfg, args.out / "central" / CHECKPOINT_BEST, "model"
+            central_cfg, data, args.out / "central" / CHECKPOINT_BEST, "model"
         ),
         "federated_iid_last_round": _checkpoint_test(
-            fed_cfg, args.out / "iid" / CHECKPOINT_LAST, "arrays"
+            cfg, data, args.out / "iid" / CHECKPOINT_LAST, "arrays"
         ),
         "federated_dirichlet_0.5_last_round": _checkpoint_test(
-            fed_cfg, args.out / "dirichlet" / CHECKPOINT_LAST, "arrays"
+            cfg, data, args.out / "dirichlet" / CHECKPOINT_LAST, "arrays"
         ),
     }
     c_best = other["central_best_val_mcc"]["test"]["auc"]
@@ -138,7 +138,7 @@ def main() -> None:
         },
     }
     result["a_accuracy"]["other_selection_rule"] = other
-    reference = fedavg_reference(compose_config(base))
+    reference = fedavg_reference(cfg)
     # Both sides load the sites' data and run every round: Flower's rounds_seconds include
     # the sites' loading (on their first message), the reference's seconds too.
     result["b_flower_overhead"] = {
