@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from functools import cache
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from client.secure import make_secure
 from client.site_log import make_site_log_mod
@@ -43,19 +44,41 @@ def _cfg(context: Context, overrides: Sequence[str] | None):
     return _config(tuple(overrides))
 
 
+@cache
+def _prepared(
+    overrides: tuple[str, ...],
+    normalisation: tuple[float, float] | None,
+    node_items: tuple[tuple[str, Any], ...],
+) -> tuple[DictConfig, Site, str]:
+    """The config, the site and the model's YAML for one run's overrides, normalisation
+    and node config, worked out on the first message and reused.
+
+    Why: rendering the whole config to YAML (the key of :func:`task.sites.load_site`'s
+    cache and of :func:`_network`'s) cost about 10 ms a message, six messages a round.
+    """
+    cfg = _config(overrides)
+    if normalisation is not None:
+        cfg = with_normalisation(cfg, *normalisation)
+    site = load_site(cfg, dict(node_items))
+    return cfg, site, OmegaConf.to_yaml(cfg.model, resolve=True)
+
+
 def _setup(msg: Message, context: Context, overrides: Sequence[str] | None):
-    cfg = _cfg(context, overrides)
+    if overrides is None:
+        overrides = overrides_from_run_config(context.run_config)
     config = msg.content.config_records.get("config")
+    normalisation = None
     if config is not None and NORM_MEAN in config:
         # The federation's own intensity statistics (federation.secure_normalisation).
-        cfg = with_normalisation(cfg, float(config[NORM_MEAN]), float(config[NORM_STD]))
-    site = load_site(cfg, context.node_config)
+        normalisation = (float(config[NORM_MEAN]), float(config[NORM_STD]))
+    node_items = tuple(sorted(context.node_config.items()))
+    cfg, site, model_yaml = _prepared(tuple(overrides), normalisation, node_items)
     dp_compatible = privacy_of(cfg).name != "none"
     shape, n_classes = site.splits.in_shape, len(site.splits.classes)
     if dp_compatible:  # Opacus leaves its marks on a module it wrapped: a fresh one each time
         model = build_model(cfg.model, shape, n_classes, dp_compatible=True)
     else:
-        model = _network(OmegaConf.to_yaml(cfg.model, resolve=True), shape, n_classes)
+        model = _network(model_yaml, shape, n_classes)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     return cfg, site, model
 

@@ -28,7 +28,6 @@ from task.central import run as run_central
 from task.config import compose_config, default_choice
 from task.constants import CHECKPOINT_BEST, CHECKPOINT_LAST, REPO_ROOT
 from task.engine import predict
-from task.federated import fedavg_reference
 from task.machine import machine_facts
 from task.metrics import clinical_metrics
 from task.models import build_model
@@ -62,6 +61,13 @@ def _federated(overrides: list[str], run_dir: Path) -> dict:
         "rounds_seconds": m["rounds_seconds"],
         "wall_seconds": time.perf_counter() - t0,
     }
+
+
+def _reference(overrides: list[str], out: Path) -> dict:
+    """The same federation without Flower, in a fresh process as Flower's site worker."""
+    cmd = [sys.executable, "-m", "scripts.fedavg_reference", "--out", str(out), *overrides]
+    subprocess.run(cmd, check=True, cwd=REPO_ROOT)
+    return json.loads(out.read_text())
 
 
 def main() -> None:
@@ -120,10 +126,10 @@ def main() -> None:
             central_cfg, data, args.out / "central" / CHECKPOINT_BEST, "model"
         ),
         "federated_iid_last_round": _checkpoint_test(
-            cfg, data, args.out / "iid" / CHECKPOINT_LAST, "arrays"
+            cfg, data, args.out / "iid" / CHECKPOINT_LAST, "evaluated_arrays"
         ),
         "federated_dirichlet_0.5_last_round": _checkpoint_test(
-            cfg, data, args.out / "dirichlet" / CHECKPOINT_LAST, "arrays"
+            cfg, data, args.out / "dirichlet" / CHECKPOINT_LAST, "evaluated_arrays"
         ),
     }
     c_best = other["central_best_val_mcc"]["test"]["auc"]
@@ -138,12 +144,14 @@ def main() -> None:
         },
     }
     result["a_accuracy"]["other_selection_rule"] = other
-    reference = fedavg_reference(cfg)
-    # Both sides load the sites' data and run every round: Flower's rounds_seconds include
-    # the sites' loading (on their first message), the reference's seconds too.
+    reference = _reference(base, args.out / "fedavg_reference.json")
+    # Both sides import the loops, load the sites' data and run every round in a fresh
+    # process: Flower's rounds_seconds include the site worker's imports and loading (on
+    # its first message), the reference's seconds too (scripts.fedavg_reference).
     result["b_flower_overhead"] = {
         "flower_rounds_seconds": iid["rounds_seconds"],
         "without_flower_seconds": reference["seconds"],
+        "without_flower_import_seconds": reference["import_seconds"],
         "without_flower_load_seconds": reference["load_seconds"],
         "ratio": iid["rounds_seconds"] / reference["seconds"],
     }

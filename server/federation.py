@@ -85,7 +85,10 @@ class RoundRecorder:
         self.best_round = state.get("best_round", 0)
         self.best_mcc = state.get("best_mcc", -float("inf"))
         self.best_arrays = state.get("best_arrays")
-        self.last_round, self.last_arrays = state.get("round", 0), state.get("arrays")
+        # The weights last validated (the moving average with federation.ema_decay), which
+        # federation.selection=last tests; checkpoints before the average hold "arrays" only.
+        self.last_round = state.get("round", 0)
+        self.last_arrays = state.get("evaluated_arrays", state.get("arrays"))
         self.model_config = inference_config(cfg, classes)
         if privacy is not None and privacy.enabled:
             # The network went through Opacus's ModuleValidator.fix (BatchNorm -> GroupNorm):
@@ -94,7 +97,16 @@ class RoundRecorder:
         self.normalisation = normalisation
         self._t_last = time.perf_counter()
 
-    def __call__(self, record: RoundRecord, arrays: ArrayRecord, strategy_state: dict) -> None:
+    def __call__(
+        self,
+        record: RoundRecord,
+        arrays: ArrayRecord,
+        strategy_state: dict,
+        evaluated: ArrayRecord | None = None,
+    ) -> None:
+        """Record a round: ``arrays`` is the global model (what a resumed run continues
+        from), ``evaluated`` the weights the sites validated (the same unless the server
+        keeps a moving average), which the best and last rounds keep for testing."""
         entry = record.to_dict()
         now = time.perf_counter()
         # Wall time of the round (training, evaluation and, with secure=smpc, the protocol).
@@ -103,14 +115,18 @@ class RoundRecorder:
             entry["privacy"] = self.privacy.after_round(record)
         self.history.append(entry)
         weights = arrays.to_torch_state_dict()
-        self.last_round, self.last_arrays = record.round, weights
+        validated = (
+            weights if evaluated is None or evaluated is arrays else evaluated.to_torch_state_dict()
+        )
+        self.last_round, self.last_arrays = record.round, validated
         mcc = entry["evaluate"].get("mcc")
         improved = mcc is not None and mcc > self.best_mcc
         if improved:
-            self.best_round, self.best_mcc, self.best_arrays = record.round, mcc, weights
+            self.best_round, self.best_mcc, self.best_arrays = record.round, mcc, validated
         state = {
             "round": record.round,
             "arrays": weights,
+            "evaluated_arrays": validated,
             "strategy": strategy_state,
             "history": self.history,
             "best_round": self.best_round,
@@ -124,7 +140,7 @@ class RoundRecorder:
         if improved:
             checkpoint.save_atomic(
                 {
-                    "model": weights,
+                    "model": validated,
                     "round": record.round,
                     "val_mcc": mcc,
                     "config": self.model_config,
@@ -238,6 +254,7 @@ def run_federation(cfg: DictConfig, grid: Grid) -> dict[str, Any]:
         start_round=start_round,
         should_stop=tracker.should_stop if tracker.enabled else None,
         max_update_norm=fed.max_update_norm,
+        ema_decay=fed.ema_decay,
     )
     if state is not None:
         strategy.load_state_dict(state["strategy"])
@@ -274,6 +291,7 @@ def run_federation(cfg: DictConfig, grid: Grid) -> dict[str, Any]:
         "test": test,
         "val": tested_entry["evaluate"],
         "selection": selection,
+        "ema_decay": fed.ema_decay,
         "tested_round": tested_round,
         "best_round": recorder.best_round,
         "rounds_run": len(recorder.history),

@@ -10,6 +10,7 @@ ends the federation before a round that would pass the budget.
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 from typing import Any
 
 from omegaconf import DictConfig
@@ -33,12 +34,18 @@ class FederationPrivacy:
         self.site_reports: dict[str, dict[str, Any]] = dict(state.get("sites", {}))
         # Sites that refused the last round for their budget (an error reply has no name).
         self.refusals = int(state.get("refusals", 0))
-        self.accountant = Accountant([tuple(h) for h in state.get("history", [])])
+        self._history = [tuple(h) for h in state.get("history", [])]
         if isinstance(privacy, CentralDP) and privacy.min_sites > self.num_sites:
             raise ValueError(
                 f"privacy.min_sites={privacy.min_sites} exceeds federation.num_sites="
                 f"{self.num_sites}: no sum could ever be revealed"
             )
+
+    @cached_property
+    def accountant(self) -> Accountant:
+        """The central-DP accountant, built on first use: only central DP steps it, and
+        building it imports Opacus (about 1 s), which a federation without DP skips."""
+        return Accountant(self._history)
 
     @property
     def enabled(self) -> bool:
@@ -104,7 +111,10 @@ class FederationPrivacy:
         return {
             "sites": self.site_reports,
             "refusals": self.refusals,
-            "history": [list(h) for h in self.accountant.history],
+            "history": [
+                list(h)
+                for h in (self.accountant.history if "accountant" in vars(self) else self._history)
+            ],
         }
 
     def summary(self, stopped: str | None) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Run a federation of simulated sites on this machine with Flower's simulation runtime.
 
 The same ServerApp and ClientApp as a deployment, built with the composed overrides (no run
-config is needed). Sites run in Ray workers; ``federation.client_cpus`` CPUs each.
+config is needed). Sites run in Ray workers; ``federation.client_cpus`` CPUs each. The
+engine looks for the server's messages every ``SIM_PULL_INTERVAL`` seconds
+(:mod:`server.sim_engine`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from omegaconf import DictConfig
 from client.client_app import make_client_app
 from server.identities import provision_identities
 from server.server_app import make_server_app
+from server.sim_engine import message_polling
 from task.constants import METRICS_FILE, SIM_PULL_INTERVAL
 
 
@@ -32,24 +35,25 @@ def simulate(cfg: DictConfig, overrides: Sequence[str], run_dir: Path) -> dict[s
     if roster is not None:  # sites find <name>.key beside the roster
         overrides.append(f"secure.roster={roster}")
     cpus = os.cpu_count() or 1
-    run_simulation(
-        server_app=make_server_app(overrides, pull_interval=SIM_PULL_INTERVAL),
-        client_app=make_client_app(overrides),
-        num_supernodes=int(cfg.federation.num_sites),
-        backend_config={
-            "client_resources": {
-                "num_cpus": min(cfg.federation.client_cpus, cpus),
-                "num_gpus": 0.0,
+    with message_polling(SIM_PULL_INTERVAL):
+        run_simulation(
+            server_app=make_server_app(overrides, pull_interval=SIM_PULL_INTERVAL),
+            client_app=make_client_app(overrides),
+            num_supernodes=int(cfg.federation.num_sites),
+            backend_config={
+                "client_resources": {
+                    "num_cpus": min(cfg.federation.client_cpus, cpus),
+                    "num_gpus": 0.0,
+                },
+                "init_args": {
+                    "num_cpus": cpus,
+                    "num_gpus": 0,
+                    "include_dashboard": False,
+                    "logging_level": "error",
+                    "log_to_driver": True,
+                },
             },
-            "init_args": {
-                "num_cpus": cpus,
-                "num_gpus": 0,
-                "include_dashboard": False,
-                "logging_level": "error",
-                "log_to_driver": True,
-            },
-        },
-    )
+        )
     path = run_dir / METRICS_FILE
     if not path.is_file():
         raise RuntimeError(f"the federation ended without writing {path}; see the log above")

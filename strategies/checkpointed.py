@@ -12,6 +12,9 @@ FedMedian, FedTrimmedAvg, Krum, ...) and adds only what resuming and reporting n
   with them after every round (the server writes its checkpoint there);
 * the inner strategy's own state (FedOpt's moments and current model) is exported and
   restored with ``state_dict`` / ``load_state_dict``;
+* with ``ema_decay`` set, the sites validate a moving average of the aggregated models
+  over rounds (:mod:`strategies.averaging`), which ``on_round_end`` receives as the
+  evaluated weights; training goes on from the plain aggregate;
 * with plaintext aggregation, a training reply that must not be aggregated (NaN or Inf,
   a tensor of another shape or dtype, an extra or missing tensor, an update beyond
   ``max_update_norm``, a bad example count; :mod:`strategies.update_check`) is dropped
@@ -44,12 +47,15 @@ from strategies.update_check import (
     metric_key_outliers,
     validate_max_norm,
 )
+from task import averaging
 from task.constants import SITE_RECORD
 
 log = logging.getLogger(__name__)
 
 #: Attributes of Flower's strategies that hold state across rounds (FedOpt family).
 STATEFUL_ATTRIBUTES = ("current_arrays", "m_t", "v_t")
+#: Key of the server's moving average of the global model in :meth:`state_dict`.
+AVERAGE_STATE = "ema"
 
 
 def site_name(msg: Message) -> str:
@@ -104,13 +110,16 @@ class CheckpointedStrategy(Strategy):
     Args:
         inner: the aggregation strategy.
         seed: seeds node sampling in every round.
-        on_round_end: ``f(record, arrays, strategy_state)`` after each round's aggregation
-            and evaluation.
+        on_round_end: ``f(record, arrays, strategy_state, evaluated)`` after each round's
+            aggregation and evaluation: the global model, the state to resume from, and
+            the weights the sites validated (``arrays`` unless ``ema_decay`` is set).
         start_round: first round to run (``last checkpointed round + 1`` when resuming).
         should_stop: ``f(round)`` before each round's training: a reason to end the
             federation now (for example too few sites with privacy budget left), or None.
         max_update_norm: bound on the L2 norm of a site's update (its weights minus the
             global model's); None: no bound. The other checks on a reply always apply.
+        ema_decay: decay of the moving average of the global model that the sites
+            validate (:mod:`strategies.averaging`); None: they validate the aggregate.
     """
 
     def __init__(
@@ -118,14 +127,17 @@ class CheckpointedStrategy(Strategy):
         inner: Strategy,
         *,
         seed: int = 0,
-        on_round_end: Callable[[RoundRecord, ArrayRecord, dict], None] | None = None,
+        on_round_end: Callable[[RoundRecord, ArrayRecord, dict, ArrayRecord], None] | None = None,
         start_round: int = 1,
         should_stop: Callable[[int], str | None] | None = None,
         max_update_norm: float | None = None,
+        ema_decay: float | None = None,
     ) -> None:
         if start_round < 1:
             raise ValueError(f"start_round={start_round} must be at least 1")
         self.max_update_norm = validate_max_norm(max_update_norm)
+        self.ema_decay = averaging.check_decay(ema_decay)
+        self._average: dict[str, np.ndarray] | None = None
         # Secure aggregation's replies are masked vectors: there is nothing to look into.
         self.inspects_updates = not isinstance(inner, SecureAggregation)
         self._global: dict[str, np.ndarray] | None = None
@@ -258,6 +270,13 @@ class CheckpointedStrategy(Strategy):
         arrays, metrics = self.inner.aggregate_train(record.round, valid)
         if arrays is not None:
             arrays = self._model_dtypes(arrays)
+            if self.ema_decay is not None:
+                self._average = averaging.update(
+                    self._average,
+                    {k: a.numpy() for k, a in arrays.items()},
+                    self.ema_decay,
+                    record.round,
+                )
         # An inner strategy may report what it refused itself (secure aggregation: masked
         # vectors of another layout, a revealed mean beyond the bound).
         record.rejected.update(getattr(self.inner, "rejected", {}))
@@ -282,7 +301,17 @@ class CheckpointedStrategy(Strategy):
     ) -> Iterable[Message]:
         r = self._true_round(server_round)
         random.seed(self.seed * 7919 + r + 104729)
-        return self.inner.configure_evaluate(r, arrays, config, grid)
+        return self.inner.configure_evaluate(r, self.evaluated(arrays), config, grid)
+
+    def evaluated(self, arrays: ArrayRecord) -> ArrayRecord:
+        """The weights the sites validate for the global ``arrays``: the moving average
+        when ``ema_decay`` is set and a round has produced one, else ``arrays``."""
+        if self._average is None:
+            return arrays
+        dtypes = {k: np.dtype(a.dtype) for k, a in arrays.items()} | self._dtypes
+        return ArrayRecord(
+            {k: Array(v) for k, v in averaging.in_dtypes(self._average, dtypes).items()}
+        )
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
         record = self._current(server_round)
@@ -318,7 +347,7 @@ class CheckpointedStrategy(Strategy):
             record = self._current(server_round)
             result = evaluate_fn(record.round, arrays) if evaluate_fn else None
             if self.on_round_end is not None:
-                self.on_round_end(record, arrays, self.state_dict())
+                self.on_round_end(record, arrays, self.state_dict(), self.evaluated(arrays))
             return result
 
         try:
@@ -351,10 +380,26 @@ class CheckpointedStrategy(Strategy):
             value = getattr(self._aggregator, attr, None)
             if value is not None:
                 state[attr] = {k: torch.from_numpy(np.array(v)) for k, v in value.items()}
+        if self._average is not None:
+            state[AVERAGE_STATE] = {k: torch.from_numpy(v.copy()) for k, v in self._average.items()}
         return state
 
     def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
         for attr, value in state.items():
+            if attr == AVERAGE_STATE:
+                if self.ema_decay is None:
+                    raise ValueError(
+                        "the checkpoint holds a moving average of the global model but "
+                        "federation.ema_decay is null: resume with the run's own config"
+                    )
+                self._average = {k: v.numpy().copy() for k, v in value.items()}
+                continue
             if attr not in STATEFUL_ATTRIBUTES:
                 raise ValueError(f"unknown strategy state {attr!r} in checkpoint")
             setattr(self._aggregator, attr, {k: v.numpy() for k, v in value.items()})
+        if self.ema_decay is not None and AVERAGE_STATE not in state and self.start_round > 1:
+            log.warning(
+                "the checkpoint holds no moving average of the global model: it starts again "
+                "from round %d's aggregate",
+                self.start_round,
+            )

@@ -136,6 +136,10 @@ def test_killed_server_resumes_to_same_final_weights(straight, tmp_path: Path) -
     assert a["round"] == b["round"] == 3
     for key, value in a["arrays"].items():
         assert torch.equal(value, b["arrays"][key]), key
+    # The moving average the sites validated resumes exactly too (federation.ema_decay).
+    assert a["evaluated_arrays"].keys() == a["arrays"].keys()
+    for key, value in a["evaluated_arrays"].items():
+        assert torch.equal(value, b["evaluated_arrays"][key]), key
     history = json.loads((killed / "history.json").read_text())
     assert [h["round"] for h in history] == [1, 2, 3]
     metrics = json.loads((killed / "metrics.json").read_text())
@@ -143,7 +147,7 @@ def test_killed_server_resumes_to_same_final_weights(straight, tmp_path: Path) -
     assert metrics["val"] == history[-1]["evaluate"]
     final = torch.load(killed / "final.pt", weights_only=True)
     assert final["round"] == 3
-    assert all(torch.equal(v, b["arrays"][k]) for k, v in final["model"].items())
+    assert all(torch.equal(v, b["evaluated_arrays"][k]) for k, v in final["model"].items())
 
     # Flower adds nothing to the arithmetic: the same federation without Flower (plain
     # example-weighted FedAvg over the same loops) ends at the same model. Compared by its
@@ -156,7 +160,7 @@ def test_killed_server_resumes_to_same_final_weights(straight, tmp_path: Path) -
     data = instantiate(cfg.data).load(instantiate(cfg.transforms.preprocess))
     images = torch.from_numpy(data.test.images[:200])
     logits = []
-    for state in (a["arrays"], reference["state"]):
+    for state in (a["evaluated_arrays"], reference["validated_state"]):
         model = build_model(cfg.model, data.in_shape, 2)
         model.load_state_dict(state)
         model.eval()

@@ -63,3 +63,18 @@ def test_an_unknown_selection_is_refused_by_name() -> None:
     assert check_selection("last") == "last"
     with pytest.raises(ValueError, match=r"federation\.selection='best'"):
         check_selection("best")
+
+
+def test_the_validated_average_is_tested_and_the_global_model_resumed(tmp_path: Path) -> None:
+    recorder = _recorder(tmp_path)
+    for number, mcc in ((1, 0.80), (2, 0.90)):
+        record = RoundRecord(round=number, evaluate={"mcc": mcc})
+        glob, average = ArrayRecord(_weights(float(number))), ArrayRecord(_weights(-number))
+        recorder(record, glob, strategy_state={}, evaluated=average)
+    assert float(recorder.tested("val_mcc")[1]["w"][0]) == -2.0
+    assert float(load(tmp_path / CHECKPOINT_BEST)["model"]["w"][0]) == -2.0
+    last = load(tmp_path / CHECKPOINT_LAST)
+    assert float(last["arrays"]["w"][0]) == 2.0  # a resumed run trains on from the aggregate
+    assert float(last["evaluated_arrays"]["w"][0]) == -2.0
+    resumed = _recorder(tmp_path, last)
+    assert float(resumed.tested("last")[1]["w"][0]) == -2.0

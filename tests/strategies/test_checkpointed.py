@@ -223,3 +223,56 @@ def test_the_global_model_keeps_integer_counters_round_after_round() -> None:
         assert arrays["steps"].numpy().dtype == np.int64
         assert int(arrays["steps"].numpy()) == 10  # rint((9 + 2 * 10) / 3) = rint(9.67)
         assert arrays["w"].numpy().dtype == np.float32
+
+
+def _aggregate_round(strategy: CheckpointedStrategy, server_round: int, scale: float):
+    _configured(strategy, server_round)
+    replies = [
+        train_reply(node, name, {k: v * scale for k, v in SITES[name][0].items()}, SITES[name][1])
+        for node, name in zip((11, 22, 33), SITES, strict=True)
+    ]
+    arrays, _ = strategy.aggregate_train(server_round, replies)
+    return {k: a.numpy() for k, a in arrays.items()}
+
+
+def test_sites_validate_the_moving_average_and_training_goes_on_from_the_aggregate() -> None:
+    strategy = CheckpointedStrategy(FedAvg(), ema_decay=0.7)
+    first = _aggregate_round(strategy, 1, 1.0)
+    second = _aggregate_round(strategy, 2, 3.0)
+    d = 3 / 12  # the warm-up's decay after round 2
+    expected = {k: d * first[k] + (1 - d) * second[k] for k in first}
+    grid = types.SimpleNamespace(get_node_ids=lambda: [11, 22, 33])
+    aggregate = ArrayRecord({k: Array(v) for k, v in second.items()})
+    sent = list(strategy.configure_evaluate(2, aggregate, ConfigRecord(), grid))
+    assert len(sent) == 3
+    for msg in sent:
+        for key, array in msg.content["arrays"].items():
+            assert array.numpy().dtype == np.float32
+            np.testing.assert_allclose(array.numpy(), expected[key], rtol=1e-6)
+    # what the next round trains from stays the plain aggregate
+    assert not np.allclose(second["w"], expected["w"])
+
+
+def test_the_moving_average_resumes_from_the_strategy_state() -> None:
+    a = CheckpointedStrategy(FedAvg(), ema_decay=0.7)
+    _aggregate_round(a, 1, 1.0)
+    _aggregate_round(a, 2, 2.0)
+    b = CheckpointedStrategy(FedAvg(), ema_decay=0.7, start_round=3)
+    b.load_state_dict(a.state_dict())
+    a_third, b_third = _aggregate_round(a, 3, 0.5), _aggregate_round(b, 1, 0.5)
+    assert all(np.array_equal(a_third[k], b_third[k]) for k in a_third)
+    aggregate = ArrayRecord({k: Array(v) for k, v in a_third.items()})
+    for key in a_third:
+        assert np.array_equal(
+            a.evaluated(aggregate)[key].numpy(), b.evaluated(aggregate)[key].numpy()
+        ), key
+    with pytest.raises(ValueError, match=r"federation\.ema_decay is null"):
+        CheckpointedStrategy(FedAvg()).load_state_dict(a.state_dict())
+
+
+def test_without_an_average_the_sites_validate_the_aggregate() -> None:
+    strategy = CheckpointedStrategy(FedAvg())
+    second = _aggregate_round(strategy, 1, 2.0)
+    aggregate = ArrayRecord({k: Array(v) for k, v in second.items()})
+    assert strategy.evaluated(aggregate) is aggregate
+    assert "ema" not in strategy.state_dict()

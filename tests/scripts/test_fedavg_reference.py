@@ -1,0 +1,30 @@
+"""``scripts.fedavg_reference``: the federation without Flower, timed from its imports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from scripts.fedavg_reference import main
+
+TINY = [
+    "logger=none",
+    "secure=none",
+    "data.limit=120",
+    "federation.num_rounds=2",
+    "train.batch_size=32",
+    "model=small_cnn",
+    "model.channels=[4,8,8,8]",
+]
+
+
+def test_writes_the_timing_and_the_last_round(tmp_path: Path) -> None:
+    out = tmp_path / "reference.json"
+    summary = main(["--out", str(out), *TINY])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(summary))
+    assert summary["overrides"] == TINY
+    # The clock starts before the imports: the total covers imports, loading and rounds.
+    parts = summary["import_seconds"] + summary["load_seconds"] + summary["rounds_seconds"]
+    assert summary["seconds"] >= parts > 0
+    assert summary["last_round"]["round"] == 2
+    assert -1.0 <= summary["last_round"]["mcc"] <= 1.0
