@@ -17,7 +17,6 @@ from hydra.utils import instantiate
 from monai.utils import set_determinism
 from omegaconf import DictConfig
 
-from task import averaging
 from task.constants import SCORE_BINS
 from task.data.splits import Split
 from task.engine import class_weights, mean_loss, predict, train_epoch
@@ -281,61 +280,3 @@ def weighted_average(states: list[dict[str, torch.Tensor]], weights: list[int]):
         acc = sum(s[key].double() * (w / total) for s, w in zip(states, weights, strict=True))
         out[key] = acc.to(states[0][key].dtype)
     return out
-
-
-def fedavg_reference(cfg: DictConfig) -> dict:
-    """The same federation as the Flower app, with no Flower: plain FedAvg in one process.
-
-    Same sites, same local loops, same per-round seeds, training then evaluating every site
-    each round (the moving average of the global model with ``federation.ema_decay``, as
-    the server's strategy does). Used to measure Flower's overhead and as a plaintext
-    reference. ``seconds`` covers loading the sites' data and all rounds (``load_seconds``
-    the loading alone).
-    """
-    import time
-
-    from task.models import build_model
-    from task.sites import partition_site
-
-    fed = cfg.federation
-    # Timed from the sites' data loading on, as the Flower run's rounds include it (each
-    # site loads its data when its first message arrives).
-    t0 = time.perf_counter()
-    sites = [partition_site(cfg, i, fed.num_sites) for i in range(fed.num_sites)]
-    load_seconds = time.perf_counter() - t0
-    set_determinism(seed=cfg.seed)
-    model = build_model(cfg.model, sites[0].splits.in_shape, len(sites[0].splits.classes))
-    global_state = {k: v.clone() for k, v in model.state_dict().items()}
-    dtypes = {k: v.numpy().dtype for k, v in global_state.items()}
-    decay = averaging.check_decay(fed.ema_decay)
-    average = None
-    history = []
-    for server_round in range(1, fed.num_rounds + 1):
-        states, weights = [], []
-        for site in sites:
-            model.load_state_dict(global_state)
-            result = local_train(model, site, cfg, server_round)
-            states.append({k: v.clone() for k, v in model.state_dict().items()})
-            weights.append(result.num_examples)
-        global_state = weighted_average(states, weights)
-        validated = global_state
-        if decay is not None:
-            numpy_state = {k: v.numpy() for k, v in global_state.items()}
-            average = averaging.update(average, numpy_state, decay, server_round)
-            validated = {
-                k: torch.from_numpy(v) for k, v in averaging.in_dtypes(average, dtypes).items()
-            }
-        model.load_state_dict(validated)
-        confusion = sum(
-            np.asarray(local_evaluate(model, s.splits.val, s.splits.classes)["confusion"])
-            for s in sites
-        )
-        k = len(sites[0].splits.classes)
-        history.append({"round": server_round, **pooled_metrics(confusion.reshape(k, k))})
-    return {
-        "seconds": time.perf_counter() - t0,
-        "load_seconds": load_seconds,
-        "history": history,
-        "state": global_state,
-        "validated_state": validated,
-    }
