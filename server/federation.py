@@ -42,7 +42,7 @@ from task.engine import predict
 from task.federated import uses_bf16
 from task.metrics import clinical_metrics
 from task.models import build_model, count_parameters
-from task.privacy import CentralDP, privacy_of
+from task.privacy import CentralDP, LocalDP, privacy_of
 from task.report import comparison_line, write_json, write_run_outputs
 
 log = logging.getLogger(__name__)
@@ -238,6 +238,10 @@ def run_federation(cfg: DictConfig, grid: Grid) -> dict[str, Any]:
     data = instantiate(cfg.data).load(preprocess=instantiate(cfg.transforms.preprocess))
     classes = data.classes
     model = build_model(cfg.model, data.in_shape, len(classes), dp_compatible=tracker.enabled)
+    if isinstance(privacy, LocalDP):  # a network Opacus cannot train fails here, not at round 1
+        from task.privacy.dpsgd import check_per_example_gradients
+
+        check_per_example_gradients(model, data.in_shape)
     if state is not None:
         # Through the model, so that the global arrays have its dtypes (checkpoints written
         # before the dtype fix in CheckpointedStrategy hold float64 BatchNorm counters).

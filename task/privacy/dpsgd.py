@@ -13,6 +13,7 @@ code, a deployed ClientApp per message included, paid it with DP off.
 
 from __future__ import annotations
 
+import copy
 import logging
 import secrets
 import warnings
@@ -52,6 +53,29 @@ def make_compatible(model: nn.Module) -> nn.Module:
             type(model).__name__,
         )
     return fixed
+
+
+def check_per_example_gradients(model: nn.Module, in_shape: tuple[int, ...]) -> None:
+    """Raise ``ValueError`` unless Opacus can compute per-example gradients of ``model``.
+
+    One forward and backward pass of two zero images through Opacus's hooks, on a copy.
+    Why: some networks fail only there, at the first private step of every site (MONAI's
+    ResNet adds its shortcut in place, ``out += residual``, on the output of a hooked
+    layer), so a local-DP federation checks its network before the first round.
+    """
+    from opacus import GradSampleModule
+
+    trial = GradSampleModule(copy.deepcopy(model).train())
+    try:
+        trial(torch.zeros(2, *in_shape)).sum().backward()
+    except RuntimeError as err:
+        raise ValueError(
+            f"{type(model).__name__} cannot be trained with local DP-SGD: Opacus's per-example "
+            f"gradients fail on it ({str(err).splitlines()[0][:160]}); choose a network "
+            "without in-place operations on layer outputs, e.g. model=dp_cnn or small_cnn"
+        ) from err
+    finally:
+        trial.remove_hooks()
 
 
 def secret_generator() -> torch.Generator:

@@ -6,16 +6,7 @@ import json
 from pathlib import Path
 
 from scripts.fedavg_reference import main
-
-TINY = [
-    "logger=none",
-    "secure=none",
-    "data.limit=120",
-    "federation.num_rounds=2",
-    "train.batch_size=32",
-    "model=small_cnn",
-    "model.channels=[4,8,8,8]",
-]
+from tests.task.test_reference import TINY
 
 
 def test_writes_the_timing_and_the_last_round(tmp_path: Path) -> None:

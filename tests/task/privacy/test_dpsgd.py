@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -11,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from task.config import compose_config
 from task.models import build_model
 from task.privacy import Accountant
-from task.privacy.dpsgd import steps_per_epoch, train_private
+from task.privacy.dpsgd import check_per_example_gradients, steps_per_epoch, train_private
 
 
 def test_batchnorm_becomes_groupnorm_and_the_log_says_so(caplog) -> None:
@@ -62,3 +63,18 @@ def test_noise_is_not_reproducible_from_the_run_seed() -> None:
     a, _ = _run(Accountant())
     b, _ = _run(Accountant())
     assert not torch.equal(a[0].weight, b[0].weight)
+
+
+def test_a_network_opacus_cannot_train_is_refused_by_name_and_dp_cnn_passes() -> None:
+    """MONAI's ResNet adds its shortcut in place on a hooked layer's output: per-example
+    gradients fail on it, so the check refuses it before any round; dp_cnn trains."""
+    resnet_cfg = compose_config(["model=small_resnet_s2"])
+    resnet = build_model(resnet_cfg.model, (1, 28, 28), 2, dp_compatible=True)
+    with pytest.raises(ValueError, match="ResNet cannot be trained with local DP-SGD"):
+        check_per_example_gradients(resnet, (1, 28, 28))
+    cfg = compose_config(["model=dp_cnn"])
+    model = build_model(cfg.model, (1, 28, 28), 2, dp_compatible=True)
+    before = [p.detach().clone() for p in model.parameters()]
+    check_per_example_gradients(model, (1, 28, 28))
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+    assert all(p.grad is None for p in model.parameters())  # the trial ran on a copy
