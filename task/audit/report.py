@@ -59,7 +59,11 @@ def write_report(result: dict[str, Any], path: Path) -> Path:
         "victim's step replayed exactly (dropout off, BatchNorm in inference mode): an upper "
         "bound on what leaks. Scores compare each reconstruction with its true image "
         "(best one-to-one match in a batch) on the [0, 1] scale: SSIM and PSNR from "
-        "`monai.metrics`, and MSE.",
+        "`monai.metrics`, and MSE. Views: `plain`, one site's update; `dp`, the same under "
+        "local DP-SGD; `secure`, the secure sum of the sites' one-step updates (a federation "
+        "with `local_steps=1`); `secure_round`, the secure sum of the sites' whole rounds (a "
+        "local epoch each, as the default federation trains), scored against every image the "
+        "target site trained on.",
         "",
         f"Local DP view: Opacus DP-SGD step at σ = {dp['noise_multiplier']:.3f}, clipping "
         f"{dp['max_grad_norm']}, the σ a site of the default federation uses for "

@@ -35,7 +35,7 @@ from task.sites import partition_site
 
 log = logging.getLogger(__name__)
 
-VIEWS = ("plain", "dp", "secure")
+VIEWS = ("plain", "dp", "secure", "secure_round")
 
 
 def verdict(ssim: float, prior: float, recovered_margin: float, margin: float) -> str:
@@ -90,14 +90,21 @@ def run_audit(cfg: DictConfig, run_dir: Path, model_option: str) -> dict[str, An
     labels = torch.from_numpy(data.train.labels).long()
     mean_image = _to_unit(images.mean(dim=0, keepdim=True), mean, std)
     entries: list[dict[str, Any]] = []
+    k, per_site = int(a.secure_sites), int(a.round_images)
     for b in a.batch_sizes:
-        picks = rng.choice(len(images), size=int(b) * int(a.secure_sites), replace=False)
-        batches = [
-            (images[picks[i * b : (i + 1) * b]], labels[picks[i * b : (i + 1) * b]])
-            for i in range(int(a.secure_sites))
+        if per_site % int(b):
+            raise ValueError(f"audit.round_images={per_site} is not a multiple of batch {b}")
+        picks = rng.choice(len(images), size=per_site * k, replace=False)
+        # Each site's round images; its first batch is what one-step views train on.
+        rounds = [
+            (
+                images[picks[i * per_site : (i + 1) * per_site]],
+                labels[picks[i * per_site : (i + 1) * per_site]],
+            )
+            for i in range(k)
         ]
+        batches = [(xs[:b], ys[:b]) for xs, ys in rounds]
         x, y = batches[0]  # the target site's batch
-        truth = _to_unit(x, mean, std)
         for view in a.views:
             victim = dp_model if view == "dp" else model
             if view == "plain":
@@ -111,15 +118,23 @@ def run_audit(cfg: DictConfig, run_dir: Path, model_option: str) -> dict[str, An
                     max_grad_norm=float(a.dp.max_grad_norm),
                     generator=secret_generator(),
                 )
-            else:
+            elif view == "secure":
                 target = views.secure_sum_update(victim, batches)
-            # Against the sum, the strongest attacker reconstructs every site's images (it
-            # knows all labels) and keeps the best matches to the target site's images.
+            else:
+                target = views.round_update(victim, rounds, batch_size=int(b), lr=float(a.round_lr))
+            # Against a sum, the strongest attacker reconstructs every site's images (it
+            # knows all labels) and keeps the best matches to the target site's images:
+            # one batch per site, scored against the target site's first batch (for the
+            # round view, against all the images the target site trained on that round).
             ax, ay = (
                 (torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
-                if (view == "secure")
+                if view in ("secure", "secure_round")
                 else (x, y)
             )
+            if view == "secure_round":
+                truth = _to_unit(rounds[0][0], mean, std)
+            else:
+                truth = _to_unit(x, mean, std)
             attacks = ["inverting_gradients"] + (["dlg"] if view == "plain" else [])
             for attack in attacks:
                 t0 = time.perf_counter()
@@ -151,8 +166,10 @@ def run_audit(cfg: DictConfig, run_dir: Path, model_option: str) -> dict[str, An
                 }
                 if view == "dp":
                     entry |= {"noise_multiplier": sigma, "epsilon": float(a.dp.epsilon)}
-                if view == "secure":
-                    entry["sites_in_sum"] = int(a.secure_sites)
+                if view in ("secure", "secure_round"):
+                    entry["sites_in_sum"] = k
+                if view == "secure_round":
+                    entry["images_per_site"] = per_site
                 log.info("%s", {k: v for k, v in entry.items() if k != "verdict"})
                 entries.append(entry)
     return {

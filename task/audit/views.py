@@ -7,7 +7,10 @@ gradient the server can compute from the weights it receives (``(w_global - w_si
 * ``dp``: the same step under local DP-SGD (Opacus: per-example clipping and Gaussian noise
   at the σ a site would use for its ε);
 * ``secure``: only the example-weighted mean of ``k`` sites' updates, as our secure
-  aggregation server sees it.
+  aggregation server sees it, when every site's round is one step (``local_steps=1``);
+* ``secure_round``: the same mean when every site trains its round as the federation does,
+  a local epoch over its images, here with plain SGD so that the update stays as close to a
+  gradient (the attacker's model of it) as multi-step training allows.
 
 The victim's step is computed with dropout off and BatchNorm in inference mode, so the
 attacker can replay it exactly: the strongest attacker, an upper bound on leakage.
@@ -51,6 +54,41 @@ def secure_sum_update(
             else [o + w * g for o, g in zip(out, grads, strict=True)]
         )
     return out
+
+
+def round_update(
+    model: nn.Module,
+    sites: list[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    batch_size: int,
+    lr: float,
+) -> list[torch.Tensor]:
+    """The mean of the sites' whole-round updates, as a gradient: each site takes one SGD
+    pass over its images in batches of ``batch_size`` from the global model, and the result
+    is ``(w_global - mean of w_site) / (lr * steps)``, the average gradient to first order.
+
+    Plain SGD, dropout off and BatchNorm in inference mode: of the local optimisers, the one
+    whose update an attacker can best read as a gradient (an upper bound on leakage).
+    """
+    total = sum(len(y) for _, y in sites)
+    out: list[torch.Tensor] | None = None
+    steps = 0
+    for images, labels in sites:
+        local = copy.deepcopy(model).eval()
+        params = _params(local)
+        before = [p.detach().clone() for p in params]
+        optimizer = torch.optim.SGD(params, lr=lr)
+        steps = 0
+        for start in range(0, len(labels), batch_size):
+            optimizer.zero_grad()
+            x, y = images[start : start + batch_size], labels[start : start + batch_size]
+            nn.functional.cross_entropy(local(x), y).backward()
+            optimizer.step()
+            steps += 1
+        w = len(labels) / total
+        moved = [w * (b - p.detach()) for b, p in zip(before, params, strict=True)]
+        out = moved if out is None else [o + m for o, m in zip(out, moved, strict=True)]
+    return [o / (lr * steps) for o in out]
 
 
 def dp_update(

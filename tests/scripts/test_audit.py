@@ -25,6 +25,7 @@ def test_audit_writes_json_report_and_grids(tmp_path: Path) -> None:
         [
             *AUDIT,
             "audit.batch_sizes=[1,2]",
+            "audit.round_images=4",
             "audit.attack.steps=20",
             "audit.dlg_steps=20",
             "audit.model_inversion.steps=20",
@@ -36,8 +37,9 @@ def test_audit_writes_json_report_and_grids(tmp_path: Path) -> None:
     audit = json.loads((run_dir / "audit.json").read_text())
     entries = audit["gradient_inversion"]
     assert {(e["view"], e["batch_size"]) for e in entries} == {
-        (v, b) for v in ("plain", "dp", "secure") for b in (1, 2)
+        (v, b) for v in ("plain", "dp", "secure", "secure_round") for b in (1, 2)
     }
+    assert {e["images_per_site"] for e in entries if e["view"] == "secure_round"} == {4}
     assert {e["attack"] for e in entries if e["view"] == "plain"} == {"inverting_gradients", "dlg"}
     for e in [*entries, *audit["model_inversion"]]:
         assert -1 <= e["ssim"] <= 1 and e["mse"] >= 0 and e["verdict"]
@@ -45,6 +47,7 @@ def test_audit_writes_json_report_and_grids(tmp_path: Path) -> None:
     assert [e["class"] for e in audit["model_inversion"]] == ["normal", "pneumonia"]
     report = (run_dir / "report.md").read_text()
     assert "| secure | 2 | inverting_gradients |" in report
+    assert "| secure_round | 2 | inverting_gradients |" in report
     assert "site-0 2.99" in report
 
 
@@ -52,3 +55,12 @@ def test_unknown_view_is_refused(tmp_path: Path) -> None:
     proc = _call([*AUDIT, "audit.views=[plain,server]", f"hydra.run.dir={tmp_path}"], timeout=300)
     assert proc.returncode != 0
     assert "audit.views has ['server']" in proc.stdout + proc.stderr
+
+
+def test_round_images_must_split_into_every_batch(tmp_path: Path) -> None:
+    proc = _call(
+        [*AUDIT, "audit.batch_sizes=[1,3]", "audit.round_images=4", f"hydra.run.dir={tmp_path}"],
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "audit.round_images=4 is not a multiple of batch 3" in proc.stdout + proc.stderr
