@@ -98,6 +98,8 @@ def fedavg_reference(cfg: DictConfig, workers: int | None = None) -> dict:
     ``workers`` sites at a time (default: as the simulation, :func:`parallelism`).
     ``seconds`` runs from the first site's data loading to the end of the last round.
     """
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers={workers} must be at least 1")
     fed = cfg.federation
     n_sites, n_rounds = int(fed.num_sites), int(fed.num_rounds)
     default_workers, threads = parallelism(cfg)
@@ -110,7 +112,6 @@ def fedavg_reference(cfg: DictConfig, workers: int | None = None) -> dict:
         def run(method: str, *per_site: list) -> list:
             return [getattr(local, method)(*args) for args in zip(*per_site, strict=True)]
 
-        initial = local.initial_state()
     else:
         cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         pool = ProcessPoolExecutor(
@@ -123,9 +124,10 @@ def fedavg_reference(cfg: DictConfig, workers: int | None = None) -> dict:
         def run(method: str, *per_site: list) -> list:
             return list(pool.map(_call, [method] * n_sites, *per_site))
 
-        initial = pool.submit(_call, "initial_state").result()
     try:
-        global_state = initial
+        global_state = (
+            local.initial_state() if pool is None else pool.submit(_call, "initial_state").result()
+        )
         dtypes = {k: v.numpy().dtype for k, v in global_state.items()}
         decay = averaging.check_decay(fed.ema_decay)
         average, history = None, []

@@ -53,3 +53,8 @@ def test_worker_processes_compute_what_one_process_does() -> None:
                 logits.append(model(images))
         torch.testing.assert_close(logits[0], logits[1], atol=5e-3, rtol=1e-3)
     assert one["history"][-1]["num-examples"] == two["history"][-1]["num-examples"] > 0
+
+
+def test_a_bad_worker_count_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="workers=0 must be at least 1"):
+        fedavg_reference(compose_config(TINY), workers=0)
