@@ -118,9 +118,11 @@ def test_folder_source_requires_train_path() -> None:
 
 def test_audit_config_composes_and_builds_its_attack() -> None:
     from task.audit.inversion import AttackSettings
+    from task.audit.run import VIEWS
 
     cfg = _compose([], name="audit")
     OmegaConf.resolve(cfg)
     assert isinstance(instantiate(cfg.audit.attack), AttackSettings)
     assert list(cfg.audit.batch_sizes) == [1, 4, 16]
-    assert set(cfg.audit.views) == {"plain", "dp", "secure"}
+    assert set(cfg.audit.views) == set(VIEWS)  # every view runs by default
+    assert all(cfg.audit.round_images % b == 0 for b in cfg.audit.batch_sizes)
