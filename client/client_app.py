@@ -38,10 +38,15 @@ def _config(overrides: tuple[str, ...]):
     return compose_config(overrides)
 
 
-def _cfg(context: Context, overrides: Sequence[str] | None):
+def _overrides(context: Context, overrides: Sequence[str] | None) -> tuple[str, ...]:
+    """The app's overrides, or (deployment) those of the run config."""
     if overrides is None:
         overrides = overrides_from_run_config(context.run_config)
-    return _config(tuple(overrides))
+    return tuple(overrides)
+
+
+def _cfg(context: Context, overrides: Sequence[str] | None):
+    return _config(_overrides(context, overrides))
 
 
 @cache
@@ -64,15 +69,13 @@ def _prepared(
 
 
 def _setup(msg: Message, context: Context, overrides: Sequence[str] | None):
-    if overrides is None:
-        overrides = overrides_from_run_config(context.run_config)
     config = msg.content.config_records.get("config")
     normalisation = None
     if config is not None and NORM_MEAN in config:
         # The federation's own intensity statistics (federation.secure_normalisation).
         normalisation = (float(config[NORM_MEAN]), float(config[NORM_STD]))
     node_items = tuple(sorted(context.node_config.items()))
-    cfg, site, model_yaml = _prepared(tuple(overrides), normalisation, node_items)
+    cfg, site, model_yaml = _prepared(_overrides(context, overrides), normalisation, node_items)
     dp_compatible = privacy_of(cfg).name != "none"
     shape, n_classes = site.splits.in_shape, len(site.splits.classes)
     if dp_compatible:  # Opacus leaves its marks on a module it wrapped: a fresh one each time

@@ -111,9 +111,14 @@ class FederationPrivacy:
         return {
             "sites": self.site_reports,
             "refusals": self.refusals,
+            # Only central DP steps the accountant; otherwise the history is as loaded.
             "history": [
                 list(h)
-                for h in (self.accountant.history if "accountant" in vars(self) else self._history)
+                for h in (
+                    self.accountant.history
+                    if isinstance(self.privacy, CentralDP)
+                    else self._history
+                )
             ],
         }
 

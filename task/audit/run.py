@@ -107,6 +107,7 @@ def run_audit(cfg: DictConfig, run_dir: Path, model_option: str) -> dict[str, An
         x, y = batches[0]  # the target site's batch
         for view in a.views:
             victim = dp_model if view == "dp" else model
+            summed = view in ("secure", "secure_round")
             if view == "plain":
                 target = views.plain_update(victim, x, y)
             elif view == "dp":
@@ -128,7 +129,7 @@ def run_audit(cfg: DictConfig, run_dir: Path, model_option: str) -> dict[str, An
             # round view, against all the images the target site trained on that round).
             ax, ay = (
                 (torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
-                if view in ("secure", "secure_round")
+                if summed
                 else (x, y)
             )
             if view == "secure_round":
@@ -166,7 +167,7 @@ def run_audit(cfg: DictConfig, run_dir: Path, model_option: str) -> dict[str, An
                 }
                 if view == "dp":
                     entry |= {"noise_multiplier": sigma, "epsilon": float(a.dp.epsilon)}
-                if view in ("secure", "secure_round"):
+                if summed:
                     entry["sites_in_sum"] = k
                 if view == "secure_round":
                     entry["images_per_site"] = per_site

@@ -39,21 +39,43 @@ def plain_update(
     return [g.detach() for g in torch.autograd.grad(loss, _params(model))]
 
 
+def _example_weighted_mean(
+    sites: list[tuple[torch.Tensor, torch.Tensor]], per_site: list[list[torch.Tensor]]
+) -> list[torch.Tensor]:
+    """The mean of the sites' gradients weighted by their example counts: what a secure
+    aggregation server learns of them."""
+    total = sum(len(y) for _, y in sites)
+    weights = [len(y) / total for _, y in sites]
+    return [
+        sum(w * g for w, g in zip(weights, parts, strict=True))
+        for parts in zip(*per_site, strict=True)
+    ]
+
+
 def secure_sum_update(
     model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]
 ) -> list[torch.Tensor]:
     """The example-weighted mean of the sites' one-step updates: all the server learns."""
-    total = sum(len(y) for _, y in batches)
-    out = None
-    for images, labels in batches:
-        grads = plain_update(model, images, labels)
-        w = len(labels) / total
-        out = (
-            [w * g for g in grads]
-            if out is None
-            else [o + w * g for o, g in zip(out, grads, strict=True)]
-        )
-    return out
+    return _example_weighted_mean(batches, [plain_update(model, x, y) for x, y in batches])
+
+
+def _round_gradient(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int, lr: float
+) -> list[torch.Tensor]:
+    """One site's SGD pass over its images from ``model``, as ``(w_before - w_after) /
+    (lr * steps)``: its average gradient to first order."""
+    local = copy.deepcopy(model).eval()
+    params = _params(local)
+    before = [p.detach().clone() for p in params]
+    optimizer = torch.optim.SGD(params, lr=lr)
+    steps = 0
+    for start in range(0, len(labels), batch_size):
+        optimizer.zero_grad()
+        x, y = images[start : start + batch_size], labels[start : start + batch_size]
+        nn.functional.cross_entropy(local(x), y).backward()
+        optimizer.step()
+        steps += 1
+    return [(b - p.detach()) / (lr * steps) for b, p in zip(before, params, strict=True)]
 
 
 def round_update(
@@ -64,31 +86,16 @@ def round_update(
     lr: float,
 ) -> list[torch.Tensor]:
     """The mean of the sites' whole-round updates, as a gradient: each site takes one SGD
-    pass over its images in batches of ``batch_size`` from the global model, and the result
-    is ``(w_global - mean of w_site) / (lr * steps)``, the average gradient to first order.
+    pass over its images in batches of ``batch_size`` from the global model; the server
+    learns the example-weighted mean of ``(w_global - w_site) / (lr * steps)``, the average
+    gradient to first order.
 
     Plain SGD, dropout off and BatchNorm in inference mode: of the local optimisers, the one
     whose update an attacker can best read as a gradient (an upper bound on leakage).
     """
-    total = sum(len(y) for _, y in sites)
-    out: list[torch.Tensor] | None = None
-    steps = 0
-    for images, labels in sites:
-        local = copy.deepcopy(model).eval()
-        params = _params(local)
-        before = [p.detach().clone() for p in params]
-        optimizer = torch.optim.SGD(params, lr=lr)
-        steps = 0
-        for start in range(0, len(labels), batch_size):
-            optimizer.zero_grad()
-            x, y = images[start : start + batch_size], labels[start : start + batch_size]
-            nn.functional.cross_entropy(local(x), y).backward()
-            optimizer.step()
-            steps += 1
-        w = len(labels) / total
-        moved = [w * (b - p.detach()) for b, p in zip(before, params, strict=True)]
-        out = moved if out is None else [o + m for o, m in zip(out, moved, strict=True)]
-    return [o / (lr * steps) for o in out]
+    return _example_weighted_mean(
+        sites, [_round_gradient(model, x, y, batch_size, lr) for x, y in sites]
+    )
 
 
 def dp_update(
