@@ -58,7 +58,8 @@ def update(
         elif average is None or key not in average:
             out[key] = value.astype(np.float64)
         else:
-            out[key] = d * average[key] + (1.0 - d) * value.astype(np.float64)
+            # asarray: arithmetic on 0-d arrays gives NumPy scalars, not arrays
+            out[key] = np.asarray(d * average[key] + (1.0 - d) * value.astype(np.float64))
     return out
 
 

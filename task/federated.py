@@ -17,12 +17,13 @@ from hydra.utils import instantiate
 from monai.utils import set_determinism
 from omegaconf import DictConfig
 
+from task.calibration import has_calibration, site_moments
 from task.constants import SCORE_BINS
 from task.data.splits import Split
 from task.engine import class_weights, mean_loss, predict, train_epoch
 from task.metrics import clinical_metrics
 from task.privacy import CentralDP, LocalDP, privacy_of
-from task.privacy.dpsgd import train_private
+from task.privacy.dpsgd import secret_generator, train_private
 from task.privacy.ledger import SiteLedger, plan_round
 from task.privacy.update_noise import clip_and_noise
 from task.sites import Site
@@ -138,8 +139,29 @@ def _local_train_dp(
         local_steps=fed.local_steps,
         local_epochs=int(fed.local_epochs),
         num_rounds=int(fed.num_rounds),
+        calibration=has_calibration(model),
     )
+    calibrating = has_calibration(model) and model.needs_calibration()
+    if calibrating:  # spent before the check, which then covers release and round together
+        ledger.accountant.step(*privacy.calibration_history()[0])
     ledger.check(plan)  # raises BudgetExhausted before touching the data
+    if calibrating:
+        model.set_moments(
+            *site_moments(
+                model,
+                train.images,
+                clip=privacy.calibration_clip,
+                noise_multiplier=privacy.calibration_noise,
+                generator=secret_generator(),
+            )
+        )
+        log.info(
+            "site %s: feature moments released once with Gaussian noise σ=%g (clip %g·√F), "
+            "accounted in the ledger",
+            site.name,
+            privacy.calibration_noise,
+            privacy.calibration_clip,
+        )
     lr, optimizer, loss_fn, loader = _round_setup(model, site, cfg, server_round)
     stats = train_private(
         model,
@@ -171,6 +193,8 @@ def _local_train_plain(
     model: torch.nn.Module, site: Site, cfg: DictConfig, server_round: int, proximal_mu: float
 ) -> LocalResult:
     fed = cfg.federation
+    if has_calibration(model) and model.needs_calibration():  # exact: no DP to account
+        model.set_moments(*site_moments(model, site.splits.train.images))
     lr, optimizer, loss_fn, loader = _round_setup(model, site, cfg, server_round)
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu else None
     # One local pass: the same loop, layout and precision for epochs and for local steps.

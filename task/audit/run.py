@@ -26,6 +26,7 @@ from task.audit.inversion import AttackSettings, dlg, inverting_gradients
 from task.audit.model_inversion import class_representative, nearest_image
 from task.audit.report import save_grid
 from task.audit.scores import prior_ssim, score
+from task.calibration import class_has_calibration
 from task.config import compose_config
 from task.models import build_model
 from task.privacy import LocalDP
@@ -60,6 +61,7 @@ def federation_sigma(dp: DictConfig) -> float:
         local_steps=cfg.federation.local_steps,
         local_epochs=int(cfg.federation.local_epochs),
         num_rounds=int(cfg.federation.num_rounds),
+        calibration=class_has_calibration(str(cfg.model._target_)),
     )
     return plan.noise_multiplier
 

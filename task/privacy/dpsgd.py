@@ -32,6 +32,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Torch's warning when a hooked layer's input needs no gradient: Opacus's hooks then fire
+#: on the output side, which is all per-example gradients need. It comes every step from a
+#: network whose first trained layer follows a fixed transform (dp_scatternet).
+NO_INPUT_GRAD_WARNING = "Full backward hook is firing when gradients are computed with respect"
+
 
 def make_compatible(model: nn.Module) -> nn.Module:
     """Opacus's ``ModuleValidator.fix`` (BatchNorm becomes GroupNorm), then validated.
@@ -67,12 +72,14 @@ def check_per_example_gradients(model: nn.Module, in_shape: tuple[int, ...]) -> 
 
     trial = GradSampleModule(copy.deepcopy(model).train())
     try:
-        trial(torch.zeros(2, *in_shape)).sum().backward()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=NO_INPUT_GRAD_WARNING)
+            trial(torch.zeros(2, *in_shape)).sum().backward()
     except RuntimeError as err:
         raise ValueError(
             f"{type(model).__name__} cannot be trained with local DP-SGD: Opacus's per-example "
             f"gradients fail on it ({str(err).splitlines()[0][:160]}); choose a network "
-            "without in-place operations on layer outputs, e.g. model=dp_cnn or small_cnn"
+            "without in-place operations on layer outputs, e.g. model=dp_scatternet or dp_cnn"
         ) from err
     finally:
         trial.remove_hooks()
@@ -138,11 +145,15 @@ def train_private(
     )
     done, total_loss, n_examples = 0, 0.0, 0
     try:
-        while done < steps:
-            stats = train_epoch(private, dp_loader, dp_optimizer, loss_fn, max_steps=steps - done)
-            done += int(stats["steps"])
-            total_loss += stats["loss"] * stats["num_examples"]
-            n_examples += int(stats["num_examples"])
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=NO_INPUT_GRAD_WARNING)
+            while done < steps:
+                stats = train_epoch(
+                    private, dp_loader, dp_optimizer, loss_fn, max_steps=steps - done
+                )
+                done += int(stats["steps"])
+                total_loss += stats["loss"] * stats["num_examples"]
+                n_examples += int(stats["num_examples"])
     finally:
         private.remove_hooks()
     return {"loss": total_loss / max(n_examples, 1), "num_examples": n_examples, "steps": done}

@@ -40,13 +40,17 @@ def plan_round(
     local_steps: int | None,
     local_epochs: int,
     num_rounds: int,
+    calibration: bool = False,
 ) -> RoundPlan:
-    """Steps per round and σ, from the planned rounds and local work (before training)."""
+    """Steps per round and σ, from the planned rounds and local work (before training).
+
+    ``calibration``: the network's feature moments are released once (round 1) and the
+    planned rounds' σ leaves room for it, in every round alike."""
     if n_train < 1:
         raise ValueError("cannot plan DP-SGD for a site without training examples")
     per_epoch = steps_per_epoch(n_train, batch_size)
     steps = int(local_steps) if local_steps else int(local_epochs) * per_epoch
-    sigma = settings.noise_for(1.0 / per_epoch, steps * num_rounds)
+    sigma = settings.noise_for(1.0 / per_epoch, steps * num_rounds, calibration=calibration)
     return RoundPlan(sigma, 1.0 / per_epoch, steps, num_rounds)
 
 

@@ -38,11 +38,20 @@ def _check_common(epsilon: float | None, delta: float, noise_multiplier: float |
         raise ValueError(f"privacy.noise_multiplier={noise_multiplier} must be positive")
 
 
-def calibrate(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+def calibrate(
+    epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    prior: tuple[tuple[float, float, int], ...] = (),
+) -> float:
     """The smallest noise multiplier (to ``EPSILON_TOLERANCE``) with ε ≤ ``epsilon`` after
-    ``steps`` steps at ``sample_rate`` (Opacus's RDP search)."""
+    ``steps`` steps at ``sample_rate`` (Opacus's RDP search), on top of the mechanisms in
+    ``prior`` (``(noise multiplier, sample rate, steps)`` entries, spent as well)."""
     if steps < 1:
         raise ValueError(f"cannot calibrate noise for {steps} planned steps")
+    if prior:
+        return _calibrate_after(epsilon, delta, sample_rate, steps, prior)
     # Imported here, not with the module: see task.privacy.dpsgd.
     from opacus.accountants.utils import get_noise_multiplier
 
@@ -63,6 +72,37 @@ def calibrate(epsilon: float, delta: float, sample_rate: float, steps: int) -> f
     return float(sigma)
 
 
+def _calibrate_after(
+    epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    prior: tuple[tuple[float, float, int], ...],
+) -> float:
+    """:func:`calibrate` with earlier mechanisms: a bisection on σ, as Opacus's, over the
+    RDP composition of ``prior`` and the planned steps."""
+    from task.privacy.accountant import Accountant
+
+    def spent(sigma: float) -> float:
+        return Accountant([*prior, (sigma, sample_rate, steps)]).epsilon(delta)
+
+    floor = Accountant(list(prior)).epsilon(delta)
+    if floor >= epsilon:
+        raise ValueError(
+            f"privacy.epsilon={epsilon} cannot be reached at delta={delta}: the feature "
+            f"calibration alone spends ε={floor:.3f}"
+        )
+    low, high = 0.0, 10.0
+    while spent(high) > epsilon:
+        low, high = high, 2 * high
+        if high > 1e4:
+            raise ValueError(f"privacy.epsilon={epsilon} cannot be reached at delta={delta}")
+    while epsilon - spent(high) > EPSILON_TOLERANCE:
+        mid = (low + high) / 2
+        low, high = (mid, high) if spent(mid) > epsilon else (low, mid)
+    return float(high)
+
+
 @dataclass(frozen=True)
 class NoPrivacy:
     """``privacy=none``: no formal guarantee (secure aggregation still hides updates)."""
@@ -80,24 +120,43 @@ class LocalDP:
         delta: δ of the guarantee; should be below 1 / (examples at the site).
         noise_multiplier: fixed σ instead of calibrating it from ``epsilon``.
         max_grad_norm: per-sample gradient clipping bound C.
+        calibration_noise: σ of the one Gaussian release of a site's feature moments, for
+            networks that standardise with them (``model=dp_scatternet``; see
+            :mod:`task.calibration`).
+        calibration_clip: clipping bound of each example's moment vector, in units of
+            ``sqrt(features)`` (the norm of its first half after GroupNorm).
     """
 
     epsilon: float | None = 3.0
     delta: float = 1e-5
     noise_multiplier: float | None = None
     max_grad_norm: float = 1.0
+    calibration_noise: float = 2.0
+    calibration_clip: float = 2.0
     name: str = "local_dp"
 
     def __post_init__(self) -> None:
         _check_common(self.epsilon, self.delta, self.noise_multiplier)
         if not self.max_grad_norm > 0:
             raise ValueError(f"privacy.max_grad_norm={self.max_grad_norm} must be positive")
+        for key in ("calibration_noise", "calibration_clip"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"privacy.{key}={getattr(self, key)} must be positive")
 
-    def noise_for(self, sample_rate: float, planned_steps: int) -> float:
-        """σ for a site: given, or calibrated so the planned steps spend ``epsilon``."""
+    def calibration_history(self) -> tuple[tuple[float, float, int], ...]:
+        """The feature calibration as accountant entries: one Gaussian mechanism, every
+        example included (sample rate 1)."""
+        return ((float(self.calibration_noise), 1.0, 1),)
+
+    def noise_for(
+        self, sample_rate: float, planned_steps: int, *, calibration: bool = False
+    ) -> float:
+        """σ for a site: given, or calibrated so the planned steps (after the feature
+        calibration, when the network has one) spend ``epsilon``."""
         if self.noise_multiplier is not None:
             return float(self.noise_multiplier)
-        return calibrate(float(self.epsilon), self.delta, sample_rate, planned_steps)
+        prior = self.calibration_history() if calibration else ()
+        return calibrate(float(self.epsilon), self.delta, sample_rate, planned_steps, prior)
 
 
 @dataclass(frozen=True)

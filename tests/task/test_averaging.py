@@ -52,3 +52,11 @@ def test_a_bad_decay_is_refused_by_name(bad) -> None:
 def test_none_means_no_average() -> None:
     assert averaging.check_decay(None) is None
     assert averaging.check_decay(0.7) == 0.7
+
+
+def test_zero_dimensional_float_arrays_stay_arrays() -> None:
+    # NumPy arithmetic on 0-d arrays gives scalars, which torch.from_numpy refuses.
+    avg = averaging.update(None, {"c": np.array(1.0, dtype=np.float32)}, 0.7, 1)
+    avg = averaging.update(avg, {"c": np.array(0.0, dtype=np.float32)}, 0.7, 2)
+    out = averaging.in_dtypes(avg, {"c": np.dtype(np.float32)})
+    assert isinstance(out["c"], np.ndarray) and out["c"].shape == () and 0 < out["c"] < 1

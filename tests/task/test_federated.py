@@ -89,3 +89,29 @@ def test_local_steps_take_precedence(cfg) -> None:
     model = build_model(cfg.model, site.splits.in_shape, 2)
     r = local_train(model, site, steps_cfg, server_round=1)
     assert r.num_examples == 2 * cfg.train.batch_size
+
+
+def test_local_dp_calibrates_the_moments_once_and_accounts_the_release(tmp_path) -> None:
+    from task.privacy import privacy_of
+    from task.privacy.ledger import SiteLedger
+
+    dp_cfg = compose_config(
+        ["data.limit=300", "privacy=local_dp", "federation.num_rounds=3", "train.batch_size=32"]
+    )
+    privacy = privacy_of(dp_cfg)
+    site = partition_site(dp_cfg, 0, 3)
+    ledger = SiteLedger(privacy, tmp_path, site.name)
+    model = build_model(dp_cfg.model, site.splits.in_shape, 2, dp_compatible=True)
+    assert model.needs_calibration()
+    first = local_train(model, site, dp_cfg, server_round=1, ledger=ledger)
+    assert not model.needs_calibration()
+    assert ledger.accountant.history[0] == privacy.calibration_history()[0]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    # Round 2 receives the calibrated model: no second release, only DP-SGD steps.
+    model = build_model(dp_cfg.model, site.splits.in_shape, 2, dp_compatible=True)
+    model.load_state_dict(state)
+    second = local_train(model, site, dp_cfg, server_round=2, ledger=ledger)
+    releases = [h for h in ledger.accountant.history if h[1] == 1.0]  # DP-SGD samples: q < 1
+    assert releases == [privacy.calibration_history()[0]]
+    assert torch.equal(model.feature_mean, state["feature_mean"])  # buffers are not trained
+    assert first.privacy["epsilon"] < second.privacy["epsilon"] <= privacy.epsilon

@@ -88,3 +88,15 @@ def test_unreadable_ledger_is_refused_not_reset(tmp_path) -> None:
 def test_impossible_mechanisms_are_refused(bad) -> None:
     with pytest.raises(ValueError, match="cannot account"):
         Accountant().step(*bad)
+
+
+def test_calibration_after_a_prior_release_spends_the_target_in_total() -> None:
+    # The feature moments' one Gaussian release (task.calibration) comes first; DP-SGD's σ
+    # then leaves room for it, and the two together spend the target per dp-accounting.
+    prior = ((2.0, 1.0, 1),)
+    q, steps = 1 / 6, 6 * 36
+    sigma = calibrate(3.0, DELTA, q, steps, prior)
+    assert 2.98 <= _reference([*prior, (sigma, q, steps)]) <= 3.0
+    assert sigma > calibrate(3.0, DELTA, q, steps)
+    with pytest.raises(ValueError, match="feature calibration alone spends"):
+        calibrate(1.0, DELTA, q, steps, prior)
