@@ -1,10 +1,11 @@
 """Privacy against utility, one run, side by side: ``python -m scripts.bench_dp``.
 
-PneumoniaMNIST, 3 simulated sites, secure aggregation on, δ = 1e-5, the default network
-and rounds: test AUC, ACC and MCC at ε ∈ {1, 3, 8} for local DP-SGD (per site, example
-level) and for central DP (site level, noise on the secure sum), and at ε = ∞ (no DP);
-each DP run's round time as a ratio to the non-private run's. Writes ``bench_dp.json``
-with the machine's facts.
+PneumoniaMNIST, 3 simulated sites, secure aggregation on, δ = 1e-5, the default rounds:
+test AUC, ACC and MCC at ε ∈ {1, 3, 8} for local DP-SGD (per site, example level; the
+``local_dp`` option's own recipe and network, ``dp_scatternet``) and for central DP (site
+level, noise on the secure sum; the default network), and at ε = ∞ (no DP, the default
+network); each DP run's round time as a ratio to the non-private run's (so for local DP
+the ratio also compares two networks). Writes ``bench_dp.json`` with the machine's facts.
 """
 
 from __future__ import annotations

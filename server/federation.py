@@ -26,6 +26,7 @@ from server.privacy import FederationPrivacy
 from strategies.checkpointed import CheckpointedStrategy, RoundRecord
 from strategies.secagg_messages import secure_enabled
 from task import checkpoint
+from task.calibration import has_calibration
 from task.central import inference_config
 from task.config import with_normalisation
 from task.constants import (
@@ -242,6 +243,8 @@ def run_federation(cfg: DictConfig, grid: Grid) -> dict[str, Any]:
         from task.privacy.dpsgd import check_per_example_gradients
 
         check_per_example_gradients(model, data.in_shape)
+        if has_calibration(model):  # an ε the moments' release alone spends fails here
+            privacy.calibration_history()
     if state is not None:
         # Through the model, so that the global arrays have its dtypes (checkpoints written
         # before the dtype fix in CheckpointedStrategy hold float64 BatchNorm counters).

@@ -151,15 +151,15 @@ def _local_train_dp(
                 model,
                 train.images,
                 clip=privacy.calibration_clip,
-                noise_multiplier=privacy.calibration_noise,
+                noise_multiplier=privacy.calibration_sigma(),
                 generator=secret_generator(),
             )
         )
         log.info(
-            "site %s: feature moments released once with Gaussian noise σ=%g (clip %g·√F), "
+            "site %s: feature moments released once with Gaussian noise σ=%.3f (clip %g·√F), "
             "accounted in the ledger",
             site.name,
-            privacy.calibration_noise,
+            privacy.calibration_sigma(),
             privacy.calibration_clip,
         )
     lr, optimizer, loss_fn, loader = _round_setup(model, site, cfg, server_round)

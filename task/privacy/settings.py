@@ -122,7 +122,10 @@ class LocalDP:
         max_grad_norm: per-sample gradient clipping bound C.
         calibration_noise: σ of the one Gaussian release of a site's feature moments, for
             networks that standardise with them (``model=dp_scatternet``; see
-            :mod:`task.calibration`).
+            :mod:`task.calibration`); None: the σ whose release alone spends
+            ``calibration_share`` of ``epsilon`` (DP-SGD's σ then fits the rest).
+        calibration_share: see ``calibration_noise``. The default 0.72 gives σ ≈ 2 at
+            ε = 3, the best of the settings probed there (σ 2, 3, 5).
         calibration_clip: clipping bound of each example's moment vector, in units of
             ``sqrt(features)`` (the norm of its first half after GroupNorm).
     """
@@ -131,7 +134,8 @@ class LocalDP:
     delta: float = 1e-5
     noise_multiplier: float | None = None
     max_grad_norm: float = 1.0
-    calibration_noise: float = 2.0
+    calibration_noise: float | None = None
+    calibration_share: float = 0.72
     calibration_clip: float = 2.0
     name: str = "local_dp"
 
@@ -139,14 +143,43 @@ class LocalDP:
         _check_common(self.epsilon, self.delta, self.noise_multiplier)
         if not self.max_grad_norm > 0:
             raise ValueError(f"privacy.max_grad_norm={self.max_grad_norm} must be positive")
-        for key in ("calibration_noise", "calibration_clip"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"privacy.{key}={getattr(self, key)} must be positive")
+        if self.calibration_noise is not None and not self.calibration_noise > 0:
+            raise ValueError(f"privacy.calibration_noise={self.calibration_noise} must be positive")
+        if not 0 < self.calibration_share < 1:
+            raise ValueError(
+                f"privacy.calibration_share={self.calibration_share} must be in (0, 1)"
+            )
+        if not self.calibration_clip > 0:
+            raise ValueError(f"privacy.calibration_clip={self.calibration_clip} must be positive")
+
+    def calibration_sigma(self) -> float:
+        """σ of the feature moments' release: given, or spending ``calibration_share`` of
+        ``epsilon`` on its own."""
+        if self.calibration_noise is not None:
+            return float(self.calibration_noise)
+        if self.epsilon is None:
+            raise ValueError(
+                "privacy.calibration_noise is needed when privacy.epsilon is null: the "
+                "network releases its feature moments once (model=dp_scatternet)"
+            )
+        return calibrate(self.calibration_share * float(self.epsilon), self.delta, 1.0, 1)
 
     def calibration_history(self) -> tuple[tuple[float, float, int], ...]:
         """The feature calibration as accountant entries: one Gaussian mechanism, every
-        example included (sample rate 1)."""
-        return ((float(self.calibration_noise), 1.0, 1),)
+        example included (sample rate 1). Raises ``ValueError`` when it alone would pass
+        ``epsilon`` (a given ``calibration_noise`` too small)."""
+        history = ((self.calibration_sigma(), 1.0, 1),)
+        if self.epsilon is not None:
+            from task.privacy.accountant import Accountant
+
+            alone = Accountant(list(history)).epsilon(self.delta)
+            if alone >= self.epsilon:
+                raise ValueError(
+                    f"privacy.epsilon={self.epsilon} cannot be reached at delta={self.delta}: "
+                    f"the feature calibration alone (privacy.calibration_noise="
+                    f"{history[0][0]:g}) spends ε={alone:.3f}"
+                )
+        return history
 
     def noise_for(
         self, sample_rate: float, planned_steps: int, *, calibration: bool = False

@@ -116,3 +116,15 @@ def test_central_dp_without_secure_aggregation_is_refused(tmp_path: Path) -> Non
     )
     assert proc.returncode != 0
     assert "privacy=central_dp needs secure=smpc" in proc.stdout + proc.stderr
+
+
+def test_an_epsilon_the_moments_release_alone_spends_is_refused_before_round_one(
+    tmp_path: Path,
+) -> None:
+    cmd = [c for c in _cmd(tmp_path / "x", "logger=none") if not c.startswith("model")]
+    cmd += ["privacy=local_dp", "privacy.epsilon=1", "privacy.calibration_noise=2"]
+    proc = _call(cmd, timeout=300)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "the feature calibration alone (privacy.calibration_noise=2) spends" in out
+    assert "[ROUND 1" not in out

@@ -31,6 +31,9 @@ def test_central_min_sites_follows_the_federation() -> None:
         ({"delta": 0.0}, "delta=0.0"),
         ({"noise_multiplier": 0.0}, "noise_multiplier=0.0"),
         ({"max_grad_norm": 0.0}, "max_grad_norm=0.0"),
+        ({"calibration_noise": 0.0}, "calibration_noise=0.0"),
+        ({"calibration_share": 1.0}, "calibration_share=1.0"),
+        ({"calibration_clip": -2.0}, "calibration_clip=-2.0"),
     ],
 )
 def test_bad_local_settings_name_the_value(kwargs, message) -> None:
@@ -66,3 +69,20 @@ def test_unreachable_target_names_the_setting() -> None:
     # of 1e6 brings one full-batch step under ε = 1e-7
     with pytest.raises(ValueError, match=r"privacy\.epsilon=1e-07 cannot be reached"):
         LocalDP(epsilon=1e-7).noise_for(1.0, 1)
+
+
+@pytest.mark.parametrize("epsilon", [1.0, 3.0, 8.0])
+def test_the_moments_release_spends_its_share_of_the_target_alone(epsilon) -> None:
+    dp = LocalDP(epsilon=epsilon)
+    alone = Accountant(list(dp.calibration_history())).epsilon(dp.delta)
+    assert dp.calibration_share * epsilon - 0.02 <= alone <= dp.calibration_share * epsilon
+    # a smaller target, more noise on the moments: the release never takes the whole budget
+    assert dp.calibration_sigma() > LocalDP(epsilon=2 * epsilon).calibration_sigma()
+
+
+def test_a_given_moments_noise_wins_and_one_that_spends_the_target_is_refused() -> None:
+    assert LocalDP(epsilon=3.0, calibration_noise=4.0).calibration_history() == ((4.0, 1.0, 1),)
+    with pytest.raises(ValueError, match=r"calibration alone \(privacy.calibration_noise=2\)"):
+        LocalDP(epsilon=1.0, calibration_noise=2.0).calibration_history()
+    with pytest.raises(ValueError, match=r"calibration_noise is needed when privacy\.epsilon"):
+        LocalDP(epsilon=None, noise_multiplier=1.0).calibration_history()
