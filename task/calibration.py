@@ -18,21 +18,18 @@ they travel inside the clipped, noised update like any other array.
 
 from __future__ import annotations
 
-import logging
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import numpy as np
 import torch
-
-log = logging.getLogger(__name__)
 
 #: Images per forward pass while computing moments.
 MOMENT_BATCH = 256
 
 
-@runtime_checkable
 class FeatureCalibrated(Protocol):
-    """A network whose standardisation needs the federation's feature moments."""
+    """A network whose standardisation needs the federation's feature moments (the members
+    are :data:`CALIBRATION_MEMBERS`)."""
 
     num_features: int
 
@@ -43,9 +40,19 @@ class FeatureCalibrated(Protocol):
     def set_moments(self, mean: torch.Tensor, second_moment: torch.Tensor) -> None: ...
 
 
+#: What :class:`FeatureCalibrated` asks of a network class. Checked by name: a protocol with
+#: a data member (``num_features``) cannot take ``issubclass``, and the check must also run
+#: on a config's class before the network is built.
+CALIBRATION_MEMBERS = ("num_features", "features", "needs_calibration", "set_moments")
+
+
+def _calibrated_class(cls: type) -> bool:
+    return all(hasattr(cls, name) for name in CALIBRATION_MEMBERS)
+
+
 def has_calibration(model: torch.nn.Module) -> bool:
-    """Whether ``model`` (or the module Opacus wraps) standardises with feature moments."""
-    return isinstance(getattr(model, "_module", model), FeatureCalibrated)
+    """Whether ``model`` standardises with feature moments."""
+    return _calibrated_class(type(model))
 
 
 def class_has_calibration(target: str) -> bool:
@@ -56,7 +63,7 @@ def class_has_calibration(target: str) -> bool:
         cls = get_class(target)
     except (ImportError, ValueError):  # a function target (a MONAI factory): no moments
         return False
-    return all(hasattr(cls, name) for name in ("features", "needs_calibration", "set_moments"))
+    return _calibrated_class(cls)
 
 
 def site_moments(

@@ -132,6 +132,7 @@ def _local_train_dp(
     ledger: SiteLedger,
 ) -> LocalResult:
     fed, train = cfg.federation, site.splits.train
+    with_moments = has_calibration(model)
     plan = plan_round(
         privacy,
         n_train=len(train),
@@ -139,19 +140,24 @@ def _local_train_dp(
         local_steps=fed.local_steps,
         local_epochs=int(fed.local_epochs),
         num_rounds=int(fed.num_rounds),
-        calibration=has_calibration(model),
+        calibration=with_moments,
     )
-    calibrating = has_calibration(model) and model.needs_calibration()
-    if calibrating:  # spent before the check, which then covers release and round together
-        ledger.accountant.step(*privacy.calibration_history()[0])
+    # The moments' release, once (round 1): spent before the check, which then covers the
+    # release and the round together.
+    release = (
+        privacy.calibration_history()[0] if with_moments and model.needs_calibration() else None
+    )
+    if release is not None:
+        ledger.accountant.step(*release)
     ledger.check(plan)  # raises BudgetExhausted before touching the data
-    if calibrating:
+    if release is not None:
+        sigma = release[0]
         model.set_moments(
             *site_moments(
                 model,
                 train.images,
                 clip=privacy.calibration_clip,
-                noise_multiplier=privacy.calibration_sigma(),
+                noise_multiplier=sigma,
                 generator=secret_generator(),
             )
         )
@@ -159,7 +165,7 @@ def _local_train_dp(
             "site %s: feature moments released once with Gaussian noise σ=%.3f (clip %g·√F), "
             "accounted in the ledger",
             site.name,
-            privacy.calibration_sigma(),
+            sigma,
             privacy.calibration_clip,
         )
     lr, optimizer, loss_fn, loader = _round_setup(model, site, cfg, server_round)
