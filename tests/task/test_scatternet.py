@@ -9,7 +9,7 @@ from task.calibration import class_has_calibration, has_calibration
 from task.config import compose_config
 from task.models import build_model
 from task.privacy.dpsgd import check_per_example_gradients
-from task.scatternet import ScatterNetLinear, scatter_channels
+from task.scatternet import ScatterNetLinear, scatter_channels, standardise_images
 
 
 def test_the_filter_bank_stays_out_of_the_state_dict() -> None:
@@ -41,6 +41,25 @@ def test_standardisation_is_the_identity_until_calibrated_then_uses_the_moments(
         assert torch.allclose(model(x), expected, atol=1e-5)
     with pytest.raises(ValueError, match="features"):
         model.set_moments(torch.zeros(3), torch.ones(3))
+
+
+def test_features_ignore_each_images_intensity_offset_and_scale() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 28, 28)
+    # Another acquisition of the same anatomy: brighter by a per-image offset, other gain.
+    shifted = 2.5 * x + torch.tensor([0.3, -1.0, 4.0]).view(3, 1, 1, 1)
+    model = ScatterNetLinear((1, 28, 28), 2)
+    with torch.no_grad():
+        assert torch.allclose(model.features(shifted), model.features(x), atol=1e-3)
+        raw = ScatterNetLinear((1, 28, 28), 2, standardise_input=False)
+        # Without the standardisation the low-pass (order-0) features follow the offset.
+        assert (raw.features(shifted) - raw.features(x)).abs().max() > 0.1
+    z = standardise_images(shifted)
+    assert torch.allclose(z.mean(dim=(-2, -1)), torch.zeros(3, 1), atol=1e-5)
+    assert torch.allclose(z.std(dim=(-2, -1)), torch.ones(3, 1), atol=1e-4)
+    assert torch.equal(standardise_images(torch.full((1, 1, 8, 8), 7.0)), torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="standardise_input='yes' must be true or false"):
+        ScatterNetLinear((1, 28, 28), 2, standardise_input="yes")
 
 
 def test_groupnorm_groups_must_divide_the_channels_and_small_images_are_refused() -> None:
