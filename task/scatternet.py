@@ -53,7 +53,9 @@ class Scattering(nn.Module):
     ``(B, C * K, H / 2**J, W / 2**J)``. Parameter-free; the filters are non-persistent
     buffers (they follow ``.to()`` but are not in ``state_dict()``)."""
 
-    def __init__(self, shape: tuple[int, int], j: int = SCATTER_J, orientations: int = 8):
+    def __init__(
+        self, shape: tuple[int, int], j: int = SCATTER_J, orientations: int = SCATTER_ORIENTATIONS
+    ):
         super().__init__()
         from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
 
