@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from omegaconf import DictConfig, OmegaConf
 
+from client.policy import DEFAULT, SitePolicy, make_policy_mod
 from client.secure import make_secure
 from client.site_log import make_site_log_mod
 from task.config import compose_config, overrides_from_run_config, with_normalisation
@@ -118,17 +119,28 @@ def _reply(
     return Message(content=content, reply_to=msg)
 
 
-def make_client_app(overrides: Sequence[str] | None = None) -> ClientApp:
-    """A ClientApp; ``overrides=None`` reads them from the run config (deployment)."""
+def make_client_app(
+    overrides: Sequence[str] | None = None, default_policy: SitePolicy | None = None
+) -> ClientApp:
+    """A ClientApp; ``overrides=None`` reads them from the run config (deployment).
+
+    ``default_policy``: the site policy of a node whose config names no ``site-policy``
+    file; by default :data:`client.policy.DEFAULT` in a deployment (the coordinator's run
+    config cannot loosen it) and :meth:`SitePolicy.lab` where the caller gives the
+    overrides (a simulation's sites belong to whoever runs it).
+    """
+    if default_policy is None:
+        default_policy = DEFAULT if overrides is None else SitePolicy.lab()
 
     def get_cfg(context: Context):
         return _cfg(context, overrides)
 
     # The app's own mods wrap every handler's mods (Flower: first in the list = outermost),
-    # so the log records each reply as it leaves: after masking, key stages included.
-    app = ClientApp(mods=[make_site_log_mod(get_cfg)])
+    # so the log records each reply as it leaves: after masking, key stages included. The
+    # site's policy is checked next, before any handler touches data or keys.
+    app = ClientApp(mods=[make_site_log_mod(get_cfg), make_policy_mod(get_cfg, default_policy)])
     # Secure aggregation (secure=smpc): key stages as queries, masking as a mod.
-    secure_query, secure_mod = make_secure(get_cfg)
+    secure_query, secure_mod = make_secure(get_cfg, default_policy)
     app.query("secagg")(secure_query)
 
     @app.train(mods=[secure_mod])
@@ -153,7 +165,9 @@ def make_client_app(overrides: Sequence[str] | None = None) -> ClientApp:
         except BudgetExhausted as err:
             log.warning("%s", err)  # the error reply carries the same words to the server
             raise
-        metrics = {"num-examples": result.num_examples, "loss": result.loss, "lr": result.lr}
+        metrics = {"num-examples": result.num_examples, "lr": result.lr}
+        if result.loss is not None:  # None under local DP: no mechanism accounts for it
+            metrics["loss"] = result.loss
         return _reply(msg, site, metrics, ArrayRecord(model.state_dict()), result.privacy)
 
     @app.query("intensity", mods=[secure_mod])

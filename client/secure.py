@@ -28,10 +28,11 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 from omegaconf import DictConfig
 
+from client.policy import DEFAULT, SitePolicy, site_policy
 from mpc.secagg.errors import ProtocolViolation
 from mpc.secagg.fixedpoint import bound, pack
 from mpc.secagg.identity import load_identity_file, load_roster
-from mpc.secagg.protocol import SiteSession
+from mpc.secagg.protocol import DEFAULT_MIN_COHORT, RoundId, SiteSession
 from strategies import secagg_messages as wire
 from strategies.update_check import (
     UpdateRejected,
@@ -60,11 +61,15 @@ def _identity_path(cfg: DictConfig, node: dict, name: str) -> Path:
     return _roster_path(cfg, node).parent / f"{name}.key"
 
 
-def _load(context: Context, kind: str) -> SiteSession:
+def _load(context: Context, rid: RoundId, stage: str) -> SiteSession:
+    """The open session of ``rid``'s kind, which must be ``rid``'s round."""
     record = context.state.config_records.get(wire.STATE)
-    if record is None or kind not in record:
-        raise ProtocolViolation(f"no secure {kind} session open at this site")
-    return SiteSession.from_bytes(bytes(record[kind]))
+    if record is None or rid.kind not in record:
+        raise ProtocolViolation(f"no secure {rid.kind} session open at this site")
+    session = SiteSession.from_bytes(bytes(record[rid.kind]))
+    if session.round_id != rid:
+        raise ProtocolViolation(f"{stage} request for {rid}, open session is {session.round_id}")
+    return session
 
 
 def _save(context: Context, session: SiteSession) -> None:
@@ -107,8 +112,13 @@ def check_before_encoding(
         check_range(name, value, bound(frac_bits, max_parties), site=site)
 
 
-def make_secure(get_cfg: Callable[[Context], DictConfig]):
-    """``(query_handler, mod)`` for a ClientApp whose config comes from ``get_cfg``."""
+def make_secure(
+    get_cfg: Callable[[Context], DictConfig],
+    default_policy: SitePolicy = DEFAULT,
+):
+    """``(query_handler, mod)`` for a ClientApp whose config comes from ``get_cfg``; a
+    site's own ratios leave it only where its policy (:mod:`client.policy`) or its node
+    config's ``share-site-metrics`` allows."""
 
     def query(msg: Message, context: Context) -> Message:
         cfg, node = get_cfg(context), dict(context.node_config)
@@ -118,26 +128,42 @@ def make_secure(get_cfg: Callable[[Context], DictConfig]):
         rid, stage = wire.round_id_of(request), str(request["stage"])
         name = site_name(node)
         if stage == "advertise":
-            session = SiteSession(name, rid, float(cfg.secure.threshold))
-            identity = load_identity_file(_identity_path(cfg, node, name))
-            advert = session.advertise(identity, int(request["selected"]))
+            session = SiteSession(
+                name,
+                rid,
+                float(cfg.secure.threshold),
+                min_cohort=int(cfg.secure.get("min_cohort", DEFAULT_MIN_COHORT)),
+            )
+            advert = session.advertise(
+                load_identity_file(_identity_path(cfg, node, name)),
+                int(request["selected"]),
+                work=wire.digest_of(request),
+                setup=wire.setup_digest(cfg),
+            )
             out = wire.advert_record(advert)
         elif stage == "share":
-            session = _load(context, rid.kind)
+            session = _load(context, rid, stage)
             roster = load_roster(_roster_path(cfg, node))
             out = ConfigRecord(
                 wire.blobs_fields(session.share_keys(wire.adverts_of(request), roster))
             )
+        elif stage == "consistency":
+            session = _load(context, rid, stage)
+            identity = load_identity_file(_identity_path(cfg, node, name))
+            signature = session.sign_survivors(identity, *wire.lists_of(request))
+            out = ConfigRecord({"signature": signature})
         elif stage == "unmask":
-            session = _load(context, rid.kind)
-            shares = session.unmask(list(request["survivors"]), list(request["dropped"]))
+            session = _load(context, rid, stage)
+            survivors, dropped = wire.lists_of(request)
+            shares = session.unmask(
+                survivors,
+                dropped,
+                wire.signatures_of(request),
+                load_roster(_roster_path(cfg, node)),
+            )
             out = ConfigRecord(wire.blobs_fields(shares))
         else:
             raise ProtocolViolation(f"unknown secure aggregation stage {stage!r}")
-        if session.round_id != rid:
-            raise ProtocolViolation(
-                f"{stage} request for {rid}, open session is {session.round_id}"
-            )
         _save(context, session)
         return Message(content=RecordDict({wire.RECORD: out}), reply_to=msg)
 
@@ -150,11 +176,11 @@ def make_secure(get_cfg: Callable[[Context], DictConfig]):
                     "secure=smpc at this site: refusing to send an update or counts in the clear"
                 )
             return call_next(msg, context)
-        rid = wire.round_id_of(request)
-        session = _load(context, rid.kind)
-        if session.round_id != rid:
-            raise ProtocolViolation(f"mask request for {rid}, open session is {session.round_id}")
-        # Authenticate the shares first: a tampered share stops the site before training.
+        session = _load(context, wire.round_id_of(request), "mask")
+        # The work must be what the server committed to and every site of the cohort
+        # signed; then the shares must authenticate. Either failing stops the site before
+        # training, its session left where no later stage can release a share.
+        session.check_work(wire.work_digest(msg.content))
         session.receive_shares(wire.blobs_of(request))
         reply = call_next(msg, context)
         if reply.has_error():
@@ -187,7 +213,8 @@ def make_secure(get_cfg: Callable[[Context], DictConfig]):
         content = RecordDict({wire.MASKED: masked, wire.LAYOUT: layout_record})
         if SITE_RECORD in reply.content.config_records:
             content[SITE_RECORD] = reply.content.config_records[SITE_RECORD]
-        if bool(node.get(SHARE_SITE_METRICS, False)) and site_level:
+        allowed = site_policy(node, default_policy).share_site_metrics
+        if (allowed or bool(node.get(SHARE_SITE_METRICS, False))) and site_level:
             content[wire.SITE_METRICS] = MetricRecord(site_level)
         return Message(content=content, reply_to=msg)
 

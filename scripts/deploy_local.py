@@ -19,6 +19,7 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 
+from client.policy import POLICY_KEY
 from server.deployment import DeploymentError, LocalDeployment, given_tls
 from server.identities import provision_identities
 from task.config import compose_config
@@ -47,9 +48,11 @@ def prepare_sites(
     *,
     limit_per_site: int | None = None,
     run_dir: Path | None = None,
+    site_policy: Path | None = None,
 ) -> SiteFederation:
     """Write each site's PNGs to its own folder, make the secure-aggregation identities
-    and the node configs; nothing is started."""
+    and the node configs; nothing is started. ``site_policy``: the policy file every
+    site's node config names (None: the default policy, which requires secure=smpc)."""
     cfg = compose_config(overrides)
     workdir = workdir.resolve()
     # The ServerApp runs from the installed FAB, not this checkout: give it the data path.
@@ -80,6 +83,8 @@ def prepare_sites(
             "partition-id": str(i),
             "state-dir": str(workdir / "sites" / name),
         }
+        if site_policy is not None:
+            nodes[name][POLICY_KEY] = str(Path(site_policy).resolve())
         if roster is not None:
             nodes[name] |= {
                 "identity-key": str(roster.parent / f"{name}.key"),
@@ -128,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the SuperLink's TLS files from your PKI (ca.pem, superlink.pem, superlink.key); "
         "default: a private CA made in the workdir",
     )
+    parser.add_argument(
+        "--site-policy",
+        type=Path,
+        default=None,
+        help="every site's policy file (client/policy.py); default: the default policy "
+        "(secure aggregation required, threshold >= 0.66, cohort >= 3)",
+    )
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. strategy=fedprox")
     args = parser.parse_args(argv)
@@ -141,7 +153,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
     fed = prepare_sites(
-        args.workdir, args.sites, args.rounds, args.overrides, limit_per_site=args.limit_per_site
+        args.workdir,
+        args.sites,
+        args.rounds,
+        args.overrides,
+        limit_per_site=args.limit_per_site,
+        site_policy=args.site_policy,
     )
     workdir, run_dir = fed.workdir, fed.run_dir
     if args.insecure:

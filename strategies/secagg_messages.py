@@ -12,12 +12,13 @@ the field, so that the server drops that one site and the round goes on.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message
-from omegaconf import DictConfig
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from omegaconf import DictConfig, OmegaConf
 
 from mpc.secagg.fixedpoint import check_layout
 from mpc.secagg.protocol import KeyAdvert, MalformedMessage, RoundId
@@ -43,6 +44,11 @@ def _field(record: ConfigRecord, key: str, kind: type):
     if type(value) is not kind:
         raise MalformedMessage(f"field {key!r} must be {kind.__name__}, got {type(value).__name__}")
     return value
+
+
+def field_of(record: ConfigRecord, key: str, kind: type):
+    """``record[key]`` of type ``kind`` exactly, or :class:`MalformedMessage`."""
+    return _field(record, key, kind)
 
 
 def _columns(record: ConfigRecord, columns: dict[str, type]) -> list[tuple]:
@@ -81,6 +87,7 @@ def advert_record(advert: KeyAdvert) -> ConfigRecord:
             "channel-pk": advert.channel_pk,
             "mask-pk": advert.mask_pk,
             "signature": advert.signature,
+            "digest": advert.digest,
         }
     )
 
@@ -91,6 +98,7 @@ def advert_of(record: ConfigRecord) -> KeyAdvert:
         _field(record, "channel-pk", bytes),
         _field(record, "mask-pk", bytes),
         _field(record, "signature", bytes),
+        _field(record, "digest", bytes),
     )
 
 
@@ -100,12 +108,89 @@ def adverts_fields(adverts: list[KeyAdvert]) -> dict:
         "channel-pks": [a.channel_pk for a in adverts],
         "mask-pks": [a.mask_pk for a in adverts],
         "signatures": [a.signature for a in adverts],
+        "digests": [a.digest for a in adverts],
     }
 
 
 def adverts_of(record: ConfigRecord) -> list[KeyAdvert]:
-    columns = {"sites": str, "channel-pks": bytes, "mask-pks": bytes, "signatures": bytes}
+    columns = {
+        "sites": str,
+        "channel-pks": bytes,
+        "mask-pks": bytes,
+        "signatures": bytes,
+        "digests": bytes,
+    }
     return [KeyAdvert(*row) for row in _columns(record, columns)]
+
+
+def digest_of(record: ConfigRecord) -> bytes:
+    """The server's committed digest of the round's work (advertise request)."""
+    return _field(record, "digest", bytes)
+
+
+def lists_of(record: ConfigRecord) -> tuple[list[str], list[str]]:
+    """``(survivors, dropped)`` of a consistency or unmask request."""
+    lists = []
+    for key in ("survivors", "dropped"):
+        value = _field(record, key, list)
+        if not all(type(v) is str for v in value):
+            raise MalformedMessage(f"field {key!r} must be a list of str")
+        lists.append(list(value))
+    return lists[0], lists[1]
+
+
+def signatures_fields(signatures: dict[str, bytes]) -> dict:
+    return {"signers": list(signatures), "list-signatures": list(signatures.values())}
+
+
+def signatures_of(record: ConfigRecord) -> dict[str, bytes]:
+    rows = _columns(record, {"signers": str, "list-signatures": bytes})
+    signatures = dict(rows)
+    if len(signatures) != len(rows):
+        raise MalformedMessage("field 'signers' repeats names")
+    return signatures
+
+
+# -- what the round asks a site to work on -------------------------------------------------
+def _canonical_value(value) -> list:
+    """A record value as JSON with its type, exact for floats (hex) and bytes (hex)."""
+    if isinstance(value, list):
+        return ["list", [_canonical_value(v) for v in value]]
+    if isinstance(value, bytes):
+        return ["bytes", value.hex()]
+    if isinstance(value, float):
+        return ["float", value.hex()]
+    return [type(value).__name__, value]
+
+
+def work_digest(content: RecordDict) -> bytes:
+    """SHA-256 of everything a message asks a site to work on, secure-aggregation record
+    excluded: every array record (tensors in name order, each as dtype, shape and its
+    little-endian C-order bytes) and every config and metric record (keys in order, values
+    with their types). Two messages hash alike only if a site would compute alike on them."""
+    h = hashlib.sha256(b"primia-work/1")
+    for name in sorted(content.array_records):
+        h.update(json.dumps(["arrays", name]).encode())
+        record = content.array_records[name]
+        for key in sorted(record):
+            array = np.ascontiguousarray(record[key].numpy())
+            little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+            h.update(json.dumps([key, little.dtype.str, list(little.shape)]).encode())
+            h.update(little.tobytes())
+    for kind, records in (("config", content.config_records), ("metric", content.metric_records)):
+        for name in sorted(records):
+            if name == RECORD:
+                continue
+            items = sorted(records[name].items())
+            h.update(
+                json.dumps([kind, name, [[k, _canonical_value(v)] for k, v in items]]).encode()
+            )
+    return h.digest()
+
+
+def setup_digest(cfg: DictConfig) -> bytes:
+    """SHA-256 of a site's composed run config: sites of one round must run alike."""
+    return hashlib.sha256(OmegaConf.to_yaml(cfg).encode()).digest()
 
 
 def blobs_fields(blobs: dict[str, bytes]) -> dict:

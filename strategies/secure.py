@@ -46,7 +46,13 @@ from flwr.serverapp.strategy import (
 from mpc.secagg.errors import SecAggError
 from mpc.secagg.fixedpoint import DEFAULT_FRAC_BITS, DEFAULT_MAX_PARTIES, unpack
 from mpc.secagg.identity import load_roster
-from mpc.secagg.protocol import RoundAbandoned, RoundId, ServerSession, threshold_for
+from mpc.secagg.protocol import (
+    DEFAULT_MIN_COHORT,
+    RoundAbandoned,
+    RoundId,
+    ServerSession,
+    threshold_for,
+)
 from strategies import secagg_messages as wire
 from strategies.metrics import metrics_from_sums
 from strategies.update_check import (
@@ -89,6 +95,8 @@ class SecureAggregation(Strategy):
         roster: JSON file ``{site: OpenSSH public key}``; round keys must verify against it.
         frac_bits, max_parties: the fixed-point encoding (see :mod:`mpc.secagg.fixedpoint`).
         stage_timeout: seconds to wait for the sites at each key stage.
+        min_cohort: fewest sites in a round's cohort; the sites refuse a smaller one (each
+            also holds its own bound, which its site policy may raise).
         min_sites: fewest sites whose training sum may be revealed; a round with fewer
             survivors is abandoned before the unmask stage (central DP: each site adds
             only a share of the noise, so a smaller sum would carry too little).
@@ -107,6 +115,7 @@ class SecureAggregation(Strategy):
         stage_timeout: float = 300.0,
         min_sites: int = 0,
         max_update_norm: float | None = None,
+        min_cohort: int = DEFAULT_MIN_COHORT,
     ) -> None:
         if not isinstance(inner, FedAvg) or isinstance(inner, ROBUST):
             raise ValueError(
@@ -122,6 +131,9 @@ class SecureAggregation(Strategy):
         self.frac_bits, self.max_parties = frac_bits, max_parties
         self.stage_timeout = stage_timeout
         self.min_sites = int(min_sites)
+        if int(min_cohort) < 2:
+            raise ValueError(f"secure.min_cohort={min_cohort} must be at least 2")
+        self.min_cohort = int(min_cohort)
         self.max_update_norm = validate_max_norm(max_update_norm)
         #: What the last ``aggregate_train`` refused: {site or "secure-sum": reason}.
         self.rejected: dict[str, str] = {}
@@ -169,16 +181,28 @@ class SecureAggregation(Strategy):
         self,
         stage: str,
         targets: dict[int, str],
-        request: ConfigRecord,
+        request: ConfigRecord | dict[int, ConfigRecord],
         accept: Callable[[int, str, ConfigRecord], None],
     ) -> None:
-        """Send ``request`` to ``targets`` ({node: site}) and pass each answer to
-        ``accept``; a site whose answer the protocol refuses is dropped, not fatal."""
-        for node, reply in self._exchange(dict.fromkeys(targets, request), stage).items():
+        """Send ``request`` (or ``request[node]``) to ``targets`` ({node: site}) and pass
+        each answer to ``accept``; a site whose answer the protocol refuses is dropped."""
+        requests = request if isinstance(request, dict) else dict.fromkeys(targets, request)
+        for node, reply in self._exchange({n: requests[n] for n in targets}, stage).items():
             try:
                 accept(node, targets[node], reply.content.config_records[wire.RECORD])
             except (SecAggError, KeyError, ValueError) as err:
                 log.warning("secure %s: %s refused: %s", stage, targets[node], err)
+
+    def _commitments(self, messages: list[Message]) -> dict[int, bytes]:
+        """{node: the digest of its message's work} to commit to at advertise: one digest
+        for all, since every site checks that every other signed the same."""
+        digests = {m.metadata.dst_node_id: wire.work_digest(m.content) for m in messages}
+        if len(set(digests.values())) != 1:
+            raise ValueError(
+                "the inner strategy sent the sites different models or configs; secure "
+                "aggregation needs one for all (the sites would refuse the round)"
+            )
+        return digests
 
     def _prepare(self, messages: list[Message], server_round: int, kind: str) -> list[Message]:
         """Run the advertise and share stages with the sampled nodes, then attach to each
@@ -188,7 +212,15 @@ class SecureAggregation(Strategy):
             return messages
         run = str(self._grid.run.run_id) if self._grid is not None else "0"
         rid = RoundId(run, server_round, kind)
-        session = ServerSession(rid, self.fraction, len(messages), self.roster)
+        commitments = self._commitments(messages)
+        session = ServerSession(
+            rid,
+            self.fraction,
+            len(messages),
+            self.roster,
+            self.min_cohort,
+            next(iter(commitments.values())),
+        )
         self.transcripts.append(session)
         by_node = {m.metadata.dst_node_id: m for m in messages}
         try:
@@ -199,8 +231,11 @@ class SecureAggregation(Strategy):
                 session.receive_advert(advert)
                 names[node] = advert.site
 
-            request = wire.round_record(rid, "advertise", selected=len(messages))
-            self._gather("advertise", {n: f"node {n}" for n in by_node}, request, advertised)
+            requests = {
+                node: wire.round_record(rid, "advertise", selected=len(messages), digest=digest)
+                for node, digest in commitments.items()
+            }
+            self._gather("advertise", {n: f"node {n}" for n in by_node}, requests, advertised)
             self._names.update(names)
             adverts = session.broadcast()
             nodes = {n: s for n, s in names.items() if s in session.adverts}
@@ -296,13 +331,22 @@ class SecureAggregation(Strategy):
                     f"min_sites={self.min_sites}; the sum stays hidden"
                 )
             nodes = {n: s for n, s in self._names.items() if s in survivors}
-            request = wire.round_record(
-                session.round_id, "unmask", survivors=survivors, dropped=dropped
+            lists = {"survivors": survivors, "dropped": dropped}
+            self._gather(
+                "consistency",
+                nodes,
+                wire.round_record(session.round_id, "consistency", **lists),
+                lambda _, site, record: session.receive_consistency(
+                    site, wire.field_of(record, "signature", bytes)
+                ),
             )
+            proof = session.consistency_proof()
             self._gather(
                 "unmask",
-                nodes,
-                request,
+                {n: s for n, s in nodes.items() if s in proof},
+                wire.round_record(
+                    session.round_id, "unmask", **lists, **wire.signatures_fields(proof)
+                ),
                 lambda _, site, record: session.receive_unmask(site, wire.blobs_of(record)),
             )
             total = session.result()

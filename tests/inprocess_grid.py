@@ -24,20 +24,21 @@ class InProcessGrid:
     """Delivers messages to ``app`` in this process; ``drop={node: stage}`` makes a node
     vanish from that stage on; ``tamper(msg)`` may alter a message before delivery."""
 
-    STAGES = ("advertise", "share", "mask", "unmask")
+    STAGES = ("advertise", "share", "mask", "consistency", "unmask")
 
-    def __init__(self, app, drop=None, tamper=None):
+    def __init__(self, app, drop=None, tamper=None, nodes=NODES, node_config=None):
         self.app, self.drop, self.tamper = app, dict(drop or {}), tamper
         self.run = types.SimpleNamespace(run_id=7)
         self.contexts = {
             node: Context(
                 run_id=7,
                 node_id=node,
-                node_config={"partition-id": i, "num-partitions": len(NODES)},
+                node_config={"partition-id": i, "num-partitions": len(nodes)}
+                | dict(node_config or {}),
                 state=RecordDict(),
                 run_config={},
             )
-            for i, node in enumerate(NODES)
+            for i, node in enumerate(nodes)
         }
 
     def get_node_ids(self):

@@ -21,3 +21,9 @@ class ShareIntegrityError(SecAggError):
 
 class ProtocolViolation(SecAggError):
     """A message arrived out of order, twice, or from a site not in the round."""
+
+
+class ConsistencyError(ProtocolViolation):
+    """The server told the sites of one round different things: another model or config
+    (digest), another survivor list, or signatures that do not verify. The site abandons
+    the round and releases nothing."""

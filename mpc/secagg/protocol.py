@@ -1,20 +1,34 @@
 """One round of secure aggregation: the site's and the server's state machines.
 
-Stages (Bonawitz et al., CCS 2017, honest-but-curious server, with signed round keys):
+Stages (Bonawitz et al., CCS 2017, with the consistency check of its malicious-server
+variant, and signed round keys):
 
-1. **advertise** - each selected site makes two X25519 key pairs for this round (one for
-   its channels, one for its pairwise masks) and signs both public keys with its long-term
-   identity key. The server collects them: U1.
-2. **share** - every site checks all signatures against the roster, draws a self-mask seed
-   ``b`` and Shamir-shares ``b`` and its mask private key among U1 with threshold ``t``; the
-   share for site ``j`` travels encrypted and authenticated for ``j`` (AES-GCM under an
-   X25519 key agreed with ``j``); the server relays ciphertext only. Senders: U2.
-3. **mask** - with the update, each site in U2 receives the shares addressed to it, checks
-   them, and sends ``x + PRG(b) + sum_j +-PRG(s_ij)`` in Z_(2^64). Senders: U3.
-4. **unmask** - each site in U3 gets the lists of survivors (U3) and dropped (U2 - U3) and
-   returns its shares of the survivors' ``b`` and of the dropped sites' mask keys, never
-   both for the same site, and only once per round. The server reconstructs, removes
-   the masks and learns the sum over U3, nothing else.
+1. **advertise** - the server commits to a SHA-256 digest of the round's work (the global
+   model, the train / evaluate config, any normalisation request). Each selected site
+   makes two X25519 key pairs for the round, binds the digest to its run setup, and signs
+   both public keys and that digest with its long-term identity key. The server collects
+   them: U1.
+2. **share** - every site checks every signature against the roster and that every advert
+   carries its own digest (else it refuses, naming the sites that differ: a server that
+   sends different models to different sites is caught here), refuses a cohort smaller
+   than its ``min_cohort``, and takes ``t`` from the cohort it verified and its own
+   fraction, never from a number the server sends. It draws a self-mask seed ``b`` and
+   Shamir-shares ``b`` and its mask private key among U1 with threshold ``t``; each share
+   travels encrypted and authenticated for its recipient (AES-GCM under an X25519 key
+   agreed with it); the server relays ciphertext only. Senders: U2.
+3. **mask** - with the work, each site in U2 receives the shares addressed to it, checks
+   that the work hashes to the committed digest, checks the shares, and sends
+   ``x + PRG(b) + sum_j +-PRG(s_ij)`` in Z_(2^64). Senders: U3.
+4. **consistency** - each site in U3 gets the survivor list (U3) and the dropped list
+   (U2 - U3), checks them against its cohort, and signs them, bound to run, round and kind.
+5. **unmask** - each site gets the same lists with the signatures the server collected.
+   Only if the lists are the ones it signed and at least ``t`` roster-verified signatures
+   cover them does it return its shares of the survivors' ``b`` and of the dropped sites'
+   mask keys, never both for the same site, and only once per round. The server
+   reconstructs, removes the masks and learns the sum over U3, nothing else.
+
+A server that tells two groups of survivors different lists needs ``t`` signatures for
+each; with ``c`` colluding sites among ``n`` that is impossible while ``c < 2t - n``.
 
 While at least ``t`` sites remain at every stage the round completes; below ``t`` it is
 abandoned (:class:`RoundAbandoned`) and nothing is revealed, since a site's input is only
@@ -23,6 +37,7 @@ ever seen masked by a seed that needs ``t`` shares.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -32,10 +47,23 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 
 from mpc.secagg import crypto
-from mpc.secagg.errors import ProtocolViolation, RoundAbandoned, ShareIntegrityError
+from mpc.secagg.errors import (
+    ConsistencyError,
+    ProtocolViolation,
+    RoundAbandoned,
+    ShareIntegrityError,
+)
 
-PROTOCOL = "primia-secagg/1"
-STAGES = ("advertise", "share", "mask", "unmask")
+PROTOCOL = "primia-secagg/2"
+STAGES = ("advertise", "share", "mask", "consistency", "unmask")
+DIGEST_BYTES = 32
+#: The smallest cohort a site joins unless its config asks for more: in a sum of two sites
+#: each can recover the other's input from the sum.
+DEFAULT_MIN_COHORT = 3
+#: Test-only: the checks against an active server (digests of the round's work, the
+#: site's own threshold and cohort, signed survivor lists). Tests switch them off to show
+#: that each attack succeeds without them; no config or command line can.
+ACTIVE_SERVER_CHECKS = True
 #: Raw X25519 public keys; a share of a 32-byte secret (two 16-byte Shamir halves).
 PUBLIC_KEY_BYTES = 32
 SHARE_BYTES = crypto.SEED_BYTES
@@ -74,10 +102,16 @@ class KeyAdvert:
     channel_pk: bytes
     mask_pk: bytes
     signature: bytes
+    #: The round's work as this site will receive it, bound to its run setup.
+    digest: bytes = bytes(DIGEST_BYTES)
 
     def __post_init__(self) -> None:
         if not isinstance(self.site, str):
             raise MalformedMessage(f"round keys name site {self.site!r:.60}, not a text name")
+        if not isinstance(self.digest, bytes) or len(self.digest) != DIGEST_BYTES:
+            raise MalformedMessage(
+                f"round keys of site {self.site!r}: the digest is not {DIGEST_BYTES} bytes"
+            )
         for what in ("channel_pk", "mask_pk", "signature"):
             if not isinstance(getattr(self, what), bytes):
                 raise MalformedMessage(f"round keys of site {self.site!r}: {what} is not bytes")
@@ -89,7 +123,9 @@ class KeyAdvert:
                 )
 
     def signed_bytes(self, round_id: RoundId) -> bytes:
-        return round_id.tag("advertise", self.site, self.channel_pk.hex(), self.mask_pk.hex())
+        return round_id.tag(
+            "advertise", self.site, self.channel_pk.hex(), self.mask_pk.hex(), self.digest.hex()
+        )
 
 
 class Roster:
@@ -109,6 +145,17 @@ class Roster:
         if not crypto.verify(key, advert.signature, advert.signed_bytes(round_id)):
             raise ProtocolViolation(
                 f"the round keys of site {advert.site!r} carry an invalid signature"
+            )
+
+    def check_list(self, signer: str, signature: bytes, signed: bytes) -> None:
+        """Raise :class:`ConsistencyError` unless ``signer``'s roster key signed ``signed``."""
+        key = self.keys.get(signer)
+        if key is None:
+            raise ConsistencyError(f"survivor list signed by {signer!r}, not in the roster")
+        if not isinstance(signature, bytes) or not crypto.verify(key, signature, signed):
+            raise ConsistencyError(
+                f"the survivor-list signature of site {signer!r} does not verify over this "
+                "round's list (forged, or replayed from another round or list)"
             )
 
 
@@ -131,6 +178,17 @@ def _channel_key(private: bytes, peer_public: bytes, round_id: RoundId, a: str, 
     return _agree(private, peer_public, round_id.tag("channel", _pair(a, b)), b)
 
 
+def round_digest(work: bytes, setup: bytes) -> bytes:
+    """What a site signs at advertise: the server's digest of the round's ``work`` bound to
+    the digest of the site's own run ``setup`` (its composed config)."""
+    return hashlib.sha256(json.dumps([PROTOCOL, "work", work.hex(), setup.hex()]).encode()).digest()
+
+
+def survivor_list_bytes(round_id: RoundId, survivors: list[str], dropped: list[str]) -> bytes:
+    """What each survivor signs at the consistency stage."""
+    return round_id.tag("consistency", json.dumps([sorted(survivors), sorted(dropped)]))
+
+
 def _self_mask(seed: bytes, length: int, round_id: RoundId) -> np.ndarray:
     return crypto.mask(seed, length, round_id.tag("self-mask"))
 
@@ -147,8 +205,13 @@ class SiteSession:
     name: str
     round_id: RoundId
     fraction: float
-    #: How many sites the server selected for the round: t is a fraction of these.
-    selected: int = 0
+    #: The smallest cohort (verified adverts) this site joins.
+    min_cohort: int = DEFAULT_MIN_COHORT
+    #: How many sites the server says it selected: used only with the checks off.
+    claimed: int = 0
+    #: The server's digest of the round's work, and the digest this site signed.
+    work: bytes = bytes(DIGEST_BYTES)
+    digest: bytes = bytes(DIGEST_BYTES)
     channel_sk: bytes = b""
     channel_pk: bytes = b""
     mask_sk: bytes = b""
@@ -157,11 +220,16 @@ class SiteSession:
     received: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
     self_seed: bytes = b""
     cohort: list[str] = field(default_factory=list)  # U2
+    #: ``[survivors, dropped]`` as this site signed them at the consistency stage.
+    signed: list[list[str]] = field(default_factory=list)
     stage: str = "new"
 
     @property
     def threshold(self) -> int:
-        return threshold_for(self.selected, self.fraction)
+        """``t``: a fraction of the cohort this site verified (checks off: of the server's
+        claimed selection, the old protocol)."""
+        n = len(self.peers) if ACTIVE_SERVER_CHECKS else self.claimed
+        return threshold_for(n, self.fraction)
 
     def _index(self, site: str) -> int:
         return sorted(self.peers).index(site) + 1
@@ -175,17 +243,48 @@ class SiteSession:
             )
         self.stage = stage
 
-    def advertise(self, identity: crypto.IdentityPrivateKey, selected: int) -> KeyAdvert:
-        """Fresh round keys, signed; ``selected`` is the number of sites in the round."""
+    def advertise(
+        self,
+        identity: crypto.IdentityPrivateKey,
+        selected: int,
+        *,
+        work: bytes = bytes(DIGEST_BYTES),
+        setup: bytes = b"",
+    ) -> KeyAdvert:
+        """Fresh round keys and the digest of the round's ``work`` bound to this site's
+        ``setup``, signed. ``selected``: the server's claim, kept only for the checks-off
+        mode."""
         self._expect("advertise")
         if selected < 2:
             raise ProtocolViolation(f"a round of {selected} selected site(s) cannot be secure")
-        self.selected = selected
+        if not isinstance(work, bytes) or len(work) != DIGEST_BYTES:
+            raise MalformedMessage(f"the server's digest of the round is not {DIGEST_BYTES} bytes")
+        self.claimed, self.work = selected, work
+        self.digest = round_digest(work, setup)
         self.channel_sk, self.channel_pk = crypto.x25519_keypair()
         self.mask_sk, self.mask_pk = crypto.x25519_keypair()
-        unsigned = KeyAdvert(self.name, self.channel_pk, self.mask_pk, b"")
+        unsigned = KeyAdvert(self.name, self.channel_pk, self.mask_pk, b"", self.digest)
         signature = crypto.sign(identity, unsigned.signed_bytes(self.round_id))
-        return KeyAdvert(self.name, self.channel_pk, self.mask_pk, signature)
+        return KeyAdvert(self.name, self.channel_pk, self.mask_pk, signature, self.digest)
+
+    def _check_cohort(self, peers: dict[str, KeyAdvert]) -> None:
+        """Every advert carries our digest, and the cohort is large enough."""
+        if not ACTIVE_SERVER_CHECKS:
+            return
+        differ = sorted(s for s, a in peers.items() if a.digest != self.digest)
+        if differ:
+            raise ConsistencyError(
+                f"round {self.round_id.round} ({self.round_id.kind}): sites {differ} signed "
+                f"another round digest than site {self.name!r} ({self.digest.hex()[:12]}): "
+                "they were sent another model, config or run setup; round refused, nothing "
+                "released"
+            )
+        if len(peers) < self.min_cohort:
+            raise RoundAbandoned(
+                f"site {self.name!r}: a cohort of {len(peers)} sites is below its "
+                f"min_cohort={self.min_cohort} (in so small a sum each site's input can be "
+                "recovered by the others); round refused"
+            )
 
     def share_keys(self, adverts: Iterable[KeyAdvert], roster: Roster) -> dict[str, bytes]:
         """Check every advert, then return ``{recipient: ciphertext}`` of our shares."""
@@ -199,6 +298,7 @@ class SiteSession:
         mine = peers.get(self.name)
         if mine is None or (mine.channel_pk, mine.mask_pk) != (self.channel_pk, self.mask_pk):
             raise ProtocolViolation(f"the server did not relay site {self.name!r}'s own keys")
+        self._check_cohort(peers)
         self.peers = peers
         if len(peers) < self.threshold:
             raise RoundAbandoned(f"{len(peers)} sites advertised; {self.threshold} needed")
@@ -218,6 +318,15 @@ class SiteSession:
             aad = self.round_id.tag("share", self.name, site)
             out[site] = crypto.seal(key, b_shares[i] + s_shares[i], aad)
         return out
+
+    def check_work(self, work: bytes) -> None:
+        """Refuse work that does not hash to the digest the server committed to."""
+        if ACTIVE_SERVER_CHECKS and work != self.work:
+            raise ConsistencyError(
+                f"site {self.name!r}: the {self.round_id.kind} message of round "
+                f"{self.round_id.round} hashes to {work.hex()[:12]}, not to the digest "
+                f"{self.work.hex()[:12]} the server committed to; refused, nothing released"
+            )
 
     def receive_shares(self, ciphertexts: Mapping[str, bytes]) -> None:
         """Decrypt and authenticate the shares addressed to us; the senders form U2."""
@@ -266,10 +375,7 @@ class SiteSession:
             y = y + m if self.name < peer else y - m
         return y
 
-    def unmask(self, survivors: Iterable[str], dropped: Iterable[str]) -> dict[str, bytes]:
-        """Our shares: of ``b`` for survivors, of the mask key for dropped sites."""
-        self._expect("unmask")
-        survivors, dropped = sorted(survivors), sorted(dropped)
+    def _check_lists(self, survivors: list[str], dropped: list[str]) -> None:
         if set(survivors) & set(dropped):
             raise ProtocolViolation(
                 f"sites {sorted(set(survivors) & set(dropped))} listed as survivor and dropped"
@@ -283,6 +389,62 @@ class SiteSession:
             raise ProtocolViolation(f"site {self.name!r} is not listed among the survivors")
         if len(survivors) < self.threshold:
             raise RoundAbandoned(f"{len(survivors)} survivors; {self.threshold} needed")
+
+    def sign_survivors(
+        self, identity: crypto.IdentityPrivateKey, survivors: Iterable[str], dropped: Iterable[str]
+    ) -> bytes:
+        """Our signature over the announced ``(survivors, dropped)``, after checking them
+        against our cohort; we will unmask for these lists only."""
+        self._expect("consistency")
+        survivors, dropped = sorted(survivors), sorted(dropped)
+        self._check_lists(survivors, dropped)
+        self.signed = [survivors, dropped]
+        return crypto.sign(identity, survivor_list_bytes(self.round_id, survivors, dropped))
+
+    def _check_signatures(
+        self,
+        survivors: list[str],
+        dropped: list[str],
+        signatures: Mapping[str, bytes],
+        roster: Roster | None,
+    ) -> None:
+        """The lists are the ones we signed, and ``t`` survivors signed them too."""
+        if [survivors, dropped] != self.signed:
+            raise ConsistencyError(
+                f"site {self.name!r}: the unmask request lists survivors {survivors} and "
+                f"dropped {dropped}, but this site signed survivors {self.signed[0]} and "
+                f"dropped {self.signed[1]}: the server equivocates; nothing released"
+            )
+        if roster is None:
+            raise ProtocolViolation("unmask needs the roster to verify the survivor list")
+        signed = survivor_list_bytes(self.round_id, survivors, dropped)
+        for signer, signature in signatures.items():
+            if signer not in survivors:
+                raise ConsistencyError(
+                    f"survivor list signed by {signer!r}, which is not a survivor of "
+                    f"round {self.round_id.round} ({self.round_id.kind}); nothing released"
+                )
+            roster.check_list(signer, signature, signed)
+        if len(signatures) < self.threshold:
+            raise ConsistencyError(
+                f"site {self.name!r}: {len(signatures)} survivors signed the survivor list, "
+                f"{self.threshold} needed before any share is released; nothing released"
+            )
+
+    def unmask(
+        self,
+        survivors: Iterable[str],
+        dropped: Iterable[str],
+        signatures: Mapping[str, bytes] | None = None,
+        roster: Roster | None = None,
+    ) -> dict[str, bytes]:
+        """Our shares: of ``b`` for survivors, of the mask key for dropped sites, once the
+        lists are the ones we signed and ``t`` survivors' ``signatures`` cover them."""
+        self._expect("unmask")
+        survivors, dropped = sorted(survivors), sorted(dropped)
+        self._check_lists(survivors, dropped)
+        if ACTIVE_SERVER_CHECKS:
+            self._check_signatures(survivors, dropped, dict(signatures or {}), roster)
         out = {f"b:{s}": self.received[s][0] for s in survivors}
         out.update({f"s:{d}": self.received[d][1] for d in dropped})
         return out
@@ -290,13 +452,17 @@ class SiteSession:
     # -- persistence between messages --------------------------------------------------------
     def to_bytes(self) -> bytes:
         def adv(a: KeyAdvert) -> list[str]:
-            return [a.site, a.channel_pk.hex(), a.mask_pk.hex(), a.signature.hex()]
+            return [a.site, a.channel_pk.hex(), a.mask_pk.hex(), a.signature.hex(), a.digest.hex()]
 
         state = {
             "name": self.name,
             "round_id": [self.round_id.run, self.round_id.round, self.round_id.kind],
             "fraction": self.fraction,
-            "selected": self.selected,
+            "min_cohort": self.min_cohort,
+            "claimed": self.claimed,
+            "work": self.work.hex(),
+            "digest": self.digest.hex(),
+            "signed": self.signed,
             "keys": [
                 k.hex() for k in (self.channel_sk, self.channel_pk, self.mask_sk, self.mask_pk)
             ],
@@ -323,7 +489,11 @@ class SiteSession:
                 name=s["name"],
                 round_id=RoundId(run, round_no, kind),
                 fraction=s["fraction"],
-                selected=s["selected"],
+                min_cohort=s["min_cohort"],
+                claimed=s["claimed"],
+                work=bytes.fromhex(s["work"]),
+                digest=bytes.fromhex(s["digest"]),
+                signed=[list(s["signed"][0]), list(s["signed"][1])] if s["signed"] else [],
                 channel_sk=keys[0],
                 channel_pk=keys[1],
                 mask_sk=keys[2],
@@ -354,8 +524,13 @@ class SiteSession:
             refuse(f"round id {rid} is not (text, integer, text)")
         if type(self.fraction) not in (int, float) or not 0.0 < self.fraction <= 1.0:
             refuse(f"threshold fraction {self.fraction!r:.40}")
-        if type(self.selected) is not int or self.selected < 0:
-            refuse(f"selected {self.selected!r:.40}")
+        for what in ("claimed", "min_cohort"):
+            if type(getattr(self, what)) is not int or getattr(self, what) < 0:
+                refuse(f"{what} {getattr(self, what)!r:.40}")
+        if len(self.work) != DIGEST_BYTES or len(self.digest) != DIGEST_BYTES:
+            refuse("round digest is not 32 bytes")
+        if not all(isinstance(c, str) for part in self.signed for c in part):
+            refuse("signed survivor list names are not text")
         if self.stage not in ("new", *STAGES):
             refuse(f"stage {self.stage!r:.40} is not one of {('new', *STAGES)}")
         if not all(isinstance(c, str) for c in self.cohort):
@@ -371,9 +546,14 @@ class ServerSession:
     fraction: float
     selected: int
     roster: Roster | None = None
+    #: Fewest adverts worth a round: the sites refuse a smaller cohort anyway.
+    min_cohort: int = 2
+    #: The digest of the round's work committed to at advertise (None: none committed).
+    work: bytes | None = None
     adverts: dict[str, KeyAdvert] = field(default_factory=dict)
     shares: dict[str, dict[str, bytes]] = field(default_factory=dict)
     masked: dict[str, np.ndarray] = field(default_factory=dict)
+    signatures: dict[str, bytes] = field(default_factory=dict)
     unmasks: dict[str, dict[str, bytes]] = field(default_factory=dict)
     transcript: list[tuple[str, str, object]] = field(default_factory=list)
     request: tuple[list[str], list[str]] | None = None
@@ -400,6 +580,11 @@ class ServerSession:
     def broadcast(self) -> list[KeyAdvert]:
         """U1's adverts, to send to every site in U1."""
         self._need(len(self.adverts), "advertised keys")
+        if len(self.adverts) < self.min_cohort:
+            raise RoundAbandoned(
+                f"round {self.round_id.round} ({self.round_id.kind}) abandoned: "
+                f"{len(self.adverts)} sites advertised keys, below min_cohort={self.min_cohort}"
+            )
         return [self.adverts[s] for s in sorted(self.adverts)]
 
     def receive_shares(self, sender: str, ciphertexts: Mapping[str, bytes]) -> None:
@@ -447,9 +632,28 @@ class ServerSession:
             self.request = (survivors, sorted(set(self.cohort()) - set(survivors)))
         return self.request
 
+    def receive_consistency(self, sender: str, signature: bytes) -> None:
+        """A survivor's signature over the announced lists; the server relays only
+        signatures that verify, so that an honest site is never refused for another's."""
+        self.transcript.append(("consistency", sender, signature))
+        if self.request is None or sender not in self.request[0]:
+            raise ProtocolViolation(f"survivor-list signature from {sender!r}, not a survivor")
+        if sender in self.signatures:
+            raise ProtocolViolation(f"repeated survivor-list signature from site {sender!r}")
+        if self.roster is not None:
+            self.roster.check_list(
+                sender, signature, survivor_list_bytes(self.round_id, *self.request)
+            )
+        self.signatures[sender] = signature
+
+    def consistency_proof(self) -> dict[str, bytes]:
+        """The survivors' signatures to send with the unmask request (``t`` at least)."""
+        self._need(len(self.signatures), "signed the survivor list")
+        return dict(sorted(self.signatures.items()))
+
     def receive_unmask(self, sender: str, shares: Mapping[str, bytes]) -> None:
         self.transcript.append(("unmask", sender, dict(shares)))
-        if self.request is None or sender not in self.request[0]:
+        if self.request is None or sender not in self.signatures:
             raise ProtocolViolation(f"unmask shares from site {sender!r}, which was not asked")
         if sender in self.unmasks:
             raise ProtocolViolation(f"repeated unmask shares from site {sender!r}")

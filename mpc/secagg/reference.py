@@ -39,6 +39,45 @@ class RoundResult:
     sites: dict[str, SiteSession]
 
 
+@dataclass
+class SharedRound:
+    """A server and its sites after the advertise and share stages, with the sites'
+    identities and roster (the later stages need them to sign and verify)."""
+
+    server: ServerSession
+    sites: dict[str, SiteSession]
+    identities: dict[str, ed25519.Ed25519PrivateKey]
+    roster: Roster
+
+    def __iter__(self):  # ``server, sites = shared_round(...)``
+        return iter((self.server, self.sites))
+
+    def unmask(self, who: list[str] | None = None) -> None:
+        """The consistency and unmask stages with the survivors (or ``who`` of them)."""
+        survivors, dropped = self.server.unmask_request()
+        who = [n for n in (who if who is not None else survivors) if n in survivors]
+        for n in who:
+            signature = self.sites[n].sign_survivors(self.identities[n], survivors, dropped)
+            self.server.receive_consistency(n, signature)
+        proof = self.server.consistency_proof()
+        for n in who:
+            shares = self.sites[n].unmask(survivors, dropped, proof, self.roster)
+            self.server.receive_unmask(n, shares)
+
+
+def _run_keys(names: list[str], fraction: float, round_id: RoundId, alive=None) -> SharedRound:
+    identities, roster = make_identities(names)
+    server = ServerSession(round_id, fraction, len(names), roster)
+    sites = {n: SiteSession(n, round_id, fraction) for n in names}
+    alive = alive or (lambda stage: names)
+    for n in alive("advertise"):
+        server.receive_advert(sites[n].advertise(identities[n], len(names)))
+    adverts = server.broadcast()
+    for n in [n for n in alive("share") if n in server.adverts]:
+        server.receive_shares(n, sites[n].share_keys(adverts, roster))
+    return SharedRound(server, sites, identities, roster)
+
+
 def secure_sum(
     inputs: Mapping[str, np.ndarray],
     *,
@@ -47,46 +86,38 @@ def secure_sum(
     round_id: RoundId | None = None,
 ) -> RoundResult:
     """Run one protocol round in process; ``drop={site: stage}`` makes ``site`` vanish
-    before answering ``stage`` (one of ``advertise, share, mask, unmask``)."""
+    before answering ``stage`` (one of :data:`~mpc.secagg.protocol.STAGES`)."""
     drop = dict(drop or {})
     for site, stage in drop.items():
         if stage not in STAGES:
             raise ValueError(f"drop stage {stage!r} for {site!r} is not one of {STAGES}")
     round_id = round_id or RoundId("reference", 1, "train")
-    identities, roster = make_identities(sorted(inputs))
-    server = ServerSession(round_id, fraction, len(inputs), roster)
-    sites = {n: SiteSession(n, round_id, fraction) for n in sorted(inputs)}
+    names = sorted(inputs)
 
     def alive(stage: str) -> list[str]:
         order = STAGES.index(stage)
-        return [n for n in sites if n not in drop or STAGES.index(drop[n]) > order]
+        return [n for n in names if n not in drop or STAGES.index(drop[n]) > order]
 
-    for n in alive("advertise"):
-        server.receive_advert(sites[n].advertise(identities[n], len(inputs)))
-    adverts = server.broadcast()
-    for n in [n for n in alive("share") if n in server.adverts]:
-        server.receive_shares(n, sites[n].share_keys(adverts, roster))
+    keyed = _run_keys(names, fraction, round_id, alive)
+    server, sites = keyed.server, keyed.sites
     for n in [n for n in alive("mask") if n in server.shares]:
         sites[n].receive_shares(server.shares_for(n))
         server.receive_masked(n, sites[n].masked_input(inputs[n]))
     survivors, dropped = server.unmask_request()
-    for n in [n for n in alive("unmask") if n in survivors]:
-        server.receive_unmask(n, sites[n].unmask(survivors, dropped))
+    signers = [n for n in alive("consistency") if n in survivors]
+    for n in signers:
+        signature = sites[n].sign_survivors(keyed.identities[n], survivors, dropped)
+        server.receive_consistency(n, signature)
+    proof = server.consistency_proof()
+    for n in [n for n in alive("unmask") if n in signers]:
+        shares = sites[n].unmask(survivors, dropped, proof, keyed.roster)
+        server.receive_unmask(n, shares)
     return RoundResult(server.result(), survivors, server, sites)
 
 
 def shared_round(
     names: list[str], *, fraction: float = 0.66, round_id: RoundId | None = None
-) -> tuple[ServerSession, dict[str, SiteSession]]:
+) -> SharedRound:
     """A server and its sites after a round's advertise and share stages, no one dropped
     (tests start the later stages, or tamper with them, from here)."""
-    round_id = round_id or RoundId("reference", 1, "train")
-    identities, roster = make_identities(names)
-    server = ServerSession(round_id, fraction, len(names), roster)
-    sites = {n: SiteSession(n, round_id, fraction) for n in names}
-    for n in names:
-        server.receive_advert(sites[n].advertise(identities[n], len(names)))
-    adverts = server.broadcast()
-    for n in names:
-        server.receive_shares(n, sites[n].share_keys(adverts, roster))
-    return server, sites
+    return _run_keys(names, fraction, round_id or RoundId("reference", 1, "train"))

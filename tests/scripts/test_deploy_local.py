@@ -26,7 +26,9 @@ OVERRIDES = ["logger=none", "model=small_cnn", "train.batch_size=32", "metrics.n
 # The fault runs aggregate in the clear: each secure-aggregation stage costs one more
 # ClientApp process per site, and the protocol's own dropout handling is tested in
 # tests/strategies/test_secure.py; the TLS run above is the secure one across processes.
+# The sites' policy must allow it (the default policy refuses secure=none).
 PLAIN = ("secure=none",)
+LAB_POLICY = "require_secure: false\n"
 
 
 def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -81,9 +83,10 @@ def secure_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory) -> Iterator[tuple[LocalDeployment, SiteFederation]]:
     """A second deployment with the same sites and settings, for the fault tests."""
-    fed = prepare_sites(
-        tmp_path_factory.mktemp("faults"), SITES, ROUNDS, OVERRIDES, limit_per_site=LIMIT
-    )
+    workdir = tmp_path_factory.mktemp("faults")
+    policy = workdir / "lab-policy.yaml"
+    policy.write_text(LAB_POLICY)
+    fed = prepare_sites(workdir, SITES, ROUNDS, OVERRIDES, limit_per_site=LIMIT, site_policy=policy)
     with LocalDeployment(fed.workdir) as dep:
         dep.start_superlink()
         start_sites(dep, fed)

@@ -39,8 +39,8 @@ def roster(tmp_path_factory):
     return write_identities(tmp_path_factory.mktemp("ids"), [f"site-{i}" for i in range(3)])
 
 
-def _setup(roster, secure: str, **grid_args):
-    overrides = [*BASE, f"secure={secure}"]
+def _setup(roster, secure: str, *extra: str, **grid_args):
+    overrides = [*BASE, f"secure={secure}", *extra]
     if secure == "smpc":
         overrides.append(f"secure.roster={roster}")
     cfg = compose_config(overrides)
@@ -100,10 +100,21 @@ def test_secure_evaluation_reveals_only_federation_totals(roster):
 
 @pytest.mark.parametrize("stage", InProcessGrid.STAGES)
 def test_a_site_vanishing_at_any_stage_leaves_the_round_complete(roster, stage):
-    strategy, grid, arrays = _setup(roster, "smpc", drop={102: stage})
+    # A cohort of two is below the default secure.min_cohort (next test): allowed here.
+    strategy, grid, arrays = _setup(roster, "smpc", "secure.min_cohort=2", drop={102: stage})
     got, metrics = _train_round(strategy, grid, arrays)
     assert got is not None
-    assert metrics["secure-sites"] == (3 if stage == "unmask" else 2)
+    assert metrics["secure-sites"] == (3 if stage in ("consistency", "unmask") else 2)
+
+
+def test_a_cohort_below_min_cohort_is_refused_by_the_sites(roster, caplog):
+    """Two sites advertise: by default (min_cohort 3) the sites refuse the cohort, even
+    from a server that goes on with it, and nothing is revealed."""
+    strategy, grid, arrays = _setup(roster, "smpc", drop={102: "advertise"})
+    strategy.min_cohort = 2  # a server that would go on: the sites still refuse
+    assert _train_round(strategy, grid, arrays) == (None, None)
+    assert "below its min_cohort=3" in caplog.text
+    assert not any(st == "mask" for st, _, _ in strategy.transcripts[-1].transcript)
 
 
 def test_below_threshold_the_round_is_abandoned_and_the_next_one_runs(roster):

@@ -41,15 +41,16 @@ JSON = st.recursive(
 
 
 @cache
-def _round() -> tuple[ServerSession, dict[str, bytes]]:
-    """A round after the share stage: the server, and each site's state as bytes."""
-    server, sites = shared_round(NAMES, round_id=RID)
-    return server, {n: s.to_bytes() for n, s in sites.items()}
+def _round() -> tuple[ServerSession, dict[str, bytes], dict]:
+    """A round after the share stage: the server, each site's state as bytes, and the
+    sites' identity keys."""
+    keyed = shared_round(NAMES, round_id=RID)
+    return keyed.server, {n: s.to_bytes() for n, s in keyed.sites.items()}, keyed.identities
 
 
 def _unmask_stage() -> tuple[ServerSession, dict[str, dict[str, bytes]], np.ndarray]:
     """A fresh server waiting for unmask shares, the honest shares and the true sum."""
-    shared, states = _round()
+    shared, states, identities = _round()
     server = ServerSession(RID, 0.66, len(NAMES), shared.roster)
     server.adverts, server.shares = dict(shared.adverts), dict(shared.shares)
     inputs = {n: encode(np.arange(4.0) + i) for i, n in enumerate(NAMES)}
@@ -58,7 +59,10 @@ def _unmask_stage() -> tuple[ServerSession, dict[str, dict[str, bytes]], np.ndar
         site.receive_shares(server.shares_for(n))
         server.receive_masked(n, site.masked_input(inputs[n]))
     survivors, dropped = server.unmask_request()
-    honest = {n: site.unmask(survivors, dropped) for n, site in sites.items()}
+    for n, site in sites.items():
+        server.receive_consistency(n, site.sign_survivors(identities[n], survivors, dropped))
+    proof = server.consistency_proof()
+    honest = {n: site.unmask(survivors, dropped, proof, shared.roster) for n, site in sites.items()}
     return server, honest, inputs["site-0"] + inputs["site-1"]
 
 
@@ -110,7 +114,7 @@ def test_garbled_sealed_shares_are_refused_naming_the_sender(blobs: dict[str, by
 def test_a_sealed_share_of_the_wrong_length_is_refused() -> None:
     """A peer that seals a wrong-sized plaintext under the right key (a buggy or hostile
     site) is refused at the recipient, not at the server's reconstruction."""
-    _, states = _round()
+    _, states, _ = _round()
     site = SiteSession.from_bytes(states["site-0"])
     peer = SiteSession.from_bytes(states["site-1"])
     key = _channel_key(peer.channel_sk, site.channel_pk, RID, "site-1", "site-0")
@@ -160,7 +164,7 @@ def test_honest_unmask_shares_give_the_sum() -> None:
 @given(st.text(max_size=8), st.binary(max_size=40), st.binary(max_size=40), st.binary(max_size=80))
 @example("site-1", b"\0" * 32, b"\0" * 32, b"")
 def test_garbled_round_keys_are_refused(site, channel_pk, mask_pk, signature) -> None:
-    shared, _ = _round()
+    shared, _, _ = _round()
     server = ServerSession(RID, 0.66, len(NAMES), shared.roster)
     try:
         server.receive_advert(KeyAdvert(site, channel_pk, mask_pk, signature))
@@ -171,7 +175,7 @@ def test_garbled_round_keys_are_refused(site, channel_pk, mask_pk, signature) ->
 
 def test_a_low_order_key_of_a_peer_is_refused_by_name() -> None:
     """X25519 refuses the all-zero public key: the site says whose key it was."""
-    _, states = _round()
+    _, states, _ = _round()
     site = SiteSession.from_bytes(states["site-0"])
     site.peers["site-1"] = KeyAdvert("site-1", bytes(32), bytes(32), b"")
     with pytest.raises(SecAggError, match="round key of site 'site-1' is unusable"):

@@ -54,8 +54,8 @@ def test_revealed_sum_equals_the_plaintext_sum():
 def test_one_site_may_vanish_at_any_stage(stage):
     inputs = _inputs()
     result = secure_sum(inputs, drop={"site-2": stage})
-    # Vanishing at unmask still counts the site's input: it was sent before it vanished.
-    expected_in = stage == "unmask"
+    # Vanishing after masking still counts the site's input: it was sent before it vanished.
+    expected_in = stage in ("consistency", "unmask")
     assert ("site-2" in result.survivors) is expected_in
     kept = {k: v for k, v in inputs.items() if k in result.survivors}
     assert np.array_equal(result.total, plaintext_sum(kept))
@@ -212,7 +212,7 @@ def test_server_cannot_substitute_keys_or_ask_for_both_shares():
     sites["site-0"].receive_shares(server.shares_for("site-0"))
     sites["site-0"].masked_input(encode(np.zeros(4)))
     with pytest.raises(ProtocolViolation, match="survivor and dropped"):
-        sites["site-0"].unmask(["site-0", "site-1", "site-2"], ["site-2"])
+        sites["site-0"].sign_survivors(ids["site-0"], ["site-0", "site-1", "site-2"], ["site-2"])
 
 
 def test_site_state_survives_serialisation():
@@ -235,5 +235,9 @@ def test_site_state_survives_serialisation():
         sites[n] = SiteSession.from_bytes(sites[n].to_bytes())
     survivors, dropped = server.unmask_request()
     for n in names:
-        server.receive_unmask(n, sites[n].unmask(survivors, dropped))
+        server.receive_consistency(n, sites[n].sign_survivors(ids[n], survivors, dropped))
+        sites[n] = SiteSession.from_bytes(sites[n].to_bytes())
+    proof = server.consistency_proof()
+    for n in names:
+        server.receive_unmask(n, sites[n].unmask(survivors, dropped, proof, roster))
     assert np.array_equal(server.result(), plaintext_sum(inputs))
