@@ -173,6 +173,11 @@ def make_client_app(
     @app.query("intensity", mods=[secure_mod])
     def intensity(msg: Message, context: Context) -> Message:
         cfg = _cfg(context, overrides)
+        if privacy_of(cfg).name == "local_dp":  # no mechanism would account for them
+            raise PermissionError(
+                "privacy=local_dp: this site does not send its intensity moments without DP "
+                "(federation.secure_normalisation)"
+            )
         site = load_site(cfg, context.node_config)
         tr = cfg.transforms
         return _reply(msg, site, intensity_moments(site.splits.train, tr.norm_mean, tr.norm_std))

@@ -35,6 +35,11 @@ class FederationPrivacy:
         # Sites that refused the last round for their budget (an error reply has no name).
         self.refusals = int(state.get("refusals", 0))
         self._history = [tuple(h) for h in state.get("history", [])]
+        if privacy.name == "local_dp" and fed.secure_normalisation:
+            raise ValueError(
+                "federation.secure_normalisation=true sends each site's intensity moments "
+                "without DP, outside privacy=local_dp's guarantee; the sites refuse it"
+            )
         if isinstance(privacy, CentralDP) and privacy.min_sites > self.num_sites:
             raise ValueError(
                 f"privacy.min_sites={privacy.min_sites} exceeds federation.num_sites="

@@ -59,11 +59,14 @@ class LocalResult:
     ``num_examples`` is the FedAvg weight: examples trained on; under local DP the
     expected number (a public function of the site's size, not the Poisson draw); under
     central DP 1 (site-level sensitivity needs weights that do not depend on the data).
-    ``privacy`` is what the site reports in the clear under local DP (ε, σ, rounds left).
+    ``loss`` is the mean training loss, None under local DP: it is computed from the
+    training examples without noise, and no mechanism in the site's ledger accounts for it,
+    so the site does not send it. ``privacy`` is what the site reports in the clear under
+    local DP (ε, σ, rounds left).
     """
 
     num_examples: int
-    loss: float
+    loss: float | None
     lr: float
     privacy: dict[str, float | int] | None = None
 
@@ -148,7 +151,7 @@ def _local_train_dp(
         privacy.calibration_history()[0] if with_moments and model.needs_calibration() else None
     )
     if release is not None:
-        ledger.accountant.step(*release)
+        ledger.accountant.release(*release)
     ledger.check(plan)  # raises BudgetExhausted before touching the data
     if release is not None:
         sigma = release[0]
@@ -192,7 +195,8 @@ def _local_train_dp(
         privacy.delta,
     )
     expected = round(plan.steps * plan.sample_rate * len(train))
-    return LocalResult(num_examples=expected, loss=stats["loss"], lr=lr, privacy=report)
+    # No loss: the noise-free mean training loss is no part of what the ledger accounts.
+    return LocalResult(num_examples=expected, loss=None, lr=lr, privacy=report)
 
 
 def _local_train_plain(

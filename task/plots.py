@@ -46,7 +46,9 @@ def plot_confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], path: Pa
 
 
 def plot_curves(history: Sequence[dict], keys: Sequence[str], path: Path, xlabel: str) -> Path:
-    """One panel per key (for example train loss, validation AUC, validation MCC)."""
+    """One panel per key (for example train loss, validation AUC, validation MCC); a key
+    that no row holds gets none (a local-DP federation reports no training loss)."""
+    keys = [key for key in keys if any(key in h for h in history)] or list(keys)
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
     x = [h.get("epoch", h.get("round", i + 1)) for i, h in enumerate(history)]
     for ax, key in zip(axes[0], keys, strict=True):

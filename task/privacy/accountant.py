@@ -4,7 +4,9 @@ Flower's Opacus example builds a new ``PrivacyEngine`` each round, so ε silentl
 at zero. Here the accountant's history (``(noise multiplier, sample rate, steps)``
 entries) is the state: it is loaded before a round, stepped by Opacus's optimizer hook
 during the round, and written back atomically after it. A restarted site (or server)
-continues from the file, so ε only grows.
+continues from the file, so ε only grows. One-off releases composed into the same history
+(a site's feature moments) are counted apart, so that the steps of the iterated mechanism
+(DP-SGD) can be told from them.
 
 Opacus is imported when an accountant is built, not with this module (see
 :mod:`task.privacy.dpsgd`).
@@ -26,14 +28,22 @@ class Accountant:
 
     Args:
         history: ``(noise_multiplier, sample_rate, steps)`` entries already spent.
+        releases: how many of the history's steps were one-off releases (:meth:`release`)
+            rather than steps of the iterated mechanism. Equal entries merge in the history,
+            so the count is kept apart from it.
     """
 
-    def __init__(self, history: list[tuple[float, float, int]] | None = None) -> None:
+    def __init__(
+        self, history: list[tuple[float, float, int]] | None = None, releases: int = 0
+    ) -> None:
         from opacus.accountants import RDPAccountant
 
         self.opacus = RDPAccountant()
         for sigma, q, steps in history or []:
             self.step(sigma, q, steps)
+        if not 0 <= int(releases) <= self.steps or int(releases) != releases:
+            raise ValueError(f"releases={releases!r} must be an integer in [0, {self.steps}]")
+        self.releases = int(releases)
 
     @property
     def history(self) -> list[tuple[float, float, int]]:
@@ -41,7 +51,13 @@ class Accountant:
 
     @property
     def steps(self) -> int:
+        """Every accounted application, releases included."""
         return sum(n for _, _, n in self.history)
+
+    @property
+    def iterated_steps(self) -> int:
+        """The accounted applications that were not releases (DP-SGD's steps at a site)."""
+        return self.steps - self.releases
 
     def step(self, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:
         """Record ``steps`` applications of the mechanism."""
@@ -58,6 +74,12 @@ class Accountant:
         else:
             h.append((noise_multiplier, sample_rate, steps))
 
+    def release(self, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:
+        """Record a one-off release (``steps`` applications): composed like any step,
+        counted in :attr:`releases`, not in :attr:`iterated_steps`."""
+        self.step(noise_multiplier, sample_rate, steps)
+        self.releases += steps
+
     def epsilon(self, delta: float) -> float:
         """ε at ``delta`` for everything spent so far (0 before the first step)."""
         if not self.opacus.history:
@@ -68,7 +90,7 @@ class Accountant:
         self, delta: float, noise_multiplier: float, sample_rate: float, steps: int
     ) -> float:
         """ε if ``steps`` more steps were spent (the ledger itself is unchanged)."""
-        trial = Accountant(self.history)
+        trial = Accountant(self.history, self.releases)
         trial.step(noise_multiplier, sample_rate, steps)
         return trial.epsilon(delta)
 
@@ -82,7 +104,7 @@ class Accountant:
         limit: int,
     ) -> int:
         """How many more rounds of ``steps_per_round`` steps keep ε ≤ ``budget`` (≤ limit)."""
-        trial = Accountant(self.history)
+        trial = Accountant(self.history, self.releases)
         for done in range(limit):
             trial.step(noise_multiplier, sample_rate, steps_per_round)
             if trial.epsilon(delta) > budget:
@@ -92,7 +114,12 @@ class Accountant:
     # -- persistence ---------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the ledger atomically (a crash mid-write leaves the previous one intact)."""
-        data = {"version": LEDGER_VERSION, "mechanism": "rdp", "history": self.history}
+        data = {
+            "version": LEDGER_VERSION,
+            "mechanism": "rdp",
+            "history": self.history,
+            "releases": self.releases,
+        }
         return write_text_atomic(json.dumps(data) + "\n", path)
 
     @classmethod
@@ -100,7 +127,9 @@ class Accountant:
         """The ledger saved at ``path``; a fresh one when no file exists yet.
 
         A file that exists but cannot be read is an error, never a fresh start: starting
-        over would silently reset ε to zero.
+        over would silently reset ε to zero. A file written before releases were counted
+        apart has no ``releases``: read as 0 (its ε is exact; only the split of its steps
+        is unknown).
         """
         path = Path(path)
         if not path.exists():
@@ -109,7 +138,7 @@ class Accountant:
             data = json.loads(path.read_text())
             if data.get("version") != LEDGER_VERSION or data.get("mechanism") != "rdp":
                 raise ValueError(f"version {data.get('version')!r}, {data.get('mechanism')!r}")
-            return cls([tuple(entry) for entry in data["history"]])
+            return cls([tuple(entry) for entry in data["history"]], data.get("releases", 0))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(
                 f"privacy ledger {path} is unreadable ({err}); refusing to start ε from zero"

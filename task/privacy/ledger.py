@@ -85,7 +85,9 @@ class SiteLedger:
         return self.accountant.save(self.path)
 
     def report(self, plan: RoundPlan) -> dict[str, float | int]:
-        """What the site tells the server (in the clear) after a round."""
+        """What the site tells the server (in the clear) after a round: ε at δ, σ and q of
+        DP-SGD, its steps so far (``dp-steps``, the feature moments' release not among
+        them), the one-off releases so far (``dp-releases``) and the rounds left."""
         budget = self.settings.epsilon
         left = (
             plan.planned_rounds
@@ -104,6 +106,7 @@ class SiteLedger:
             "delta": self.settings.delta,
             "noise-multiplier": plan.noise_multiplier,
             "sample-rate": plan.sample_rate,
-            "dp-steps": self.accountant.steps,
+            "dp-steps": self.accountant.iterated_steps,
+            "dp-releases": self.accountant.releases,
             "rounds-left": left,
         }

@@ -41,6 +41,7 @@ def test_train_returns_weights_true_example_count_and_site_name() -> None:
     reply = app(_message(MessageType.TRAIN, ArrayRecord(model.state_dict())), _context(node))
     assert not reply.has_error()
     assert reply.content["metrics"]["num-examples"] == len(site.splits.train)
+    assert set(reply.content["metrics"]) == {"num-examples", "loss", "lr"}  # no DP: the loss too
     assert reply.content[SITE_RECORD]["name"] == "site-1"
     new = reply.content["arrays"].to_torch_state_dict()
     assert set(new) == set(model.state_dict())
@@ -100,6 +101,8 @@ def test_local_dp_site_reports_epsilon_keeps_its_ledger_and_enforces_its_budget(
         assert not reply.has_error()
         eps.append(reply.content[SITE_RECORD]["epsilon"])
         assert reply.content[SITE_RECORD]["dp-steps"] == 2 * len(eps)
+        # the noise-free training loss is accounted by no mechanism: it is not sent
+        assert set(reply.content["metrics"]) == {"num-examples", "lr"}
     assert 0 < eps[0] < eps[1] <= 3.0
     assert (tmp_path / "site-0" / LEDGER_FILE).is_file()
 
@@ -114,3 +117,13 @@ def test_local_dp_site_reports_epsilon_keeps_its_ledger_and_enforces_its_budget(
         _message(MessageType.EVALUATE, ArrayRecord(model.state_dict())), _context(node)
     )
     assert not reply.has_error() and reply.content["metrics"]["num-examples"] > 0
+
+
+def test_a_local_dp_site_refuses_to_send_its_intensity_moments() -> None:
+    """The control: the same query is answered without DP."""
+    node = {"partition-id": 0, "num-partitions": 3}
+    query = Message(content=RecordDict({}), dst_node_id=5, message_type="query.intensity")
+    with pytest.raises(PermissionError, match="intensity moments without DP"):
+        make_client_app([*OVERRIDES, "privacy=local_dp"])(query, _context(node))
+    reply = make_client_app(OVERRIDES)(query, _context(node))
+    assert reply.content["metrics"]["num-examples"] > 0

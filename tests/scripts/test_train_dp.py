@@ -65,6 +65,9 @@ def test_budget_ends_the_federation_at_the_right_round(tmp_path: Path) -> None:
         assert metrics["privacy"]["sites"][site] <= budget
         assert history[-1]["sites"][site]["privacy"]["rounds-left"] == 0
         assert history[0]["sites"][site]["train"] == {}  # still nothing per site in the clear
+        assert history[-1]["sites"][site]["privacy"]["dp-steps"] == 2 * STEPS
+    # the sites' noise-free training loss is accounted by no mechanism: not sent, not summed
+    assert all("loss" not in h["train"] for h in history)
 
 
 def test_epsilon_grows_per_round_and_survives_a_restart_of_every_process(

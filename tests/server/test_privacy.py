@@ -79,3 +79,11 @@ def test_no_privacy_records_nothing_and_bad_min_sites_is_refused() -> None:
     assert fp.should_stop(2) is None
     with pytest.raises(ValueError, match=r"min_sites=4 exceeds federation\.num_sites=3"):
         FederationPrivacy(CentralDP(min_sites=4), CFG, None)
+
+
+def test_local_dp_refuses_secure_normalisation() -> None:
+    """Intensity moments sent without DP are outside local DP's guarantee."""
+    cfg = compose_config(["privacy=local_dp", "federation.secure_normalisation=true"])
+    with pytest.raises(ValueError, match="intensity moments without DP"):
+        FederationPrivacy(LocalDP(epsilon=3.0), cfg, None)
+    FederationPrivacy(NoPrivacy(), compose_config(["federation.secure_normalisation=true"]), None)

@@ -93,7 +93,7 @@ def test_local_steps_take_precedence(cfg) -> None:
 
 def test_local_dp_calibrates_the_moments_once_and_accounts_the_release(tmp_path) -> None:
     from task.privacy import privacy_of
-    from task.privacy.ledger import SiteLedger
+    from task.privacy.ledger import SiteLedger, plan_round
 
     dp_cfg = compose_config(
         ["data.limit=300", "privacy=local_dp", "federation.num_rounds=3", "train.batch_size=32"]
@@ -115,3 +115,17 @@ def test_local_dp_calibrates_the_moments_once_and_accounts_the_release(tmp_path)
     assert releases == [privacy.calibration_history()[0]]
     assert torch.equal(model.feature_mean, state["feature_mean"])  # buffers are not trained
     assert first.privacy["epsilon"] < second.privacy["epsilon"] <= privacy.epsilon
+    # dp-steps counts DP-SGD's steps only: the release is reported apart, once.
+    steps = plan_round(
+        privacy,
+        n_train=len(site.splits.train),
+        batch_size=32,
+        local_steps=None,
+        local_epochs=int(dp_cfg.federation.local_epochs),
+        num_rounds=3,
+    ).steps
+    assert first.privacy["dp-steps"] == steps and second.privacy["dp-steps"] == 2 * steps
+    assert first.privacy["dp-releases"] == second.privacy["dp-releases"] == 1
+    assert ledger.accountant.steps == 2 * steps + 1
+    # The noise-free training loss is no part of what the ledger accounts: none is sent.
+    assert first.loss is None and second.loss is None

@@ -64,8 +64,37 @@ def test_reported_fields() -> None:
         "noise-multiplier": 1.1,
         "sample-rate": 0.1,
         "dp-steps": 0,
+        "dp-releases": 0,
         "rounds-left": 4,
     }
+
+
+def test_a_release_is_accounted_but_not_counted_as_a_dp_sgd_step(tmp_path) -> None:
+    dp = LocalDP(epsilon=3.0)
+    plan = plan_round(
+        dp,
+        n_train=1750,
+        batch_size=256,
+        local_steps=None,
+        local_epochs=1,
+        num_rounds=36,
+        calibration=True,
+    )
+    assert plan.steps == 7
+    release = dp.calibration_history()[0]
+    for _ in range(3):  # a new process every round, as a restarted site
+        ledger = SiteLedger(dp, tmp_path, "site-a")
+        if ledger.accountant.steps == 0:
+            ledger.accountant.release(*release)
+        ledger.check(plan)
+        ledger.accountant.step(plan.noise_multiplier, plan.sample_rate, plan.steps)
+        ledger.save()
+        report = ledger.report(plan)
+        assert (report["dp-steps"], report["dp-releases"]) == (ledger.accountant.steps - 1, 1)
+    assert report["dp-steps"] == 21  # 7, 14, 21: the release is not a step
+    assert report["epsilon"] == pytest.approx(
+        _reference([release, (plan.noise_multiplier, plan.sample_rate, 21)]), abs=1e-3
+    )
 
 
 def test_plan_needs_examples() -> None:
