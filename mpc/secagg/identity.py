@@ -8,6 +8,8 @@ not verify against it.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -72,3 +74,19 @@ def write_identities(folder: Path, names: Iterable[str]) -> Path:
     roster = folder / "roster.json"
     roster.write_text(json.dumps(lines, indent=2))
     return roster
+
+
+def public_line(key: crypto.IdentityPrivateKey | crypto.IdentityPublicKey) -> str:
+    """The OpenSSH public key line of ``key`` (a private key gives its public half)."""
+    public = key.public_key() if hasattr(key, "public_key") else key
+    return public.public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    ).decode()
+
+
+def fingerprint(line: str) -> str:
+    """OpenSSH's SHA-256 fingerprint of a public key line (``ssh-keygen -lf`` prints the
+    same), for hospitals and the coordinator to compare by phone or e-mail."""
+    crypto.load_identity_public(line)  # refuses what is not an Ed25519 or ECDSA key
+    blob = base64.b64decode(line.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
