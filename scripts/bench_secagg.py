@@ -3,9 +3,13 @@
 (a) Protocol cost without Flower, on vectors of the real models' size (default model and
     ResNet-18), at 3, 5 and 10 sites: seconds per site (encode + mask) and at the server
     (unmask + decode), bytes sent per site per round against plaintext float32.
+    Also the cost of hashing a round's work (the digest every site signs and checks) and
+    the messages of each stage.
 (b) Round wall time of Flower simulations with ``secure=smpc`` against ``secure=none`` at
     3, 5 and 10 sites (same seed, same local work), from the last round (the first one also
-    loads every site's data); ``--models`` picks the models.
+    loads every site's data); ``--models`` picks the models. With ``--baseline REF`` (a git
+    commit), also ``secure=smpc`` as the code at REF ran it (a git worktree under
+    ``--out``), in the same run: the cost of the checks against an active server.
 (c) With ``--full``: the default federation (all rounds) with and without secure
     aggregation, same seed: test AUC, ACC, MCC and their differences.
 Writes ``bench_secagg.json`` with the machine's facts.
@@ -15,17 +19,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from hydra.core.global_hydra import GlobalHydra
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from mpc.secagg.fixedpoint import pack
 from mpc.secagg.reference import plaintext_sum, secure_sum
-from server.simulation import simulate
+from strategies.secagg_messages import work_digest
 from task.config import compose_config
-from task.constants import REPO_ROOT
+from task.constants import DATA_ENV_VAR, REPO_ROOT
+from task.data.pneumoniamnist import resolve_path
 from task.machine import machine_facts
 from task.models import build_model, count_parameters
 from task.report import write_benchmark
@@ -52,6 +61,12 @@ def _protocol_cost(model_overrides: list[str], n_sites: int) -> dict:
     if not np.array_equal(result.total, plaintext_sum(inputs)):
         raise RuntimeError("secure sum differs from the plaintext sum")
     server = result.server
+    content = RecordDict(
+        {"arrays": ArrayRecord(state), "config": ConfigRecord({"server-round": 1})}
+    )
+    t0 = time.perf_counter()
+    work_digest(content)
+    hashing = time.perf_counter() - t0
     n = sum(p.numel() for p in state.values())
     share_bytes = max(
         sum(len(b) for b in p.values()) for st, _, p in server.transcript if st == "share"
@@ -60,6 +75,12 @@ def _protocol_cost(model_overrides: list[str], n_sites: int) -> dict:
         "parameters": count_parameters(model),
         "values_per_site": n,
         "encode_seconds_per_site": t_encode / n_sites,
+        # Each site hashes its work once a secure sum (train and evaluate each round), and
+        # the server once for all.
+        "work_digest_seconds": hashing,
+        # Replies the server received at each stage of one secure sum (a query each; the
+        # mask stage rides on the train / evaluate message itself).
+        "messages_per_stage": dict(Counter(st for st, _, _ in server.transcript)),
         # In-process driver: every site's and the server's work, run one after the other.
         "protocol_seconds_all_sites_and_server": protocol,
         "bytes_per_site": {
@@ -71,11 +92,35 @@ def _protocol_cost(model_overrides: list[str], n_sites: int) -> dict:
     }
 
 
-def _simulate(overrides: list[str], run_dir: Path) -> dict:
-    GlobalHydra.instance().clear()
-    cfg = compose_config(overrides)
+def _baseline_tree(ref: str, out: Path) -> Path:
+    """A git worktree of ``ref`` under ``out`` (made once)."""
+    tree = (out / f"baseline-{ref}").resolve()
+    if not tree.exists():
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(tree), ref],
+            cwd=REPO_ROOT,
+            check=True,
+            capture_output=True,
+        )
+    return tree
+
+
+def _simulate(overrides: list[str], run_dir: Path, tree: Path = REPO_ROOT) -> dict:
+    """``python -m scripts.train`` of the code in ``tree``, in a fresh process each."""
+    env = os.environ | {DATA_ENV_VAR: str(resolve_path(None).resolve())}
+    run_dir = run_dir.resolve()  # the baseline runs in another working directory
     t0 = time.perf_counter()
-    metrics = simulate(cfg, overrides, run_dir)
+    proc = subprocess.run(
+        [sys.executable, "-m", "scripts.train", *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"simulation in {tree} failed:\n{proc.stderr[-3000:]}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     history = json.loads((run_dir / "history.json").read_text())
     return {
         "wall_seconds": time.perf_counter() - t0,
@@ -92,9 +137,13 @@ def main() -> None:
     parser.add_argument("--sites", nargs="*", type=int, default=list(SITES))
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--full", action="store_true", help="also (c): full default runs")
+    parser.add_argument(
+        "--baseline", default=None, help="a git commit whose secure=smpc runs beside ours"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    result: dict = {"machine": machine_facts()}
+    result: dict = {"machine": machine_facts(), "baseline": args.baseline}
+    baseline = _baseline_tree(args.baseline, args.out) if args.baseline else None
 
     result["a_protocol"] = {
         name: {str(n): _protocol_cost(over, n) for n in SITES} for name, over in MODELS.items()
@@ -109,16 +158,28 @@ def main() -> None:
                 f"federation.num_rounds={args.rounds}",
                 "metrics.n_bootstrap=50",
             ]
+            out = args.out / f"{name}-{n}"
             runs = {
-                mode: _simulate([*base, f"secure={mode}"], args.out / f"{name}-{n}-{mode}")
-                for mode in ("none", "smpc")
+                mode: _simulate([*base, f"secure={mode}"], out / mode) for mode in ("none", "smpc")
             }
             plain, secure = runs["none"]["last_round_seconds"], runs["smpc"]["last_round_seconds"]
-            rounds[f"{name}/{n}_sites"] = {
-                **runs,
-                "overhead_fraction": (secure - plain) / plain,
-            }
-            print(name, n, "sites: overhead", f"{(secure - plain) / plain:+.1%}", flush=True)
+            entry = {**runs, "overhead_fraction": (secure - plain) / plain}
+            if baseline is not None:
+                before = _simulate([*base, "secure=smpc"], out / "smpc_baseline", baseline)
+                old = before["last_round_seconds"]
+                entry |= {
+                    "smpc_baseline": before,
+                    "baseline_overhead_fraction": (old - plain) / plain,
+                    "checks_fraction_of_round": (secure - old) / secure,
+                }
+            rounds[f"{name}/{n}_sites"] = entry
+            print(
+                name,
+                n,
+                "sites:",
+                json.dumps({k: v for k, v in entry.items() if "fraction" in k}),
+                flush=True,
+            )
     result["b_round_time"] = rounds
     if args.full:
         runs = {
@@ -129,6 +190,10 @@ def main() -> None:
             **runs,
             "auc_difference": runs["smpc"]["test"]["auc"] - runs["none"]["test"]["auc"],
         }
+    if baseline is not None:
+        subprocess.run(
+            ["git", "worktree", "remove", "--force", str(baseline)], cwd=REPO_ROOT, check=False
+        )
     path = args.out / "bench_secagg.json"
     write_benchmark(result, path, {k: v for k, v in result.items() if k != "machine"})
 

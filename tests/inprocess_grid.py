@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import types
 
+import numpy as np
 from flwr.app import Context, Error, Message, RecordDict
 
+from mpc.secagg import protocol
+from mpc.secagg.protocol import SiteSession
 from strategies import secagg_messages as wire
 
 NODES = (101, 102, 103)
@@ -67,3 +70,26 @@ class InProcessGrid:
                     Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
                 )
         return replies
+
+
+def record_masking(monkeypatch) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Spy on every site's masking: ``(site, plaintext vector, what it sent)`` per call,
+    so a test can compare what the server received with what the site would have sent
+    in the clear."""
+    calls: list[tuple[str, np.ndarray, np.ndarray]] = []
+    real = SiteSession.masked_input
+
+    def spy(self, x):
+        y = real(self, x)
+        calls.append((self.name, np.array(x, dtype=np.uint64), np.array(y)))
+        return y
+
+    monkeypatch.setattr(SiteSession, "masked_input", spy)
+    return calls
+
+
+def masks_off(monkeypatch) -> None:
+    """The negative control: every mask is zero, so a site sends its plaintext encoding."""
+    monkeypatch.setattr(
+        protocol.crypto, "mask", lambda seed, length, info: np.zeros(length, dtype=np.uint64)
+    )

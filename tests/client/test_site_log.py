@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import multiprocessing
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_conte
 from flwr.supercore.task_identity import TaskIdentity
 from omegaconf import OmegaConf
 
+from client import site_log
 from client.site_log import (
     LOG_FILE,
     ChainError,
@@ -329,11 +332,52 @@ def test_deployed_site_without_state_dir_refuses_and_test_site_warns(tmp_path, c
     assert not reply.has_error() and "replies are not logged" in caplog.text
 
 
-def test_the_log_is_shared_safely_by_several_writers(tmp_path) -> None:
-    a, b = SiteLog(tmp_path / LOG_FILE, "s"), SiteLog(tmp_path / LOG_FILE, "s")
-    for i in range(5):
-        (a if i % 2 else b).append({"kind": "reply", "round": i})
-    assert verify(tmp_path / LOG_FILE).entries == 6
+def _append_many(path: Path, writer: int, count: int) -> None:
+    log = SiteLog(path, "s")
+    for i in range(count):
+        log.append({"kind": "reply", "round": i, "writer": writer})
+
+
+def _race(path: Path, writers: int = 4, count: int = 10) -> list[int | None]:
+    """``writers`` processes appending at once (Flower runs one ClientApp process per
+    message, several at a time); their exit codes."""
+    context = multiprocessing.get_context("fork")  # children keep the test's patches
+    procs = [context.Process(target=_append_many, args=(path, w, count)) for w in range(writers)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+    return [proc.exitcode for proc in procs]
+
+
+@pytest.fixture
+def slow_append(monkeypatch):
+    """Widens the window between reading the log's tail and appending after it (a slow
+    disk or a busy machine), so that writers without the lock collide."""
+    real = site_log._now
+
+    def now() -> str:
+        time.sleep(0.003)
+        return real()
+
+    monkeypatch.setattr(site_log, "_now", now)
+
+
+def test_the_log_is_shared_safely_by_several_writer_processes(tmp_path, slow_append) -> None:
+    assert _race(tmp_path / LOG_FILE) == [0, 0, 0, 0]
+    assert verify(tmp_path / LOG_FILE).entries == 4 * 10 + 1
+
+
+def test_without_the_lock_concurrent_writers_break_the_chain(
+    tmp_path, slow_append, monkeypatch
+) -> None:
+    """The control of the test above: with flock a no-op, the same race forks the chain
+    (verify() refuses it) or a writer reads another's half-written line and fails."""
+    monkeypatch.setattr(site_log.fcntl, "flock", lambda *args: None)
+    codes = _race(tmp_path / LOG_FILE)
+    if codes == [0, 0, 0, 0]:
+        with pytest.raises(ChainError):
+            verify(tmp_path / LOG_FILE)
 
 
 def test_client_app_logs_its_replies(tmp_path) -> None:

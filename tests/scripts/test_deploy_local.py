@@ -5,6 +5,8 @@ SuperLink (with its ServerApp) dying and being restarted, and intruders at the d
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -16,6 +18,7 @@ import torch
 
 from scripts.deploy_local import SiteFederation, prepare_sites, start_sites
 from server.deployment import DeploymentError, LocalDeployment
+from server.pki import make_tls
 from task import checkpoint
 from task.constants import REPO_ROOT
 
@@ -120,9 +123,31 @@ def test_three_sites_one_secure_round_over_tls(secure_run) -> None:
     )
 
 
+def test_the_superlink_speaks_tls_under_the_deployments_ca(federation, tmp_path) -> None:
+    """TLS proven by a handshake, not by the absence of a warning: the SuperLink's port
+    completes TLS with a certificate that chains to the deployment's CA, and (the control)
+    a client trusting another CA refuses it."""
+    dep, _ = federation
+
+    def handshake(ca: Path) -> str:
+        context = ssl.create_default_context(cafile=str(ca))
+        context.set_alpn_protocols(["h2"])
+        with (
+            socket.create_connection(("127.0.0.1", dep.port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            return str(tls.version())
+
+    assert handshake(dep.tls.ca_cert) in ("TLSv1.2", "TLSv1.3")
+    other = make_tls(tmp_path / "other-ca", ["127.0.0.1"])
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(other.ca_cert)
+
+
 def test_a_supernode_killed_mid_round_leaves_the_round_to_the_others(federation) -> None:
     """Fault: site-2's machine dies while it trains. The SuperLink reports the node lost
-    (no heartbeat), secure aggregation completes the round with the two survivors, and the
+    (no heartbeat), the round is aggregated from the two survivors (in the clear here: the
+    protocol's own dropout handling is tested in tests/strategies/test_secure.py), and the
     restarted SuperNode rejoins under its registered key."""
     dep, fed = federation
     run_dir = fed.workdir / "dropout"

@@ -15,7 +15,7 @@ from task.config import compose_config
 from task.constants import NORM_MEAN, NORM_STD
 from task.models import build_model
 from task.sites import load_site
-from tests.inprocess_grid import NODES, InProcessGrid
+from tests.inprocess_grid import NODES, InProcessGrid, masks_off, record_masking
 
 BASE = ["data.limit=240", "logger=none"]
 
@@ -36,7 +36,7 @@ def _pooled_truth(cfg) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("secure", ["smpc", "none"])
-def test_federation_mean_and_std_equal_the_pooled_pixels(secure, tmp_path):
+def test_federation_mean_and_std_equal_the_pooled_pixels(secure, tmp_path, monkeypatch):
     overrides = [*BASE, f"secure={secure}"]
     if secure == "smpc":
         roster = write_identities(tmp_path, [f"site-{i}" for i in range(len(NODES))])
@@ -44,13 +44,33 @@ def test_federation_mean_and_std_equal_the_pooled_pixels(secure, tmp_path):
     cfg = compose_config(overrides)
     aggregation = instantiate(cfg.secure)(instantiate(cfg.strategy))
     grid = InProcessGrid(make_client_app(overrides))
+    calls = record_masking(monkeypatch)
     mean, std = federation_intensity(aggregation, grid, 3, timeout=60)
     want_mean, want_std = _pooled_truth(cfg)
     assert mean == pytest.approx(want_mean, abs=1e-6)
     assert std == pytest.approx(want_std, abs=1e-6)
     if secure == "smpc":  # the server saw masked vectors only
-        masked = [p for st, _, p in aggregation.transcripts[-1].transcript if st == "mask"]
-        assert len(masked) == 3 and all(p.dtype == np.uint64 for p in masked)
+        received = [p for st, _, p in aggregation.transcripts[-1].transcript if st == "mask"]
+        assert len(received) == len(calls) == 3
+        for (_, plain, sent), got in zip(calls, received, strict=True):
+            assert np.array_equal(sent, got)  # what the site sent is what the server got
+            assert not np.any(got == plain)  # and no value of it is the site's plaintext
+
+
+def test_without_masks_the_server_would_see_the_sites_moments(tmp_path, monkeypatch):
+    """The control of the test above: with every mask zero, the received vectors are the
+    sites' plaintext encodings, which that test's check would catch."""
+    roster = write_identities(tmp_path, [f"site-{i}" for i in range(len(NODES))])
+    overrides = [*BASE, "secure=smpc", f"secure.roster={roster}"]
+    cfg = compose_config(overrides)
+    aggregation = instantiate(cfg.secure)(instantiate(cfg.strategy))
+    calls = record_masking(monkeypatch)
+    masks_off(monkeypatch)
+    federation_intensity(aggregation, InProcessGrid(make_client_app(overrides)), 3, timeout=60)
+    received = [p for st, _, p in aggregation.transcripts[-1].transcript if st == "mask"]
+    assert all(
+        np.array_equal(got, plain) for (_, plain, _), got in zip(calls, received, strict=True)
+    )
 
 
 def test_sites_normalise_with_the_statistics_the_server_sends():

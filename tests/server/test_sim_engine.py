@@ -37,8 +37,27 @@ def test_the_loop_moves_every_message_and_stops_on_the_event() -> None:
     thread.join(timeout=5)
     assert not thread.is_alive()
     assert sorted(queue.get_nowait() for _ in range(3)) == ["a", "b", "c"]
-    # 0.005 s between looks: several looks per 0.1 s (Flower's own loop makes one)
-    assert state.looks >= 4
+
+
+def _looks(interval: float, seconds: float = 0.3) -> int:
+    """How often the loop looks for messages in ``seconds`` with none pending."""
+    state, stop = _State({1: [], 2: []}), threading.Event()
+    thread = threading.Thread(
+        target=sim_engine.polling_loop(interval), args=(state, Queue(), {1: 0, 2: 1}, stop)
+    )
+    thread.start()
+    time.sleep(seconds)
+    stop.set()
+    thread.join(timeout=5)
+    return state.looks
+
+
+def test_the_interval_sets_how_often_the_engine_looks() -> None:
+    """0.005 s between looks against Flower's 0.1 s (the control): many times as many
+    looks in the same time; the loop ignoring its interval would fail one side."""
+    fast, slow = _looks(0.005), _looks(0.1)
+    assert slow <= 2 * 4  # 2 nodes, at most 4 passes in 0.3 s at 0.1 s
+    assert fast >= 3 * slow
 
 
 def test_flowers_loop_is_swapped_for_the_block_and_put_back() -> None:

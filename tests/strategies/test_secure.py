@@ -13,6 +13,7 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import FedAvg, FedMedian
 from hydra.utils import instantiate
+from scipy import stats
 
 from client.client_app import make_client_app
 from mpc.secagg.identity import write_identities
@@ -22,7 +23,7 @@ from strategies.metrics import pooled_evaluate_metrics
 from strategies.secure import SecureAggregation
 from task.config import compose_config
 from task.models import build_model
-from tests.inprocess_grid import InProcessGrid
+from tests.inprocess_grid import InProcessGrid, masks_off, record_masking
 
 BASE = [
     "data.limit=240",
@@ -63,9 +64,15 @@ def _evaluate_round(strategy, grid, arrays):
     return strategy.aggregate_evaluate(1, grid.send_and_receive(list(messages)))
 
 
-def test_secure_aggregate_equals_plaintext_fedavg_on_real_updates(roster):
+def _uniform_bytes_p(values: np.ndarray) -> float:
+    counts = np.bincount(np.asarray(values, dtype=np.uint64).view(np.uint8), minlength=256)
+    return stats.chisquare(counts).pvalue
+
+
+def test_secure_aggregate_equals_plaintext_fedavg_on_real_updates(roster, monkeypatch):
     secure, grid, arrays = _setup(roster, "smpc")
     plain, plain_grid, _ = _setup(roster, "none")
+    calls = record_masking(monkeypatch)
     got, metrics = _train_round(secure, grid, arrays)
     want, plain_metrics = _train_round(plain, plain_grid, arrays)
     for key in want:
@@ -73,9 +80,29 @@ def test_secure_aggregate_equals_plaintext_fedavg_on_real_updates(roster):
     assert metrics["num-examples"] == 3 * 3 * 16  # 3 sites x 3 steps x batch 16
     assert metrics["loss"] == pytest.approx(plain_metrics["loss"], abs=1e-6)
     assert metrics["secure-sites"] == 3
-    # The server received masked vectors only: no reply carried arrays or metrics in clear.
+    # The server received masked vectors only: each is what its site sent, no value of it
+    # equals the site's plaintext encoding, and its bytes are uniform (the plaintext's are
+    # not: the control).
     received = [p for st, _, p in secure.transcripts[-1].transcript if st == "mask"]
-    assert len(received) == 3 and all(p.dtype == np.uint64 for p in received)
+    assert len(received) == len(calls) == 3
+    for (_, plain_vector, sent), got_vector in zip(calls, received, strict=True):
+        assert np.array_equal(sent, got_vector)
+        assert not np.any(got_vector == plain_vector)
+        assert _uniform_bytes_p(got_vector) > 1e-4
+        assert _uniform_bytes_p(plain_vector) < 1e-10
+
+
+def test_without_masks_the_server_would_see_each_update(roster, monkeypatch):
+    """The control of the test above: with every mask zero the round still sums right,
+    and what the server received is each site's plaintext encoding."""
+    secure, grid, arrays = _setup(roster, "smpc")
+    calls = record_masking(monkeypatch)
+    masks_off(monkeypatch)
+    got, _ = _train_round(secure, grid, arrays)
+    assert got is not None
+    received = [p for st, _, p in secure.transcripts[-1].transcript if st == "mask"]
+    assert all(np.array_equal(r, plain) for (_, plain, _), r in zip(calls, received, strict=True))
+    assert all(_uniform_bytes_p(r) < 1e-10 for r in received)
 
 
 def test_secure_evaluation_reveals_only_federation_totals(roster):
@@ -103,8 +130,17 @@ def test_a_site_vanishing_at_any_stage_leaves_the_round_complete(roster, stage):
     # A cohort of two is below the default secure.min_cohort (next test): allowed here.
     strategy, grid, arrays = _setup(roster, "smpc", "secure.min_cohort=2", drop={102: stage})
     got, metrics = _train_round(strategy, grid, arrays)
-    assert got is not None
-    assert metrics["secure-sites"] == (3 if stage in ("consistency", "unmask") else 2)
+    # After masking, the vanished site's update is in the sum: it was sent already.
+    survivors = {101, 102, 103} if stage in ("consistency", "unmask") else {101, 103}
+    assert metrics["secure-sites"] == len(survivors)
+    # The result is the plaintext FedAvg of exactly those sites' updates.
+    plain, plain_grid, _ = _setup(roster, "none")
+    replies = plain_grid.send_and_receive(
+        list(plain.configure_train(1, arrays, ConfigRecord(), plain_grid))
+    )
+    want, _ = plain.aggregate_train(1, [r for r in replies if r.metadata.src_node_id in survivors])
+    for key in want:
+        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), rtol=0, atol=1e-6)
 
 
 def test_a_cohort_below_min_cohort_is_refused_by_the_sites(roster, caplog):

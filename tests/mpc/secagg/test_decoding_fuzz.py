@@ -202,9 +202,15 @@ def test_layouts_fit_their_vector_or_are_refused(layout, length: int) -> None:
     assert sum(v.size for v in unpack(vector, layout).values()) == length
 
 
-def test_pack_layouts_pass_the_check() -> None:
+def test_pack_layouts_pass_the_check_and_unpack_to_the_values() -> None:
     vector, layout = pack({"a": (np.ones((2, 3)), 16), "b": (np.float64(2), 0)})
-    check_layout(json.loads(json.dumps(layout)), len(vector))
+    layout = json.loads(json.dumps(layout))  # as it travels
+    check_layout(layout, len(vector))
+    values = unpack(vector, layout)
+    np.testing.assert_array_equal(values["a"], np.ones((2, 3)))
+    assert float(values["b"]) == 2.0
+    with pytest.raises(ValueError, match="layout"):  # one value short: refused
+        check_layout(layout, len(vector) - 1)
 
 
 # -- roster and identity files -------------------------------------------------------------

@@ -134,16 +134,24 @@ def test_coalition_below_threshold_cannot_recover_a_site():
     rid = result.server.round_id
     b = crypto.reconstruct({index[r]: sh[f"b:{victim}"] for r, sh in result.server.unmasks.items()})
     residual = y - crypto.mask(b, y.size, rid.tag("self-mask"))
-    for member in coalition:
+
+    def strip(residual, member):
         seed = crypto.agree(
             state[member].mask_sk,
             state[victim].mask_pk,
             rid.tag("pair-mask", f"{member}|{victim}" if member < victim else f"{victim}|{member}"),
         )
         m = crypto.mask(seed, y.size, rid.tag("pair-mask-stream"))
-        residual = residual - m if victim < member else residual + m
+        return residual - m if victim < member else residual + m
+
+    for member in coalition:
+        residual = strip(residual, member)
     assert not np.array_equal(residual, inputs[victim])
     assert _uniform_bytes_p(residual) > 1e-3
+    # The control: the same stripping with the honest site's mask as well gives the
+    # victim's input exactly, so the residual above is the honest site's mask, not an
+    # error of the test's own unmasking.
+    assert np.array_equal(strip(residual, honest), inputs[victim])
 
 
 def test_tampered_or_replayed_share_is_rejected_naming_the_sender():
