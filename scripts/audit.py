@@ -1,9 +1,11 @@
 """Privacy audit: ``python -m scripts.audit [hydra overrides]``.
 
 Gradient inversion against a site's plaintext update, its local DP-SGD update and the
-secure sum of several sites, for batch sizes 1, 4 and 16; model inversion of a trained
-model. Writes ``audit.json`` (one entry per view, batch size and attack: SSIM, PSNR, MSE,
-seconds, verdict), ``report.md`` and the PNG grids to the Hydra run directory.
+secure sum of several sites, for batch sizes 1, 4 and 16, and against a malicious server
+that sends the sites different models (batch 1, the sites' checks off and on); model
+inversion of a trained model. Writes ``audit.json`` (one entry per view, batch size and
+attack: SSIM, PSNR, MSE, seconds, verdict), ``report.md`` and the PNG grids to the Hydra run
+directory.
 """
 
 from __future__ import annotations
@@ -40,9 +42,14 @@ def main(cfg: DictConfig) -> None:
     write_json(result, run_dir / "audit.json")
     report = write_report(result, run_dir / "report.md")
     for e in result["gradient_inversion"]:
+        view = e["view"] + (f" (checks {e['server_checks']})" if "server_checks" in e else "")
+        if e["ssim"] is None:  # the sites refused: nothing to invert
+            print(f"{view:>6} b={e['batch_size']:<2} {e['verdict']}")
+            continue
         print(
-            f"{e['view']:>6} b={e['batch_size']:<2} {e['attack']:<19} SSIM {e['ssim']:.3f} "
-            f"PSNR {e['psnr']:5.2f} MSE {e['mse']:.4f} {e['seconds']:6.1f}s  {e['verdict']}"
+            f"{view:>6} b={e['batch_size']:<2} {e['attack']:<19} SSIM {e['ssim']:.3f} "
+            f"(prior {e['prior_ssim']:.3f}) PSNR {e['psnr']:5.2f} MSE {e['mse']:.4f} "
+            f"{e['seconds']:6.1f}s  {e['verdict']}"
         )
     for e in result["model_inversion"]:
         print(f"model inversion {e['class']}: SSIM to nearest training image {e['ssim']:.3f}")

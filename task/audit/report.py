@@ -48,6 +48,16 @@ def _eps_lines(federation: dict[str, Any] | None) -> list[str]:
     return ["The given federation ran without differential privacy."]
 
 
+def _view(entry: dict[str, Any]) -> str:
+    """The view's name, with the sites' checks for the malicious-server view."""
+    checks = entry.get("server_checks")
+    return f"{entry['view']}, checks {checks}" if checks else entry["view"]
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
 def write_report(result: dict[str, Any], path: Path) -> Path:
     """``report.md``: the attack table, ε, model inversion, verdicts and the grids."""
     dp = result["dp"]
@@ -63,7 +73,12 @@ def write_report(result: dict[str, Any], path: Path) -> Path:
         "local DP-SGD; `secure`, the secure sum of the sites' one-step updates (a federation "
         "with `local_steps=1`); `secure_round`, the secure sum of the sites' whole rounds (a "
         "local epoch each, as the default federation trains), scored against every image the "
-        "target site trained on.",
+        "target site trained on; `malicious_server`, the model-inconsistency attack (Pasquini "
+        "et al. 2022) on the secure sum of the sites at batch 1 only: the server sends the "
+        "target the real model and the other sites a zero model, whose updates it predicts "
+        "and subtracts from the sum, once with the sites' checks against an active server "
+        "off (a test-only switch) and once on, as every federation runs. With the checks on "
+        "there is nothing to invert: no SSIM, and the verdict says why.",
         "",
         f"Local DP view: Opacus DP-SGD step at σ = {dp['noise_multiplier']:.3f}, clipping "
         f"{dp['max_grad_norm']}, the σ a site of the default federation uses for "
@@ -79,9 +94,9 @@ def write_report(result: dict[str, Any], path: Path) -> Path:
     ]
     for e in result["gradient_inversion"]:
         lines.append(
-            f"| {e['view']} | {e['batch_size']} | {e['attack']} | {e['ssim']:.3f} | "
-            f"{e['prior_ssim']:.3f} | {e['psnr']:.2f} | {e['mse']:.4f} | "
-            f"{e['seconds']:.1f} | {e['verdict']} |"
+            f"| {_view(e)} | {e['batch_size']} | {e['attack'] or '—'} | {_num(e['ssim'], 3)} | "
+            f"{e['prior_ssim']:.3f} | {_num(e['psnr'], 2)} | {_num(e['mse'], 4)} | "
+            f"{_num(e['seconds'], 1)} | {e['verdict']} |"
         )
     lines += [
         "",
@@ -99,7 +114,7 @@ def write_report(result: dict[str, Any], path: Path) -> Path:
         )
     lines += ["", "## Reconstructions", ""]
     for e in [*result["gradient_inversion"], *result["model_inversion"]]:
-        label = e.get("view", e.get("class"))
-        lines.append(f"![{label}]({e['grid']})")
+        if e["grid"]:
+            lines.append(f"![{_view(e) if 'view' in e else e['class']}]({e['grid']})")
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -3,7 +3,8 @@
 Used by ``python -m scripts.audit``; returns what ``audit.json`` holds and writes the PNG
 grids. Images are taken from the published training split (a site's data); the victim
 model is the federation's initial global model (round 1), the most common target of
-gradient inversion.
+gradient inversion. The ``malicious_server`` view runs at batch 1 only, twice: with the
+sites' checks against an active server off, then on.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import nn
 from task import checkpoint
 from task.audit import views
 from task.audit.inversion import AttackSettings, dlg, inverting_gradients
+from task.audit.malicious_server import inconsistent_round
 from task.audit.model_inversion import class_representative, nearest_image
 from task.audit.report import save_grid
 from task.audit.scores import prior_ssim, score
@@ -36,7 +38,10 @@ from task.sites import partition_site
 
 log = logging.getLogger(__name__)
 
-VIEWS = ("plain", "dp", "secure", "secure_round")
+VIEWS = ("plain", "dp", "secure", "secure_round", "malicious_server")
+#: The batch size of the model-inconsistency attack (one image per step); the
+#: ``malicious_server`` view runs at this size only.
+MALICIOUS_BATCH = 1
 
 
 def verdict(ssim: float, prior: float, recovered_margin: float, margin: float) -> str:
@@ -76,6 +81,10 @@ def run_audit(cfg: DictConfig, run_dir: Path, model_option: str) -> dict[str, An
     unknown = set(a.views) - set(VIEWS)
     if unknown:
         raise ValueError(f"audit.views has {sorted(unknown)}; choose from {list(VIEWS)}")
+    k, per_site = int(a.secure_sites), int(a.round_images)
+    for b in a.batch_sizes:  # before any attack runs
+        if per_site % int(b):
+            raise ValueError(f"audit.round_images={per_site} is not a multiple of batch {b}")
     set_determinism(seed=cfg.seed)
     data = instantiate(cfg.data).load(preprocess=instantiate(cfg.transforms.preprocess))
     mean, std = float(cfg.transforms.norm_mean), float(cfg.transforms.norm_std)
@@ -92,10 +101,7 @@ def run_audit(cfg: DictConfig, run_dir: Path, model_option: str) -> dict[str, An
     labels = torch.from_numpy(data.train.labels).long()
     mean_image = _to_unit(images.mean(dim=0, keepdim=True), mean, std)
     entries: list[dict[str, Any]] = []
-    k, per_site = int(a.secure_sites), int(a.round_images)
     for b in a.batch_sizes:
-        if per_site % int(b):
-            raise ValueError(f"audit.round_images={per_site} is not a multiple of batch {b}")
         picks = rng.choice(len(images), size=per_site * k, replace=False)
         # Each site's round images; its first batch is what one-step views train on.
         rounds = [
@@ -108,6 +114,21 @@ def run_audit(cfg: DictConfig, run_dir: Path, model_option: str) -> dict[str, An
         batches = [(xs[:b], ys[:b]) for xs, ys in rounds]
         x, y = batches[0]  # the target site's batch
         for view in a.views:
+            if view == "malicious_server":
+                if int(b) == MALICIOUS_BATCH:
+                    entries += _malicious_server(
+                        model,
+                        batches,
+                        settings,
+                        bounds,
+                        prior=prior_ssim(mean_image, _to_unit(x, mean, std)),
+                        unit=lambda t: _to_unit(t, mean, std),
+                        run_dir=run_dir,
+                        margins=(float(a.recovered_margin), float(a.margin)),
+                    )
+                else:
+                    log.info("malicious_server runs at batch %d only: skipped", MALICIOUS_BATCH)
+                continue
             victim = dp_model if view == "dp" else model
             summed = view in ("secure", "secure_round")
             if view == "plain":
@@ -185,6 +206,60 @@ def run_audit(cfg: DictConfig, run_dir: Path, model_option: str) -> dict[str, An
             "max_grad_norm": float(a.dp.max_grad_norm),
         },
     }
+
+
+def _malicious_server(
+    model, batches, settings, bounds, *, prior, unit, run_dir, margins
+) -> list[dict[str, Any]]:
+    """The model-inconsistency attack on the secure sum of ``batches`` (target first), the
+    sites' checks against an active server off, then on: two entries. ``seconds`` is the
+    inversion's time, ``round_seconds`` the protocol round's."""
+    x, y = batches[0]
+    truth = unit(x)
+    out = []
+    for checks in (False, True):
+        t0 = time.perf_counter()
+        got = inconsistent_round(model, batches, checks=checks)
+        entry: dict[str, Any] = {
+            "view": "malicious_server",
+            "batch_size": len(y),
+            "server_checks": "on" if checks else "off",
+            "sites_in_sum": len(batches),
+            "round_seconds": time.perf_counter() - t0,
+            "masked_inputs_received": got.masked_inputs,
+            "prior_ssim": prior,
+        }
+        if got.target is None:  # nothing to invert
+            entry |= {
+                "attack": None,
+                **dict.fromkeys(("ssim", "psnr", "mse", "ssim_best_per_image"), None),
+                "seconds": None,
+                "refused_by": sorted(got.refusals),
+                "verdict": got.outcome(),
+                "grid": None,
+            }
+        else:
+            t0 = time.perf_counter()
+            recon = unit(
+                inverting_gradients(model, got.target, y, tuple(x.shape), bounds, settings)
+            )
+            s = score(recon, truth)
+            grid = save_grid(
+                truth,
+                recon,
+                run_dir / f"malicious_server_checks_off_b{len(y)}.png",
+                title=f"checks off: SSIM {s['ssim']:.2f}",
+            )
+            entry |= {
+                "attack": "inverting_gradients",
+                **s,
+                "seconds": time.perf_counter() - t0,
+                "verdict": verdict(s["ssim"], prior, *margins),
+                "grid": grid.name,
+            }
+        log.info("%s", {k: v for k, v in entry.items() if k != "verdict"})
+        out.append(entry)
+    return out
 
 
 def _trained_model(cfg: DictConfig, run_dir: Path, model_option: str) -> tuple[nn.Module, str]:

@@ -10,7 +10,9 @@ gradient the server can compute from the weights it receives (``(w_global - w_si
   aggregation server sees it, when every site's round is one step (``local_steps=1``);
 * ``secure_round``: the same mean when every site trains its round as the federation does,
   a local epoch over its images, here with plain SGD so that the update stays as close to a
-  gradient (the attacker's model of it) as multi-step training allows.
+  gradient (the attacker's model of it) as multi-step training allows;
+* ``malicious_server``: the secure sum of a round in which the server sent the sites
+  different models, the target's update isolated from it (:mod:`task.audit.malicious_server`).
 
 The victim's step is computed with dropout off and BatchNorm in inference mode, so the
 attacker can replay it exactly: the strongest attacker, an upper bound on leakage.

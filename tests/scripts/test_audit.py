@@ -38,16 +38,28 @@ def test_audit_writes_json_report_and_grids(tmp_path: Path) -> None:
     entries = audit["gradient_inversion"]
     assert {(e["view"], e["batch_size"]) for e in entries} == {
         (v, b) for v in ("plain", "dp", "secure", "secure_round") for b in (1, 2)
-    }
+    } | {("malicious_server", 1)}  # the model-inconsistency attack runs at batch 1 only
     assert {e["images_per_site"] for e in entries if e["view"] == "secure_round"} == {4}
     assert {e["attack"] for e in entries if e["view"] == "plain"} == {"inverting_gradients", "dlg"}
+    malicious = {e["server_checks"]: e for e in entries if e["view"] == "malicious_server"}
+    assert set(malicious) == {"off", "on"}
+    refused = malicious["on"]
+    assert refused["ssim"] is None and refused["grid"] is None
+    assert refused["masked_inputs_received"] == 0
+    assert refused["verdict"].startswith("refused by the sites: ")
+    assert refused["verdict"].endswith("; the attacker received nothing")
     for e in [*entries, *audit["model_inversion"]]:
+        if e is refused:
+            continue
         assert -1 <= e["ssim"] <= 1 and e["mse"] >= 0 and e["verdict"]
         assert (run_dir / e["grid"]).is_file()
     assert [e["class"] for e in audit["model_inversion"]] == ["normal", "pneumonia"]
     report = (run_dir / "report.md").read_text()
     assert "| secure | 2 | inverting_gradients |" in report
     assert "| secure_round | 2 | inverting_gradients |" in report
+    assert "| malicious_server, checks off | 1 | inverting_gradients |" in report
+    assert "| malicious_server, checks on | 1 | — | — |" in report
+    assert "the attacker received nothing |" in report
     assert "site-0 2.99" in report
 
 
