@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from task.constants import REPO_ROOT
+from task import checkpoint
+from task.constants import CHECKPOINT_LAST, REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +44,7 @@ def test_run_writes_metrics_plots_checkpoints_and_wandb(tmp_path: Path) -> None:
     assert list((run_dir / "wandb").glob("offline-run-*")), "wandb offline run missing"
 
     resumed = tmp_path / "resumed"
-    _run(
+    proc = _run(
         "experiment=quick",
         "train.epochs=3",
         "logger=none",
@@ -52,6 +53,17 @@ def test_run_writes_metrics_plots_checkpoints_and_wandb(tmp_path: Path) -> None:
     )
     again = json.loads((resumed / "metrics.json").read_text())
     assert again["epochs_run"] == 3  # two epochs from the checkpoint, one more
+    # Continued, not restarted (a run that ignored resume= would also count 3 epochs): the
+    # first two rows are the checkpoint's own, timings included, which no rerun reproduces,
+    # and only epoch 3 trained in this run.
+    before = checkpoint.load(run_dir / CHECKPOINT_LAST)["history"]
+    after = checkpoint.load(resumed / CHECKPOINT_LAST)["history"]
+    assert [h["epoch"] for h in before] == [1, 2]
+    assert after[:2] == before and after[2]["epoch"] == 3
+    log = proc.stdout + proc.stderr
+    assert f"resumed from {run_dir / CHECKPOINT_LAST} at epoch 3" in log
+    assert "epoch 3: loss" in log
+    assert "epoch 1: loss" not in log and "epoch 2: loss" not in log
 
 
 def test_misspelt_override_fails_at_start(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
-"""The centralised loop: learns, checkpoints by MCC, and resumes exactly."""
+"""The centralised loop: learns, checkpoints by MCC, stops early, and resumes exactly."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -58,19 +59,13 @@ def test_resume_reaches_same_weights_as_uninterrupted(tmp_path: Path, ema_decay)
         assert not all(torch.equal(v, straight[k]) for k, v in best_a["model"].items())
 
 
-def test_best_checkpoint_has_best_val_mcc_and_early_stopping(tmp_path: Path) -> None:
+def test_best_checkpoint_has_best_val_mcc(tmp_path: Path) -> None:
     _cfg, splits, model, opt, aug = _setup()
     history = fit(
         model,
         splits,
         opt,
-        TrainSettings(
-            epochs=6,
-            batch_size=32,
-            progress=False,
-            max_steps_per_epoch=2,
-            early_stopping_patience=1,
-        ),
+        TrainSettings(epochs=4, batch_size=32, progress=False, max_steps_per_epoch=2),
         tmp_path,
         augment=aug,
     )
@@ -78,9 +73,41 @@ def test_best_checkpoint_has_best_val_mcc_and_early_stopping(tmp_path: Path) -> 
     mccs = [h["val_mcc"] for h in history]
     assert best["best_mcc"] == max(mccs)
     assert best["best_epoch"] == 1 + mccs.index(max(mccs))
-    # patience 1: training stops on the first epoch without a new best MCC
-    assert len(history) == 6 or mccs[-1] <= max(mccs[:-1])
     assert all(h["train_examples"] == 64 for h in history)  # examples, not batches
+
+
+#: Validation MCCs of the epochs, scripted: a new best at epochs 1, 2 and 4, none after.
+SCRIPTED_MCC = [0.1, 0.3, 0.2, 0.4, 0.35, 0.3, 0.38, 0.2]
+
+
+@pytest.mark.parametrize(("patience", "epochs_run"), [(2, 6), (3, 7), (None, 8)])
+def test_early_stopping_stops_after_patience_epochs_without_a_new_best(
+    tmp_path: Path, monkeypatch, caplog, patience, epochs_run
+) -> None:
+    """The validation MCC is scripted (test hook on the metrics ``fit`` reads), so the
+    epoch at which the rule must stop is known. ``patience=None`` is the control: the same
+    run without early stopping trains every epoch."""
+    from task import central
+
+    real, scripted = central.clinical_metrics, iter(SCRIPTED_MCC)
+    monkeypatch.setattr(
+        central, "clinical_metrics", lambda *a, **kw: real(*a, **kw) | {"mcc": next(scripted)}
+    )
+    _cfg, splits, model, opt, aug = _setup()
+    settings = TrainSettings(
+        epochs=len(SCRIPTED_MCC),
+        batch_size=32,
+        progress=False,
+        max_steps_per_epoch=1,
+        early_stopping_patience=patience,
+    )
+    with caplog.at_level(logging.INFO, logger="task.central"):
+        history = fit(model, splits, opt, settings, tmp_path, augment=aug)
+    assert [h["epoch"] for h in history] == list(range(1, epochs_run + 1))
+    assert [h["val_mcc"] for h in history] == SCRIPTED_MCC[:epochs_run]
+    assert checkpoint.load(tmp_path / CHECKPOINT_BEST)["best_epoch"] == 4
+    stopped = f"early stopping at epoch {epochs_run}: no MCC gain for {patience} epochs"
+    assert (stopped in caplog.text) == (patience is not None)
 
 
 def test_last_epoch_selection_saves_the_final_weights(tmp_path: Path) -> None:

@@ -1,12 +1,16 @@
-"""Site-side round logic: learning-rate schedule, pooled metrics, seeded local training."""
+"""Site-side round logic: learning-rate schedule, pooled metrics, seeded local training,
+central DP's clipped and noised update."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import matthews_corrcoef
 
+from task import federated
 from task.config import compose_config
 from task.federated import (
     confusion_counts,
@@ -17,6 +21,8 @@ from task.federated import (
     uses_bf16,
 )
 from task.models import build_model
+from task.privacy import privacy_of
+from task.privacy.update_noise import clip_and_noise
 from task.sites import load_site, partition_site
 
 
@@ -45,16 +51,17 @@ def test_pooled_metrics_match_sklearn_on_pooled_predictions() -> None:
     assert pooled["accuracy"] == pytest.approx((labels == probs.argmax(1)).mean())
 
 
+BASE = [
+    "data.limit=300",
+    "federation.num_sites=3",
+    "model=small_cnn",
+    "model.channels=[8,16,32,64]",
+]
+
+
 @pytest.fixture(scope="module")
 def cfg():
-    return compose_config(
-        [
-            "data.limit=300",
-            "federation.num_sites=3",
-            "model=small_cnn",
-            "model.channels=[8,16,32,64]",
-        ]
-    )
+    return compose_config(BASE)
 
 
 def test_sites_partition_the_pool_and_keep_their_own_validation(cfg) -> None:
@@ -129,3 +136,77 @@ def test_local_dp_calibrates_the_moments_once_and_accounts_the_release(tmp_path)
     assert ledger.accountant.steps == 2 * steps + 1
     # The noise-free training loss is no part of what the ledger accounts: none is sent.
     assert first.loss is None and second.loss is None
+
+
+def _central_dp_violations(cfg) -> list[str]:
+    """Run ``local_train`` from one global model without privacy (the plain update), then
+    twice under ``privacy=central_dp``. Returns what is wrong with the update a site sends:
+    not clipped to ``privacy.clip_norm``, noise not of the configured standard deviation,
+    or the same noise in both runs."""
+    dp_cfg = compose_config(
+        [*BASE, "privacy=central_dp", "privacy.noise_multiplier=0.2", "privacy.clip_norm=0.05"]
+    )
+    privacy = privacy_of(dp_cfg)
+    std = privacy.site_noise_std(int(dp_cfg.federation.num_rounds))
+    site = partition_site(cfg, 0, 3)
+    torch.manual_seed(7)
+    start = build_model(cfg.model, site.splits.in_shape, 2, dp_compatible=True).state_dict()
+
+    def update(run_cfg) -> torch.Tensor:
+        model = build_model(cfg.model, site.splits.in_shape, 2, dp_compatible=True)
+        model.load_state_dict(start)
+        result = local_train(model, site, run_cfg, server_round=1)
+        if run_cfg is dp_cfg:
+            assert result.num_examples == 1  # weights that do not depend on the data
+        sent = model.state_dict()
+        return torch.cat([(sent[k].double() - start[k].double()).reshape(-1) for k in start])
+
+    plain, first, second = update(cfg), update(dp_cfg), update(dp_cfg)
+    assert float(plain.norm()) > 5 * privacy.clip_norm  # the clip bound binds
+    direction = plain / plain.norm()
+    problems = []
+    # Training is seeded by round, so the noise-free part of the sent update is clip_norm
+    # along the plain update; the noise's projection on that direction is N(0, std²).
+    along = float(first @ direction)
+    if abs(along - privacy.clip_norm) > 5 * std:
+        problems.append(f"not clipped: {along:.4f} along the update, clip {privacy.clip_norm}")
+    residual = float((first - privacy.clip_norm * direction).std())
+    if not 0.9 * std < residual < 1.1 * std:
+        problems.append(f"noise std {residual:.5f}, configured {std:.5f}")
+    # Fresh noise every run: two runs differ by noise of std·√2.
+    between = float((first - second).std()) / math.sqrt(2)
+    if not 0.9 * std < between < 1.1 * std:
+        problems.append(f"runs differ by {between:.5f}·√2, not by the noise's {std:.5f}·√2")
+    return problems
+
+
+def test_central_dp_sends_a_clipped_update_with_noise_of_the_configured_std(cfg) -> None:
+    assert _central_dp_violations(cfg) == []
+
+
+@pytest.mark.parametrize(
+    ("removed", "detected", "not_reported"),
+    [
+        ("clip and noise", ["not clipped", "noise std", "runs differ"], []),
+        ("clip", ["not clipped"], ["runs differ"]),
+        ("noise", ["noise std", "runs differ"], ["not clipped"]),
+    ],
+    ids=["clip_and_noise_off", "clip_off", "noise_off"],
+)
+def test_central_dp_check_detects_a_missing_clip_or_noise(
+    cfg, monkeypatch, removed, detected, not_reported
+) -> None:
+    """Negative control of the test above: with the site's clip and noise switched off by a
+    test hook (``clip_and_noise`` a no-op), or only its clip, or only its noise, the check
+    reports exactly what is missing."""
+    off = {"clip": {"clip_norm": 1e9}, "noise": {"noise_std": 0.0}}.get(removed)
+    monkeypatch.setattr(
+        federated,
+        "clip_and_noise",
+        (lambda *args, **kwargs: None)
+        if off is None
+        else (lambda *args, **kwargs: clip_and_noise(*args, **{**kwargs, **off})),
+    )
+    problems = _central_dp_violations(cfg)
+    assert all(any(p.startswith(d) for p in problems) for d in detected), problems
+    assert not any(p.startswith(n) for p in problems for n in not_reported), problems

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from task.config import compose_config
 from task.models import build_model
-from task.privacy import Accountant
+from task.privacy import Accountant, dpsgd
 from task.privacy.dpsgd import check_per_example_gradients, steps_per_epoch, train_private
 
 
@@ -35,7 +35,9 @@ def _data(n: int = 96) -> DataLoader:
     return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
 
 
-def _run(accountant: Accountant, steps: int = 7) -> tuple[nn.Module, dict]:
+def _run(
+    accountant: Accountant, steps: int = 7, noise_multiplier: float = 1.2
+) -> tuple[nn.Module, dict]:
     torch.manual_seed(0)  # the same "run seed" every time
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
     stats = train_private(
@@ -44,7 +46,7 @@ def _run(accountant: Accountant, steps: int = 7) -> tuple[nn.Module, dict]:
         torch.optim.SGD(model.parameters(), lr=0.1),
         nn.CrossEntropyLoss(),
         steps=steps,
-        noise_multiplier=1.2,
+        noise_multiplier=noise_multiplier,
         max_grad_norm=1.0,
         accountant=accountant,
     )
@@ -59,10 +61,34 @@ def test_every_step_is_accounted_in_the_given_ledger() -> None:
     assert acc.history == [(1.2, 1 / 6, 17)]  # continued, never restarted
 
 
-def test_noise_is_not_reproducible_from_the_run_seed() -> None:
-    a, _ = _run(Accountant())
-    b, _ = _run(Accountant())
-    assert not torch.equal(a[0].weight, b[0].weight)
+@pytest.fixture
+def fixed_sampling(monkeypatch) -> None:
+    """Test hook: the batches come from the plain loader (shuffled from the run seed), not
+    from Poisson sampling, which draws from the secret generator too. Then the noise is the
+    only thing that can differ between two runs of the same seed."""
+    monkeypatch.setattr(dpsgd, "poisson_loader", lambda loader, generator: loader)
+
+
+def _two_runs_differ(noise_multiplier: float = 1.2) -> bool:
+    a, _ = _run(Accountant(), noise_multiplier=noise_multiplier)
+    b, _ = _run(Accountant(), noise_multiplier=noise_multiplier)
+    return not all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_noise_is_not_reproducible_from_the_run_seed(fixed_sampling) -> None:
+    # Control: without noise, two runs of the same seed agree, so a difference below can
+    # only come from the noise (not from the sampling, nor from anything else).
+    assert not _two_runs_differ(noise_multiplier=0.0)
+    assert _two_runs_differ()
+
+
+def test_noise_drawn_from_the_run_seed_would_be_detected(fixed_sampling, monkeypatch) -> None:
+    """Negative control of the test above: with the noise's generator seeded from the run
+    seed (the leak), two runs agree and its check fails."""
+    monkeypatch.setattr(
+        dpsgd, "secret_generator", lambda: torch.Generator().manual_seed(torch.initial_seed())
+    )
+    assert not _two_runs_differ()
 
 
 def test_a_network_opacus_cannot_train_is_refused_by_name_and_dp_cnn_passes() -> None:
