@@ -6,10 +6,11 @@
     Also the cost of hashing a round's work (the digest every site signs and checks) and
     the messages of each stage.
 (b) Round wall time of Flower simulations with ``secure=smpc`` against ``secure=none`` at
-    3, 5 and 10 sites (same seed, same local work), from the last round (the first one also
-    loads every site's data); ``--models`` picks the models. With ``--baseline REF`` (a git
-    commit), also ``secure=smpc`` as the code at REF ran it (a git worktree under
-    ``--out``), in the same run: the cost of the checks against an active server.
+    3, 5 and 10 sites (same seed, same local work): the median over the rounds after the
+    first (which also loads every site's data); ``--models`` picks the models. With
+    ``--baseline REF`` (a git commit), also ``secure=smpc`` as the code at REF ran it (a
+    git worktree under ``--out``), in the same run: the cost of the checks against an
+    active server.
 (c) With ``--full``: the default federation (all rounds) with and without secure
     aggregation, same seed: test AUC, ACC, MCC and their differences.
 Writes ``bench_secagg.json`` with the machine's facts.
@@ -96,6 +97,7 @@ def _baseline_tree(ref: str, out: Path) -> Path:
     """A git worktree of ``ref`` under ``out`` (made once)."""
     tree = (out / f"baseline-{ref}").resolve()
     if not tree.exists():
+        subprocess.run(["git", "worktree", "prune"], cwd=REPO_ROOT, check=True)
         subprocess.run(
             ["git", "worktree", "add", "--detach", str(tree), ref],
             cwd=REPO_ROOT,
@@ -122,10 +124,11 @@ def _simulate(overrides: list[str], run_dir: Path, tree: Path = REPO_ROOT) -> di
         raise RuntimeError(f"simulation in {tree} failed:\n{proc.stderr[-3000:]}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     history = json.loads((run_dir / "history.json").read_text())
+    later = [h["seconds"] for h in history[1:]] or [history[-1]["seconds"]]
     return {
         "wall_seconds": time.perf_counter() - t0,
         "round_seconds": [h["seconds"] for h in history],
-        "last_round_seconds": history[-1]["seconds"],
+        "median_round_seconds": float(np.median(later)),
         "test": {k: metrics["test"][k] for k in ("auc", "accuracy", "mcc")},
     }
 
@@ -162,11 +165,11 @@ def main() -> None:
             runs = {
                 mode: _simulate([*base, f"secure={mode}"], out / mode) for mode in ("none", "smpc")
             }
-            plain, secure = runs["none"]["last_round_seconds"], runs["smpc"]["last_round_seconds"]
+            plain, secure = (runs[m]["median_round_seconds"] for m in ("none", "smpc"))
             entry = {**runs, "overhead_fraction": (secure - plain) / plain}
             if baseline is not None:
                 before = _simulate([*base, "secure=smpc"], out / "smpc_baseline", baseline)
-                old = before["last_round_seconds"]
+                old = before["median_round_seconds"]
                 entry |= {
                     "smpc_baseline": before,
                     "baseline_overhead_fraction": (old - plain) / plain,

@@ -1,11 +1,13 @@
 """The model-owner service and the data-owner client as real processes over real TCP.
 
-One service process serves every test of this module in turn, so the tests also check that
-it keeps serving after clients that vanish or misbehave.
+One service process serves most tests of this module in turn, so the tests also check that
+it keeps serving after clients that vanish or misbehave. The secrecy test runs the service
+class in this process instead, to observe its model-owner party from inside.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import socket
@@ -20,16 +22,20 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 
+from client import diagnose
 from client.diagnose import ServiceConnection
 from client.diagnose import main as diagnose_main
 from mpc.inference import wire
 from mpc.inference.fidelity import agreement, plaintext_probabilities, probabilities
 from mpc.inference.model import load_served
-from mpc.inference.party import PartyError, PreparedParty
-from server.serve_inference import ServiceProcess
+from mpc.inference.party import PartyError, run_data_owner
+from server import serve_inference
+from server.serve_inference import InferenceService, ServiceProcess
+from task.config import compose_config
 from task.constants import REPO_ROOT
 from task.data.export import export_test_images
 from task.data.pneumoniamnist import load_npz
+from tests.mpc.inference.observe import leaked, observer
 
 SESSION_TIMEOUT = 30
 
@@ -67,6 +73,59 @@ def test_encrypted_diagnosis_matches_plaintext(service, trained_checkpoint) -> N
     assert np.abs(encrypted - plain).max() < 0.01
     assert len(result["batch_seconds"]) == 3
     assert result["inference"]["bytes"] > 0
+
+
+@pytest.mark.parametrize(
+    "reveal", ["production", "to-all"], ids=["reveal-to-data-owner", "control-to-all"]
+)
+def test_the_service_never_opens_the_prediction(trained_checkpoint, monkeypatch, reveal) -> None:
+    """Secrecy at the service: its model-owner party opens nothing that is the client's
+    logits. The service class (:class:`InferenceService`, its ``handle`` for one client,
+    its spawned model-owner and dealer) runs in this process and a real client connects
+    over TCP; both CrypTen parties are the production functions, observed from inside
+    their processes (``tests/mpc/inference/observe.py``). The control (``to-all``)
+    makes every reveal go to all parties, as a service that forgot ``dst`` would: the
+    model owner's openings then hold the logits, so the check can fail."""
+    width = 2  # normal, pneumonia
+    monkeypatch.setattr(
+        serve_inference,
+        "run_model_owner",
+        observer(serve_inference.run_model_owner, width, reveal=reveal),
+    )
+    monkeypatch.setattr(diagnose, "run_data_owner", observer(run_data_owner, width, reveal=reveal))
+    settings = compose_config([], config_name="inference").service
+    service = InferenceService(trained_checkpoint, settings)
+    served: dict = {}
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+
+        def serve_one() -> None:
+            conn, addr = server.accept()
+            with conn:
+                served["record"] = service.handle(conn, f"{addr[0]}:{addr[1]}")
+
+        thread = threading.Thread(target=serve_one, daemon=True)
+        thread.start()
+        try:
+            with ServiceConnection(address) as conn:
+                images, _ = _test_images(conn.config, 4)
+                result = conn.run(images, batch=4)
+            thread.join(timeout=120)
+        finally:
+            for party in service._spare or ():  # the next session's, prepared in advance
+                party.kill()
+    assert not thread.is_alive()
+    record = served["record"]
+    assert record["status"] == "ok", record
+    logits = result["result"]["logits"]
+    plain = _plaintext_probs(trained_checkpoint, images)
+    assert np.array_equal(probabilities(logits).argmax(1), plain.argmax(1))
+    assert record["opened"], "the observer saw no opening at the model owner"
+    assert leaked(record["opened"], logits) is (reveal == "to-all")
+    if reveal == "production":  # nor does anything it received or left in a buffer
+        assert not leaked(record["buffers"] + record["received"], logits)
+    # what the service's own party function returns (and the service logs): counts only
+    assert set(record["result"]) == {"model_sharing", "inference", "seconds"}
 
 
 def test_service_survives_vanished_and_misbehaving_clients(service, trained_checkpoint) -> None:
@@ -176,38 +235,57 @@ def test_garbage_bytes_are_dropped_and_the_next_client_is_served(service) -> Non
         assert conn.run(images, batch=2)["logits"].shape == (2, 2)
 
 
+def _stall_after_first_batch(signal: str, state: dict, session) -> dict:
+    """The production data owner, which touches the file ``signal`` once its first
+    encrypted batch is revealed (the session is connected, MPC under way) and then stalls
+    in the middle of the inference until it is killed."""
+    from mpc.inference import party
+
+    reveal = party.reveal_to_data_owner
+
+    def reveal_then_stall(y, rank):
+        out = reveal(y, rank)
+        Path(signal).touch()
+        time.sleep(600)
+        return out
+
+    party.reveal_to_data_owner = reveal_then_stall
+    return run_data_owner(state, session)
+
+
 def test_a_party_killed_mid_inference_is_reported_and_the_service_goes_on(
-    service, monkeypatch
+    service, monkeypatch, tmp_path
 ) -> None:
     """Fault: the data owner's CrypTen party dies while the encrypted inference runs. The
     model owner's party notices the lost TCP peer, the service reports the failed session
-    to the client, and the next client is served."""
-    started = threading.Event()
-    original_start = PreparedParty.start
-
-    def start(self, session, timeout=120.0):
-        original_start(self, session, timeout)
-        started.set()
-
-    monkeypatch.setattr(PreparedParty, "start", start)
+    to the client, and the next client is served. The data owner is killed only after it
+    signals that its first batch is done, and it waits there, so the kill always lands
+    mid-session, however fast or slow the machine."""
+    n_images = 4
+    signal = tmp_path / "first-batch-done"
+    stalling = functools.partial(_stall_after_first_batch, str(signal))
+    monkeypatch.setattr(diagnose, "run_data_owner", stalling)
     outcome: dict = {}
 
     def run() -> None:
         with ServiceConnection(service) as conn:
-            images, _ = _test_images(conn.config, 40)
+            images, _ = _test_images(conn.config, n_images)
             try:
-                conn.run(images, batch=1)  # 40 encrypted batches: long enough to interrupt
+                conn.run(images, batch=1)  # batches of one: the first is done, others wait
             except PartyError as err:
                 outcome["error"] = str(err)
 
     thread = threading.Thread(target=run)
     thread.start()
-    assert started.wait(timeout=300)
-    time.sleep(3.0)  # the session is under way: shares exchanged, batches running
+    deadline = time.monotonic() + 300
+    while not signal.exists():
+        assert thread.is_alive(), f"the session ended before its first batch: {outcome}"
+        assert time.monotonic() < deadline, "no encrypted batch done within 300 s"
+        time.sleep(0.05)
     (party,) = [p for p in multiprocessing.active_children() if p.name == "data-owner"]
     t0 = time.monotonic()
     party.kill()
-    thread.join(timeout=SESSION_TIMEOUT + 2 * 40 + 60)
+    thread.join(timeout=SESSION_TIMEOUT + 2 * n_images + 60)
     assert not thread.is_alive()
     error = outcome["error"]
     assert "data-owner died during its session" in error
@@ -216,7 +294,7 @@ def test_a_party_killed_mid_inference_is_reported_and_the_service_goes_on(
     verdict = error.split("service: ", 1)[1]
     assert verdict.startswith("model-owner failed: RuntimeError"), verdict
     assert "Connection reset by peer" in verdict or "Connection closed" in verdict, verdict
-    assert time.monotonic() - t0 < SESSION_TIMEOUT + 2 * 40
+    assert time.monotonic() - t0 < SESSION_TIMEOUT + 2 * n_images
     monkeypatch.undo()
     with ServiceConnection(service) as conn:
         images, _ = _test_images(conn.config, 2)
