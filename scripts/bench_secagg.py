@@ -31,7 +31,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from mpc.secagg.fixedpoint import pack
-from mpc.secagg.reference import plaintext_sum, secure_sum
+from mpc.secagg.reference import plaintext_sum, secure_sum, shared_round
 from strategies.secagg_messages import work_digest
 from task.config import compose_config
 from task.constants import DATA_ENV_VAR, REPO_ROOT
@@ -68,6 +68,14 @@ def _protocol_cost(model_overrides: list[str], n_sites: int) -> dict:
     t0 = time.perf_counter()
     work_digest(content)
     hashing = time.perf_counter() - t0
+    # The consistency stage's work at one site: sign the lists, verify every survivor's.
+    keyed = shared_round(sorted(inputs))
+    for name, site in keyed.sites.items():
+        site.receive_shares(keyed.server.shares_for(name))
+        keyed.server.receive_masked(name, site.masked_input(np.zeros(4, dtype=np.uint64)))
+    t0 = time.perf_counter()
+    keyed.unmask()
+    consistency = (time.perf_counter() - t0) / n_sites
     n = sum(p.numel() for p in state.values())
     share_bytes = max(
         sum(len(b) for b in p.values()) for st, _, p in server.transcript if st == "share"
@@ -79,6 +87,9 @@ def _protocol_cost(model_overrides: list[str], n_sites: int) -> dict:
         # Each site hashes its work once a secure sum (train and evaluate each round), and
         # the server once for all.
         "work_digest_seconds": hashing,
+        # Consistency stage and unmask at one site (signing, verifying n signatures, and
+        # the unmask it did before), in process.
+        "consistency_and_unmask_seconds_per_site": consistency,
         # Replies the server received at each stage of one secure sum (a query each; the
         # mask stage rides on the train / evaluate message itself).
         "messages_per_stage": dict(Counter(st for st, _, _ in server.transcript)),

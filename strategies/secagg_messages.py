@@ -139,16 +139,21 @@ def lists_of(record: ConfigRecord) -> tuple[list[str], list[str]]:
     return lists[0], lists[1]
 
 
+def _named_bytes(record: ConfigRecord, names: str, values: str) -> dict[str, bytes]:
+    """``{name: bytes}`` from the equally long list fields ``names`` and ``values``."""
+    rows = _columns(record, {names: str, values: bytes})
+    out = dict(rows)
+    if len(out) != len(rows):
+        raise MalformedMessage(f"field {names!r} repeats names")
+    return out
+
+
 def signatures_fields(signatures: dict[str, bytes]) -> dict:
     return {"signers": list(signatures), "list-signatures": list(signatures.values())}
 
 
 def signatures_of(record: ConfigRecord) -> dict[str, bytes]:
-    rows = _columns(record, {"signers": str, "list-signatures": bytes})
-    signatures = dict(rows)
-    if len(signatures) != len(rows):
-        raise MalformedMessage("field 'signers' repeats names")
-    return signatures
+    return _named_bytes(record, "signers", "list-signatures")
 
 
 # -- what the round asks a site to work on -------------------------------------------------
@@ -198,11 +203,7 @@ def blobs_fields(blobs: dict[str, bytes]) -> dict:
 
 
 def blobs_of(record: ConfigRecord) -> dict[str, bytes]:
-    rows = _columns(record, {"names": str, "blobs": bytes})
-    blobs = dict(rows)
-    if len(blobs) != len(rows):
-        raise MalformedMessage("field 'names' repeats names")
-    return blobs
+    return _named_bytes(record, "names", "blobs")
 
 
 def masked_records(vector: np.ndarray, layout: list) -> tuple[ArrayRecord, ConfigRecord]:

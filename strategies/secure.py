@@ -196,7 +196,12 @@ class SecureAggregation(Strategy):
     def _commitments(self, messages: list[Message]) -> dict[int, bytes]:
         """{node: the digest of its message's work} to commit to at advertise: one digest
         for all, since every site checks that every other signed the same."""
-        digests = {m.metadata.dst_node_id: wire.work_digest(m.content) for m in messages}
+        by_content: dict[int, bytes] = {}  # FedAvg gives every message one RecordDict
+        digests = {}
+        for m in messages:
+            if id(m.content) not in by_content:
+                by_content[id(m.content)] = wire.work_digest(m.content)
+            digests[m.metadata.dst_node_id] = by_content[id(m.content)]
         if len(set(digests.values())) != 1:
             raise ValueError(
                 "the inner strategy sent the sites different models or configs; secure "

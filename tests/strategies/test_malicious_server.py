@@ -172,10 +172,9 @@ SCENARIOS = {
 }
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
-def test_threshold_lie_and_equivocation_recover_an_input_without_the_checks(
-    tmp_path, checks_off, scenario
-):
+def _equivocate(tmp_path, scenario: str):
+    """The attack of ``scenario`` against five real ClientApps; what it got, and the
+    target's true update."""
     told_dropped, colluders = SCENARIOS[scenario]
     grid, messages, truth, ids = _five(tmp_path)
     out = equivocate(
@@ -186,6 +185,14 @@ def test_threshold_lie_and_equivocation_recover_an_input_without_the_checks(
         colluders=colluders,
         identities=ids,
     )
+    return out, truth
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_threshold_lie_and_equivocation_recover_an_input_without_the_checks(
+    tmp_path, checks_off, scenario
+):
+    out, truth = _equivocate(tmp_path, scenario)
     assert out.recovered is not None
     recovered = decoded_weights(out.recovered, out.layout)
     for key, value in truth.items():
@@ -195,15 +202,7 @@ def test_threshold_lie_and_equivocation_recover_an_input_without_the_checks(
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_with_the_checks_the_equivocating_server_learns_nothing(tmp_path, scenario):
     told_dropped, colluders = SCENARIOS[scenario]
-    grid, messages, truth, ids = _five(tmp_path)
-    out = equivocate(
-        grid,
-        messages,
-        target="site-0",
-        told_dropped=told_dropped,
-        colluders=colluders,
-        identities=ids,
-    )
+    out, truth = _equivocate(tmp_path, scenario)
     # t = 4 of the 5 verified adverts, whatever the server claims: a list signed by fewer
     # than 4 releases nothing. Without colluders no group reaches 4; with two, the group
     # told that site-0 dropped does (2 honest + 2 colluders) and releases shares of its
