@@ -104,3 +104,32 @@ def test_a_network_opacus_cannot_train_is_refused_by_name_and_dp_cnn_passes() ->
     check_per_example_gradients(model, (1, 28, 28))
     assert all(torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
     assert all(p.grad is None for p in model.parameters())  # the trial ran on a copy
+
+
+def _one_step_norm(max_grad_norm: float) -> float:
+    """The update of one noise-free DP-SGD step at lr 1 on a fixed batch of 16: Opacus adds
+    the clipped per-example gradients and divides by the expected batch size."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    before = [p.detach().clone() for p in model.parameters()]
+    train_private(
+        model,
+        _data(16),
+        torch.optim.SGD(model.parameters(), lr=1.0),
+        nn.CrossEntropyLoss(),
+        steps=1,
+        noise_multiplier=0.0,
+        max_grad_norm=max_grad_norm,
+        accountant=Accountant(),
+    )
+    pairs = zip(model.parameters(), before, strict=True)
+    return float(torch.sqrt(sum(((p - b) ** 2).sum() for p, b in pairs)))
+
+
+def test_each_examples_gradient_is_clipped(fixed_sampling) -> None:
+    """With per-example gradients clipped to C, one step at lr 1 moves the weights by at
+    most C (a mean of vectors of norm <= C). The control, C = 1e6 (no clipping in effect),
+    moves them by far more, so the bound is the clipping's doing."""
+    clip = 1e-3
+    assert _one_step_norm(clip) <= clip * (1 + 1e-6)
+    assert _one_step_norm(1e6) > 100 * clip
