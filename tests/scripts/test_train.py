@@ -101,7 +101,7 @@ def test_simulation_writes_metrics_history_and_reveals_only_totals(straight) -> 
             assert {e["round"] for e in sent} == {1, 2, 3}, kind
             assert all(e["secagg"]["stage"] == "mask" for e in sent)  # masked, as sent
         keys = {e["secagg"]["stage"] for e in entries if e["message_type"] == "query.secagg"}
-        assert keys == {"advertise", "share", "unmask"}
+        assert keys == {"advertise", "share", "consistency", "unmask"}
     assert len(run_ids) == 1
 
 
