@@ -178,9 +178,9 @@ def site_policy(node_config: dict[str, Any], default: SitePolicy) -> SitePolicy:
     if not path:
         return default
     path = Path(str(path))
-    if not path.is_file():
-        raise FileNotFoundError(f"site policy {path} (node config {POLICY_KEY!r}) not found")
-    return _from_file(str(path), path.stat().st_mtime_ns)
+    # A missing file is refused by SitePolicy.from_file, naming it.
+    mtime = path.stat().st_mtime_ns if path.is_file() else -1
+    return _from_file(str(path), mtime)
 
 
 def make_policy_mod(get_cfg: Callable[[Context], DictConfig], default: SitePolicy):

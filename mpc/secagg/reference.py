@@ -52,15 +52,16 @@ class SharedRound:
     def __iter__(self):  # ``server, sites = shared_round(...)``
         return iter((self.server, self.sites))
 
-    def unmask(self, who: list[str] | None = None) -> None:
-        """The consistency and unmask stages with the survivors (or ``who`` of them)."""
+    def unmask(self, signers: list[str] | None = None, unmaskers: list[str] | None = None) -> None:
+        """The consistency stage with the survivors (or ``signers`` of them), then the
+        unmask stage with the signers (or ``unmaskers`` of them)."""
         survivors, dropped = self.server.unmask_request()
-        who = [n for n in (who if who is not None else survivors) if n in survivors]
-        for n in who:
+        signers = [n for n in (survivors if signers is None else signers) if n in survivors]
+        for n in signers:
             signature = self.sites[n].sign_survivors(self.identities[n], survivors, dropped)
             self.server.receive_consistency(n, signature)
         proof = self.server.consistency_proof()
-        for n in who:
+        for n in [n for n in (signers if unmaskers is None else unmaskers) if n in signers]:
             shares = self.sites[n].unmask(survivors, dropped, proof, self.roster)
             self.server.receive_unmask(n, shares)
 
@@ -103,16 +104,8 @@ def secure_sum(
     for n in [n for n in alive("mask") if n in server.shares]:
         sites[n].receive_shares(server.shares_for(n))
         server.receive_masked(n, sites[n].masked_input(inputs[n]))
-    survivors, dropped = server.unmask_request()
-    signers = [n for n in alive("consistency") if n in survivors]
-    for n in signers:
-        signature = sites[n].sign_survivors(keyed.identities[n], survivors, dropped)
-        server.receive_consistency(n, signature)
-    proof = server.consistency_proof()
-    for n in [n for n in alive("unmask") if n in signers]:
-        shares = sites[n].unmask(survivors, dropped, proof, keyed.roster)
-        server.receive_unmask(n, shares)
-    return RoundResult(server.result(), survivors, server, sites)
+    keyed.unmask(alive("consistency"), alive("unmask"))
+    return RoundResult(server.result(), server.unmask_request()[0], server, sites)
 
 
 def shared_round(
