@@ -6,14 +6,20 @@ test AUC, ACC and MCC at ε ∈ {1, 3, 8} for local DP-SGD (per site, example le
 level, noise on the secure sum; the default network), and at ε = ∞ (no DP, the default
 network); each DP run's round time as a ratio to the non-private run's (so for local DP
 the ratio also compares two networks). Writes ``bench_dp.json`` with the machine's facts.
+
+``--seeds 0 1 2 3 4`` runs each mode and ε once per seed instead and gives the spread of
+the test metrics under both selection rules (``bench_dp_seeds.json``); the non-private
+spread is ``bench_federated --seeds``'s IID one (the same configuration).
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from scripts.bench_federated import _federated
+from scripts.seed_spread import federated_seed, load_data, summarise
 from task.constants import REPO_ROOT
 from task.machine import machine_facts
 from task.report import write_benchmark
@@ -27,10 +33,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "bench_dp")
     parser.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS))
     parser.add_argument("--modes", nargs="+", default=["local_dp", "central_dp"])
+    parser.add_argument("--seeds", type=int, nargs="+", help="the spread over these seeds")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     common = ["secure=smpc", "logger=none", *args.overrides]
+    if args.seeds:
+        seed_spread(args, common)
+        return
 
     runs: list[dict] = []
     baseline = _federated([*common, "privacy=none"], args.out / "no_dp")
@@ -71,6 +81,40 @@ def main() -> None:
     write_benchmark(
         result, args.out / "bench_dp.json", {"table": table, "target": result["target"]}
     )
+
+
+def seed_spread(args, common: list[str]) -> None:
+    """Every mode and ε once per seed; the spread of each under both selection rules."""
+    t0 = time.perf_counter()
+    result: dict = {"machine": machine_facts(), "delta": DELTA, "seeds": args.seeds, "runs": []}
+    for mode in args.modes:
+        data = load_data([*common, f"privacy={mode}"])  # local_dp has its own transforms
+        for eps in args.epsilons:
+            rows = []
+            for seed in args.seeds:
+                overrides = [*common, f"seed={seed}", f"privacy={mode}"]
+                overrides += [f"privacy.epsilon={eps}", f"privacy.delta={DELTA}"]
+                run_dir = args.out / f"{mode}_eps{eps:g}" / f"seed{seed}"
+                rows.append({"seed": seed, **federated_seed(overrides, run_dir, data)})
+            result["runs"].append(
+                {
+                    "mode": mode,
+                    "epsilon": eps,
+                    "runs": rows,
+                    "val_mcc": summarise(rows, "val_mcc"),
+                    "last": summarise(rows, "last"),
+                }
+            )
+    result["wall_seconds"] = time.perf_counter() - t0
+    summary = [
+        {
+            "mode": r["mode"],
+            "epsilon": r["epsilon"],
+            "auc": {"val_mcc": r["val_mcc"]["auc"], "last": r["last"]["auc"]},
+        }
+        for r in result["runs"]
+    ]
+    write_benchmark(result, args.out / "bench_dp_seeds.json", summary)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Builds the global model and the configured strategy, resumes from the run directory's
 ``last.pt`` when ``resume=true``, checkpoints atomically after every round (global model,
-strategy state, round, history, best round so far), and at the end evaluates the round with
-the best pooled validation MCC on the test split, which never leaves the server. Writes
+strategy state, round, history, best round so far), and at the end evaluates the round that
+``federation.selection`` names (the last, or the best pooled validation MCC) on the test
+split, which never leaves the server. Writes
 ``metrics.json``, ``history.json``, the plots and one wandb run per federation.
 """
 

@@ -75,7 +75,9 @@ def test_simulation_writes_metrics_history_and_reveals_only_totals(straight) -> 
     assert metrics["test"]["auc"] > 0.7
     assert [h["round"] for h in history] == [1, 2, 3]
     assert metrics["best_round"] == 1 + max(range(3), key=lambda i: history[i]["evaluate"]["mcc"])
-    assert (metrics["selection"], metrics["tested_round"]) == ("val_mcc", metrics["best_round"])
+    # The default rule tests the last round (issue 24), and writes it as final.pt.
+    assert (metrics["selection"], metrics["tested_round"]) == ("last", 3)
+    assert (run_dir / "final.pt").is_file()
     for h in history:
         assert set(h["sites"]) == {"site-0", "site-1", "site-2"}
         # secure aggregation (the default): the server learns federation totals only
@@ -127,9 +129,9 @@ def test_killed_server_resumes_to_same_final_weights(straight, tmp_path: Path) -
     proc.wait()
     first = torch.load(killed / "last.pt", weights_only=True)
     assert first["round"] < 3
-    # Resumed with the other selection rule (it does not touch the arithmetic): the last
-    # round is tested and written as final.pt.
-    _run(_cmd(killed, "logger=none", "resume=true", "federation.selection=last"))
+    # Resumed with PriMIA's selection rule (it does not touch the arithmetic): the round
+    # with the best pooled validation MCC is tested.
+    _run(_cmd(killed, "logger=none", "resume=true", "federation.selection=val_mcc"))
 
     a = torch.load(straight_dir / "last.pt", weights_only=True)
     b = torch.load(killed / "last.pt", weights_only=True)
@@ -143,11 +145,11 @@ def test_killed_server_resumes_to_same_final_weights(straight, tmp_path: Path) -
     history = json.loads((killed / "history.json").read_text())
     assert [h["round"] for h in history] == [1, 2, 3]
     metrics = json.loads((killed / "metrics.json").read_text())
-    assert (metrics["selection"], metrics["tested_round"]) == ("last", 3)
-    assert metrics["val"] == history[-1]["evaluate"]
-    final = torch.load(killed / "final.pt", weights_only=True)
-    assert final["round"] == 3
-    assert all(torch.equal(v, b["evaluated_arrays"][k]) for k, v in final["model"].items())
+    best = 1 + max(range(3), key=lambda i: history[i]["evaluate"]["mcc"])
+    assert (metrics["selection"], metrics["tested_round"]) == ("val_mcc", best)
+    assert metrics["val"] == history[best - 1]["evaluate"]
+    best_pt = torch.load(killed / "best.pt", weights_only=True)
+    assert best_pt["round"] == best
 
     # Flower adds nothing to the arithmetic: the same federation without Flower (plain
     # example-weighted FedAvg over the same loops) ends at the same model. Compared by its

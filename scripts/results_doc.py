@@ -1,0 +1,151 @@
+"""Write benchmark figures into ``docs/results.md``: ``python -m scripts.results_doc``.
+
+Each benchmark's JSON is copied to ``docs/results/`` (committed, so that every figure in
+the document can be traced to the run that produced it) and rendered between the
+``<!-- BEGIN name -->`` and ``<!-- END name -->`` markers of its section; the rest of the
+document is left as it is. Nothing here is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from collections.abc import Callable
+
+from task.constants import REPO_ROOT
+
+DOC = REPO_ROOT / "docs" / "results.md"
+STORE = REPO_ROOT / "docs" / "results"
+OUTPUTS = REPO_ROOT / "outputs"
+
+
+def _ms(stats: dict) -> str:
+    """``mean ± sd (min)`` to three decimals."""
+    return f"{stats['mean']:.3f} ± {stats['sd']:.3f} ({stats['min']:.3f})"
+
+
+def _summary_rows(result: dict) -> list[str]:
+    rows = []
+    for name, part in result["partitions"].items():
+        for rule in ("last", "val_mcc"):
+            target = part["targets"][rule]
+            rows.append(
+                f"| federated, {name} | {rule} | "
+                + " | ".join(_ms(part[rule][k]) for k in ("auc", "accuracy", "mcc"))
+                + f" | {'met' if target['met'] else 'missed'} |"
+            )
+    central = result["central"]["test"]
+    rows.append(
+        "| centralised default | last | "
+        + " | ".join(_ms(central[k]) for k in ("auc", "accuracy", "mcc"))
+        + " | |"
+    )
+    return rows
+
+
+def seed_spread(result: dict) -> str:
+    """The default federation over seeds: summary, per-seed table, validation picks."""
+    seeds = ", ".join(str(s) for s in result["seeds"])
+    lines = [
+        f"Seeds {seeds}; `python -m scripts.bench_federated --seeds {seeds.replace(',', '')}`"
+        f" ({result['wall_seconds'] / 60:.0f} min, {result['machine']['cores']} cores, "
+        f"{result['machine']['cpu']}). Test metrics as mean ± sd (lowest seed); target: "
+        "mean AUC ≥ 0.97 and every seed ≥ 0.965.",
+        "",
+        "| run | rule | test AUC | test ACC | test MCC | AUC target |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *_summary_rows(result),
+        "",
+        "Per seed, test AUC (round tested) under each rule, and what the validation-only "
+        "rules pick (no test figure is used to pick): the round of the best pooled "
+        "validation MCC, of the lowest validation loss, of the best 5-round mean MCC, and "
+        "how far the best round's validation MCC lies above the last round's in standard "
+        "errors of a correlation, (1 − r²)/√n:",
+        "",
+        "| partition | seed | AUC, val_mcc (round) | AUC, last | val_loss pick | "
+        "smoothed pick | best − last (SE) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, part in result["partitions"].items():
+        for run in part["runs"]:
+            v = run["validation"]
+            lines.append(
+                f"| {name} | {run['seed']} | {run['val_mcc']['auc']:.4f} ({run['best_round']}) "
+                f"| {run['last']['auc']:.4f} | {v['picks']['val_loss']} | "
+                f"{v['picks']['smoothed_val_mcc']} | "
+                f"{v['best_above_last_in_standard_errors']:.2f} |"
+            )
+    central = ", ".join(f"{r['test']['auc']:.4f}" for r in result["central"]["runs"])
+    lines += ["", f"Centralised default, test AUC per seed: {central}."]
+    return "\n".join(lines)
+
+
+def dp_spread(result: dict) -> str:
+    """Local DP over seeds, per ε, both rules."""
+    seeds = " ".join(str(s) for s in result["seeds"])
+    lines = [
+        f"`python -m scripts.bench_dp --seeds {seeds} --modes "
+        + " ".join(sorted({r["mode"] for r in result["runs"]}))
+        + " --epsilons "
+        + " ".join(f"{e:g}" for e in sorted({r["epsilon"] for r in result["runs"]}))
+        + f"` ({result['wall_seconds'] / 60:.0f} min); δ = {result['delta']:g}; "
+        "test metrics as mean ± sd (lowest seed):",
+        "",
+        "| privacy | ε | rule | test AUC | test ACC | test MCC | AUC per seed |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for entry in result["runs"]:
+        for rule in ("last", "val_mcc"):
+            per_seed = ", ".join(f"{run[rule]['auc']:.3f}" for run in entry["runs"])
+            lines.append(
+                f"| {entry['mode']} | {entry['epsilon']:g} | {rule} | "
+                + " | ".join(_ms(entry[rule][k]) for k in ("auc", "accuracy", "mcc"))
+                + f" | {per_seed} |"
+            )
+    return "\n".join(lines)
+
+
+#: section name -> (the benchmark's JSON under outputs/, its renderer)
+SECTIONS: dict[str, tuple[str, Callable[[dict], str]]] = {
+    "seed-spread": ("bench_federated/seeds/bench_federated_seeds.json", seed_spread),
+    "dp-seed-spread": ("bench_dp_seeds/bench_dp_seeds.json", dp_spread),
+}
+
+
+def render(doc: str, name: str, body: str) -> str:
+    """``doc`` with the text between ``name``'s markers replaced by ``body``."""
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(doc):
+        raise ValueError(f"{DOC} has no section markers {begin} ... {end}")
+    return pattern.sub(lambda _: f"{begin}\n{body}\n{end}", doc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sections", nargs="*", default=list(SECTIONS), choices=list(SECTIONS))
+    parser.add_argument("--fresh", action="store_true", help="copy each JSON from outputs/ first")
+    args = parser.parse_args(argv)
+    doc = DOC.read_text()
+    for name in args.sections:
+        source, renderer = SECTIONS[name]
+        stored = STORE / f"{name}.json"
+        if args.fresh:
+            if not (OUTPUTS / source).is_file():
+                print(
+                    f"error: {OUTPUTS / source} does not exist: run its benchmark", file=sys.stderr
+                )
+                return 2
+            STORE.mkdir(exist_ok=True)
+            shutil.copyfile(OUTPUTS / source, stored)
+        doc = render(doc, name, renderer(json.loads(stored.read_text())))
+    DOC.write_text(doc)
+    print(f"written {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
