@@ -42,7 +42,7 @@ from strategies.update_check import (
     validate_max_norm,
 )
 from task.constants import SITE_LEVEL_METRICS, SITE_RECORD
-from task.sites import site_name
+from task.node import site_name
 
 IDENTITY_KEY, ROSTER, SHARE_SITE_METRICS = "identity-key", "roster", "share-site-metrics"
 

@@ -39,7 +39,7 @@ from omegaconf import DictConfig
 
 from strategies import secagg_messages as wire
 from task.constants import SITE_RECORD
-from task.sites import DATA_PATH, STATE_DIR, site_name, site_state_dir
+from task.node import DATA_PATH, STATE_DIR, site_name, site_state_dir
 
 log = logging.getLogger(__name__)
 

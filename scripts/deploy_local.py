@@ -20,7 +20,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 
 from client.policy import POLICY_KEY
-from server.deployment import DeploymentError, LocalDeployment, given_tls
+from scripts.local_deployment import DeploymentError, LocalDeployment, given_tls
 from server.identities import provision_identities
 from task.config import compose_config
 from task.constants import DATA_ENV_VAR, METRICS_FILE, REPO_ROOT
@@ -81,7 +81,8 @@ def prepare_sites(
             "site-name": name,
             "data-path": str(folder),
             "partition-id": str(i),
-            "state-dir": str(workdir / "sites" / name),
+            # Apart from the images: the state (ledger, site log, data cache) is the site's own.
+            "state-dir": str(workdir / "state" / name),
         }
         if site_policy is not None:
             nodes[name][POLICY_KEY] = str(Path(site_policy).resolve())
@@ -140,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         help="every site's policy file (client/policy.py); default: the default policy "
         "(secure aggregation required, threshold >= 0.66, cohort >= 3)",
     )
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="Flower's own fresh ClientApp process per message, without the warm executor",
+    )
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. strategy=fedprox")
     args = parser.parse_args(argv)
@@ -163,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir, run_dir = fed.workdir, fed.run_dir
     if args.insecure:
         print("WARNING: --insecure: no TLS, no SuperNode authentication", file=sys.stderr)
-    with LocalDeployment(workdir, insecure=args.insecure, tls_dir=args.tls_dir) as dep:
+    with LocalDeployment(
+        workdir, insecure=args.insecure, tls_dir=args.tls_dir, warm=not args.cold
+    ) as dep:
         try:
             dep.start_superlink()
             start_sites(dep, fed)
@@ -189,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         "flwr_run_seconds": seconds,
         "seconds_per_round": seconds / metrics["rounds_run"],
         "secure": metrics.get("secure"),
+        "clientapps": "cold" if args.cold else "warm",
         "test": {k: metrics["test"][k] for k in ("auc", "accuracy", "mcc")},
     }
     write_json(summary, workdir / "deployment.json")

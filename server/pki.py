@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 VALIDITY = dt.timedelta(days=365)
+#: A DNS host name: dot-separated labels of letters, digits and inner hyphens (RFC 1123).
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,7 @@ class TlsFiles:
 def _write_private(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
     return path
@@ -47,8 +53,40 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-def make_tls(folder: Path, hosts: list[str]) -> TlsFiles:
-    """A CA and a server certificate for ``hosts`` (IP addresses or DNS names)."""
+def subject_alt_names(hosts: Sequence[str], ips: Sequence[str] = ()) -> list[x509.GeneralName]:
+    """The SANs of a server certificate: ``hosts`` are DNS names (an IP address given as a
+    host is taken as one), ``ips`` must be IP addresses. A bad value raises ValueError
+    naming it."""
+    sans: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            if len(host) > 253 or not _HOST_NAME.fullmatch(host):
+                raise ValueError(f"host name {host!r} is not a valid DNS name") from None
+            sans.append(x509.DNSName(host))
+    for ip in ips:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(ip)))
+        except ValueError:
+            raise ValueError(f"IP address {ip!r} is not an IPv4 or IPv6 address") from None
+    if not sans:
+        raise ValueError("a server certificate needs at least one host name or IP address")
+    return sans
+
+
+def make_tls(
+    folder: Path, hosts: Sequence[str], ips: Sequence[str] = (), *, overwrite: bool = True
+) -> TlsFiles:
+    """A CA and a server certificate for ``hosts`` (DNS names or IP addresses) and ``ips``.
+
+    ``overwrite=False`` refuses (FileExistsError) a folder that already holds a CA: a new
+    CA would silently cut off every hospital that trusts the old one.
+    """
+    sans = subject_alt_names(hosts, ips)
+    for path in (folder / "ca.pem", folder / "ca.key"):
+        if not overwrite and path.exists():
+            raise FileExistsError(f"{path} exists; refusing to replace the CA")
     folder.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
@@ -77,16 +115,10 @@ def make_tls(folder: Path, hosts: list[str]) -> TlsFiles:
         )
         .sign(ca_key, hashes.SHA384())
     )
-    sans: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            sans.append(x509.DNSName(host))
     key = ec.generate_private_key(ec.SECP384R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(hosts[0]))
+        .subject_name(_name(str(sans[0].value)))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -115,8 +147,15 @@ def make_tls(folder: Path, hosts: list[str]) -> TlsFiles:
     return TlsFiles(ca_path, cert_path, key_path)
 
 
-def make_node_key(folder: Path, name: str) -> tuple[Path, Path]:
-    """A SuperNode key pair: ``<name>`` (private, OpenSSH, mode 600) and ``<name>.pub``."""
+def make_node_key(folder: Path, name: str, *, overwrite: bool = True) -> tuple[Path, Path]:
+    """A SuperNode key pair: ``<name>`` (private, OpenSSH, mode 600) and ``<name>.pub``.
+
+    ``overwrite=False`` refuses (FileExistsError) an existing key: a new one would no
+    longer match the public key the coordinator registered.
+    """
+    for path in (folder / name, folder / f"{name}.pub"):
+        if not overwrite and path.exists():
+            raise FileExistsError(f"{path} exists; refusing to replace the SuperNode key")
     key = ec.generate_private_key(ec.SECP384R1())
     private = _write_private(
         folder / name,
@@ -144,3 +183,14 @@ def existing_tls(folder: Path) -> TlsFiles:
     if missing:
         raise FileNotFoundError(f"TLS files missing: {', '.join(missing)}")
     return files
+
+
+def certificate_fingerprint(path: Path) -> str:
+    """The SHA-256 fingerprint of the PEM certificate in ``path`` (``AB:CD:...``, as
+    ``openssl x509 -noout -fingerprint -sha256`` prints), for a hospital to check the CA
+    certificate it received against the one the coordinator reads out."""
+    try:
+        cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
+    except ValueError as err:
+        raise ValueError(f"{path} is not a PEM certificate ({err})") from None
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()

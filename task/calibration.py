@@ -95,7 +95,9 @@ def site_moments(
     model.eval()
     with torch.no_grad():
         for start in range(0, len(images), MOMENT_BATCH):
-            f = model.features(torch.from_numpy(images[start : start + MOMENT_BATCH])).double()
+            # np.require copies only a read-only (memory-mapped) chunk: torch cannot wrap it
+            chunk = np.require(images[start : start + MOMENT_BATCH], requirements="W")
+            f = model.features(torch.from_numpy(chunk)).double()
             v = torch.cat([f, f**2], dim=1)
             if bound is not None:
                 v = v * (bound / v.norm(dim=1, keepdim=True).clamp(min=1e-12)).clamp(max=1.0)

@@ -20,17 +20,23 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from task.data.cache import SiteDataCache
 from task.data.folder import ImageFolderSource
 from task.data.splits import DataSplits, Split
+from task.node import (  # also re-exported: the node config's keys and helpers
+    DATA_PATH,
+    NUM_PARTITIONS,
+    PARTITION_ID,
+    SITE_NAME,
+    STATE_DIR,
+    site_name,
+    site_state_dir,
+)
 
 log = logging.getLogger(__name__)
 
-#: Node-config keys. Flower's simulation sets the first two; a deployment sets the others.
-PARTITION_ID, NUM_PARTITIONS = "partition-id", "num-partitions"
-SITE_NAME, DATA_PATH = "site-name", "data-path"
-#: Node-config key of the folder where a site keeps what must outlive its process (its
-#: privacy ledger). Simulation: ``<run_dir>/sites/<site>``.
-STATE_DIR = "state-dir"
+#: Folder, inside a deployed site's state folder, of its preprocessed data cache.
+DATA_CACHE_DIR = "data-cache"
 
 
 @dataclass
@@ -74,45 +80,45 @@ def partition_site(cfg: DictConfig, partition_id: int, num_partitions: int) -> S
     return Site(f"site-{partition_id}", partition_id, splits)
 
 
-def folder_site(cfg: DictConfig, name: str, index: int, data_path: str) -> Site:
-    """A deployed site reading its own ``<data_path>/<class>/*`` images."""
-    source = ImageFolderSource(
-        train=data_path,
-        classes=list(cfg.data.classes),
-        resolution=cfg.data.resolution,
-        channels=cfg.data.get("channels", 1),
-        val_fraction=cfg.federation.site_val_fraction,
-        seed=cfg.seed,
-        on_bad_file=cfg.data.get("on_bad_file", "error"),
-    )
-    splits = source.load(preprocess=instantiate(cfg.transforms.preprocess))
+def folder_site(
+    cfg: DictConfig, name: str, index: int, data_path: str, cache_dir: Path | None = None
+) -> Site:
+    """A deployed site reading its own ``<data_path>/<class>/*`` images.
+
+    With ``cache_dir`` the decoded, preprocessed splits are kept there
+    (:class:`~task.data.cache.SiteDataCache`): a SuperNode starts a process per message,
+    and each would otherwise decode the whole folder again.
+    """
+    settings = {
+        "train": data_path,
+        "classes": list(cfg.data.classes),
+        "resolution": cfg.data.resolution,
+        "channels": cfg.data.get("channels", 1),
+        "val_fraction": cfg.federation.site_val_fraction,
+        "seed": cfg.seed,
+        "on_bad_file": cfg.data.get("on_bad_file", "error"),
+    }
+    source = ImageFolderSource(**settings)
+
+    def decode() -> DataSplits:
+        return source.load(preprocess=instantiate(cfg.transforms.preprocess))
+
+    if cache_dir is None:
+        splits = decode()
+    elif Path(cache_dir).resolve().is_relative_to(Path(data_path).resolve()):
+        # The cache would be scanned as one more class folder of the site's images.
+        raise ValueError(
+            f"node config: {STATE_DIR} {Path(cache_dir).parent} lies inside {DATA_PATH} "
+            f"{data_path}; keep the site's state outside its image folder"
+        )
+    else:
+        # The key: every setting that changes the arrays, the split or the load report.
+        preprocess = OmegaConf.to_container(cfg.transforms.preprocess, resolve=True)
+        config_text = OmegaConf.to_yaml({"source": settings, "preprocess": preprocess})
+        splits = SiteDataCache(cache_dir).load(Path(data_path), config_text, decode)
     if splits.report.n_skipped:
         log.warning("site %s: %s", name, splits.report.summary())
     return Site(name, index, splits)
-
-
-def site_name(node_config: Mapping[str, Any]) -> str:
-    """This node's site name, without loading its data (:func:`load_site` uses it too)."""
-    if SITE_NAME in node_config:
-        return str(node_config[SITE_NAME])
-    if DATA_PATH in node_config:
-        return str(node_config[DATA_PATH])
-    if PARTITION_ID in node_config:
-        return f"site-{int(node_config[PARTITION_ID])}"
-    raise ValueError(f"node config {dict(node_config)} names no site: set '{SITE_NAME}'")
-
-
-def site_state_dir(cfg: DictConfig, node_config: Mapping[str, Any]) -> Path:
-    """This site's state folder: ``state-dir`` from its node config, else (simulation)
-    ``<run_dir>/sites/<site>``."""
-    if STATE_DIR in node_config:
-        return Path(str(node_config[STATE_DIR]))
-    if cfg.get("run_dir"):
-        return Path(str(cfg.run_dir)) / "sites" / site_name(node_config)
-    raise ValueError(
-        f"node config {dict(node_config)} has no '{STATE_DIR}' and the run has no run_dir: "
-        "the site has nowhere to keep its privacy ledger"
-    )
 
 
 @cache
@@ -120,8 +126,9 @@ def _cached_site(cfg_yaml: str, node_items: tuple[tuple[str, Any], ...]) -> Site
     cfg = OmegaConf.create(cfg_yaml)
     node = dict(node_items)
     if DATA_PATH in node:
+        cache_dir = site_state_dir(cfg, node) / DATA_CACHE_DIR if STATE_DIR in node else None
         return folder_site(
-            cfg, site_name(node), int(node.get(PARTITION_ID, 0)), str(node[DATA_PATH])
+            cfg, site_name(node), int(node.get(PARTITION_ID, 0)), str(node[DATA_PATH]), cache_dir
         )
     if PARTITION_ID in node and NUM_PARTITIONS in node:
         site = partition_site(cfg, int(node[PARTITION_ID]), int(node[NUM_PARTITIONS]))
@@ -134,6 +141,8 @@ def _cached_site(cfg_yaml: str, node_items: tuple[tuple[str, Any], ...]) -> Site
 
 
 def load_site(cfg: DictConfig, node_config: Mapping[str, Any]) -> Site:
-    """The site for this node, loaded once per process and then reused every round."""
+    """The site for this node, loaded once per process and then reused every round. A
+    deployed site (``data-path``) with a ``state-dir`` also keeps its decoded images on its
+    disk, in ``<state-dir>/data-cache``, for the processes of its later messages."""
     cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     return _cached_site(cfg_yaml, tuple(sorted(node_config.items())))

@@ -11,7 +11,7 @@ from monai.data import ArrayDataset, DataLoader
 from monai.transforms import Randomizable
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader as TorchDataLoader
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from task.data.augment import BatchAugment
 from task.data.errors import LoadReport
@@ -42,6 +42,28 @@ class WithoutMetadata(Randomizable):
     def __call__(self, image):
         with no_metadata():
             return self.transform(image)
+
+
+class ImageRows(Dataset):
+    """The rows of a read-only image array (a memory-mapped cache, :mod:`task.data.cache`)
+    as fresh tensors, one copy per image as it is read; with ``labels``, ``(image, label)``
+    pairs, as a ``TensorDataset`` gives.
+
+    Why: torch cannot wrap read-only memory (``torch.from_numpy`` warns, and a write through
+    such a tensor would crash the process); copying the whole array would undo the map's
+    point. A copy per image is what a batch costs anyway, since batches are stacked copies.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None) -> None:
+        self.images = images
+        self.labels = None if labels is None else torch.from_numpy(labels)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        image = torch.from_numpy(np.array(self.images[i]))
+        return image if self.labels is None else (image, self.labels[i])
 
 
 @dataclass
@@ -95,16 +117,21 @@ class Split:
         MONAI's per-item dataset machinery cost 0.38 ms an image (0.6 s of a site's 3 s
         round), the tensors' own indexing next to nothing.
         """
+        read_only = not self.images.flags.writeable  # memory-mapped from the site's cache
         if augment is not None and not isinstance(augment, BatchAugment):
             dataset = ArrayDataset(
-                img=torch.from_numpy(self.images),
+                img=ImageRows(self.images) if read_only else torch.from_numpy(self.images),
                 img_transform=WithoutMetadata(augment),
                 labels=self.labels,
             )
             return DataLoader(
                 dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers
             )
-        tensors = TensorDataset(torch.from_numpy(self.images), torch.from_numpy(self.labels))
+        tensors = (
+            ImageRows(self.images, self.labels)
+            if read_only
+            else TensorDataset(torch.from_numpy(self.images), torch.from_numpy(self.labels))
+        )
         loader = TorchDataLoader(
             tensors, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers
         )

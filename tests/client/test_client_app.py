@@ -6,7 +6,8 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.client_app import _network, make_client_app
+from client.client_app import make_client_app
+from client.local import _network
 from task.config import compose_config
 from task.constants import SITE_RECORD
 from task.models import build_model

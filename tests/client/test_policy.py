@@ -8,7 +8,7 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-import client.client_app as client_app
+import client.local as local
 from client.client_app import make_client_app
 from client.policy import DEFAULT, PolicyViolation, SitePolicy
 from task.config import compose_config
@@ -41,13 +41,13 @@ def policy_file(tmp_path):
 def untouched(monkeypatch):
     """Records whether a handler reached the site's data or its training."""
     touched = []
-    real = client_app._prepared
+    real = local._prepared
 
     def prepared(*args, **kwargs):
         touched.append("data")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(client_app, "_prepared", prepared)
+    monkeypatch.setattr(local, "_prepared", prepared)
     return touched
 
 

@@ -4,7 +4,10 @@ SuperLink (with its ServerApp) dying and being restarted, and intruders at the d
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -17,8 +20,9 @@ import pytest
 import torch
 
 from scripts.deploy_local import SiteFederation, prepare_sites, start_sites
-from server.deployment import DeploymentError, LocalDeployment
+from scripts.local_deployment import DeploymentError, LocalDeployment
 from server.pki import make_tls
+from server.processes import descendants
 from task import checkpoint
 from task.constants import REPO_ROOT
 
@@ -31,6 +35,8 @@ OVERRIDES = ["logger=none", "model=small_cnn", "train.batch_size=32", "metrics.n
 # tests/strategies/test_secure.py; the TLS run above is the secure one across processes.
 # The sites' policy must allow it (the default policy refuses secure=none).
 PLAIN = ("secure=none",)
+#: Flower 1.41's bound on waiting for a node that stopped sending heartbeats (seconds).
+HEARTBEAT_BOUND = 60
 LAB_POLICY = "require_secure: false\n"
 
 
@@ -159,6 +165,15 @@ def test_a_supernode_killed_mid_round_leaves_the_round_to_the_others(federation)
         lambda: "Receiving: train message" in dep.log_tail("site-2", 400), 300, "train message"
     )
     dep.kill("site-2")
+    killed = time.monotonic()
+    # The round waits on the dead node no longer than Flower's heartbeat bound (2 x its
+    # 30 s interval), with its warm executor gone too; slack for a loaded CI machine.
+    _wait_for(
+        lambda: "failed to report a heartbeat" in dep.log_tail("dropout", 400),
+        HEARTBEAT_BOUND + 30,
+        "the lost node reported",
+    )
+    assert time.monotonic() - killed <= HEARTBEAT_BOUND + 30
     assert app.wait(timeout=600) == 0, dep.log_tail("dropout", 60)
     (only,) = json.loads((run_dir / "history.json").read_text())
     assert set(only["sites"]) == {"site-0", "site-1"}  # FedAvg of the two survivors
@@ -234,3 +249,73 @@ def test_deployment_without_its_tls_files_refuses_to_start(tmp_path: Path, capsy
         (tmp_path / "pki" / name).write_text("-----BEGIN CERTIFICATE-----\n")
     with pytest.raises(DeploymentError, match=r"superlink\.key; refusing to start without TLS"):
         LocalDeployment(tmp_path / "dep", tls_dir=tmp_path / "pki")
+
+
+def _started(pid: int) -> str | None:
+    """A process's start time (field 22 of /proc/<pid>/stat), None if it is gone or a
+    zombie: with the pid it names one process, even if the pid is reused."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def _mentioning(text: str) -> list[int]:
+    """Live processes whose command line mentions ``text``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace") and _started(
+                int(cmdline.parent.name)
+            ):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stopped_launcher_stops_everything_it_started(tmp_path: Path, sig) -> None:
+    workdir = tmp_path / "deploy"
+    args = ["--sites", str(SITES), "--rounds", "20", "--limit-per-site", str(LIMIT)]
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "scripts.deploy_local",
+            *args,
+            "--workdir",
+            str(workdir),
+            *OVERRIDES,
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    seen: dict[int, str] = {}
+    try:
+        # Until a site has answered a message: SuperLink, SuperNodes, executors, `flwr
+        # run`, the ServerApp and ClientApps have all been started by then.
+        deadline = time.monotonic() + 600
+        while not list(workdir.glob("state/*/site-log.jsonl")):
+            if time.monotonic() > deadline or launcher.poll() is not None:
+                pytest.fail(f"the deployment never got under way (exit {launcher.poll()})")
+            for pid in descendants(launcher.pid):
+                seen.setdefault(pid, _started(pid))
+            time.sleep(0.2)
+        for pid in descendants(launcher.pid):
+            seen.setdefault(pid, _started(pid))
+        launcher.send_signal(sig)
+        assert launcher.wait(timeout=90) == 128 + sig
+        assert len(seen) >= 1 + 2 * SITES  # the SuperLink, the SuperNodes, their executors
+        _wait_for(
+            lambda: not [p for p, t in seen.items() if t and _started(p) == t], 30, "stopped tree"
+        )
+        assert _mentioning(str(workdir)) == []
+    finally:  # whatever the test found, it leaves nothing running
+        launcher.kill()
+        alive = [p for p, t in seen.items() if t and _started(p) == t]  # not a reused pid
+        for pid in [*alive, *_mentioning(str(workdir))]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

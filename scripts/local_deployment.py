@@ -1,11 +1,14 @@
 """A real Flower deployment on this machine: one SuperLink and one SuperNode per site.
 
-Everything runs as separate processes talking over TCP on 127.0.0.1, exactly as across
-hospitals: the SuperLink serves TLS with a certificate from a private CA made here and
-accepts only SuperNodes whose public keys were registered; each SuperNode reads its own
-data folder named in its node config; the app is submitted with ``flwr run``. The SuperLink
-runs with ``--disable-runtime-dependency-installation``: by default it would install the
-app's ``[project].dependencies`` into a fresh environment with uv, which pulls a CUDA torch.
+It plays every organisation with their own commands' argv (the coordinator's
+:func:`server.coordinator.superlink_command`, each hospital's
+:func:`client.node.supernode_command` and warm executor), all on 127.0.0.1, as separate
+processes talking over TCP exactly as across hospitals: the SuperLink serves TLS with a
+certificate from a private CA made here and accepts only SuperNodes whose public keys were
+registered; each SuperNode reads its own data folder named in its node config; the app is
+submitted with ``flwr run``. The SuperLink runs with
+``--disable-runtime-dependency-installation``: by default it would install the app's
+``[project].dependencies`` into a fresh environment with uv, which pulls a CUDA torch.
 """
 
 from __future__ import annotations
@@ -18,13 +21,17 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from client.node import executor_command, node_config_arg, supernode_command
 from mpc.parties import free_port
+from server.coordinator import superlink_command
 from server.pki import TlsFiles, existing_tls, make_node_key, make_tls
+from server.processes import descendants, raise_stopped, signal_all
 from task.constants import REPO_ROOT
 
 log = logging.getLogger(__name__)
@@ -35,23 +42,6 @@ CONNECTION = "primia-local"
 def _toml_str(value: object) -> str:
     """A TOML basic string (Flower parses node and run config values as TOML)."""
     return json.dumps(str(value))
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (read from /proc, Linux)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended while we looked
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 class DeploymentError(RuntimeError):
@@ -82,11 +72,14 @@ class LocalDeployment:
             ``superlink.pem``, ``superlink.key``); None: a private CA is made in
             ``workdir/pki``. Missing files stop the deployment; there is no fallback to
             plaintext.
+        warm: each SuperNode runs its ClientApps through the site's warm executor
+            (:mod:`client.executor`); False: Flower's own cold process per message.
     """
 
     workdir: Path
     insecure: bool = False
     tls_dir: Path | None = None
+    warm: bool = True
     port: int = field(default_factory=lambda: free_port(HOST))
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     tls: TlsFiles | None = None
@@ -174,27 +167,13 @@ class LocalDeployment:
 
     # -- lifecycle -----------------------------------------------------------------------
     def start_superlink(self, timeout: float = 60) -> None:
-        args = [
-            self._bin("flower-superlink"),
-            "--host",
-            HOST,
-            "--port",
-            str(self.port),
-            "--database",
-            str(self.workdir / "superlink.db"),
-            "--disable-runtime-dependency-installation",
-        ]
+        """The SuperLink, started as the coordinator's command starts it."""
+        database = self.workdir / "superlink.db"
         if self.tls:
-            args += [
-                "--ssl-ca-certfile",
-                str(self.tls.ca_cert),
-                "--ssl-certfile",
-                str(self.tls.server_cert),
-                "--ssl-keyfile",
-                str(self.tls.server_key),
-                "--enable-supernode-auth",
-            ]
+            args = superlink_command(host=HOST, port=self.port, tls=self.tls, database=database)
         else:
+            args = [self._bin("flower-superlink"), "--host", HOST, "--port", str(self.port)]
+            args += ["--database", str(database), "--disable-runtime-dependency-installation"]
             args.append("--insecure")
         proc = self._spawn("superlink", args)
         deadline = time.monotonic() + timeout
@@ -213,31 +192,42 @@ class LocalDeployment:
             raise DeploymentError(f"registering {public_key} failed:\n{res.stdout}{res.stderr}")
 
     def start_supernode(
-        self, name: str, node_config: dict[str, str], private_key: Path | None
+        self,
+        name: str,
+        node_config: dict[str, str],
+        private_key: Path | None,
     ) -> subprocess.Popen:
-        config = " ".join(f"{k}={_toml_str(v)}" for k, v in node_config.items())
-        args = [
-            self._bin("flower-supernode"),
-            "--superlink",
-            self.address,
-            "--node-config",
-            config,
-            "--host",
-            HOST,
-            "--port",
-            str(free_port(HOST)),
-            "--max-retries",
-            "20",
-            "--max-wait-time",
-            "60",
-        ]
-        if self.tls:
-            args += ["--root-certificates", str(self.tls.ca_cert)]
-            if private_key is not None:
-                args += ["--auth-supernode-private-key", str(private_key)]
-        else:
-            args.append("--insecure")
-        return self._spawn(name, args)
+        """A SuperNode, started as the hospital's command starts it; with :attr:`warm`,
+        with ``--isolation process`` and the site's warm executor beside it, the two
+        authenticated by a fresh shared secret."""
+        port = free_port(HOST)
+        retries = {"max_retries": 20, "max_wait_time": 60}
+        if self.tls and private_key is not None:
+            args = supernode_command(
+                superlink=self.address,
+                ca_cert=self.tls.ca_cert,
+                private_key=private_key,
+                config=node_config,
+                runtime_port=port,
+                **retries,
+            )
+        else:  # --insecure, or TLS without node authentication (refused by the SuperLink)
+            args = [self._bin("flower-supernode"), "--superlink", self.address]
+            args += ["--node-config", node_config_arg(node_config)]
+            args += ["--host", HOST, "--port", str(port), "--max-retries", "20"]
+            args += ["--max-wait-time", "60"]
+            tls = ["--root-certificates", str(self.tls.ca_cert)] if self.tls else ["--insecure"]
+            args += tls
+        if not self.warm:
+            return self._spawn(name, args)
+        secret = self.workdir / "secrets" / f"{name}.superexec"
+        secret.parent.mkdir(mode=0o700, exist_ok=True)
+        secret.touch(mode=0o600)
+        secret.write_bytes(os.urandom(32))
+        auth = ["--superexec-auth-secret-file", str(secret)]
+        node = self._spawn(name, [*args, "--isolation", "process", *auth])
+        self._spawn(f"{name}.executor", executor_command(port, secret, node.pid), REPO_ROOT)
+        return node
 
     def connected_nodes(self) -> int:
         res = self._cli(["supernode", "list", CONNECTION, "--format", "json"])
@@ -254,7 +244,9 @@ class LocalDeployment:
         shutdown handlers run). The SuperLink's ServerApp and a SuperNode's ClientApp
         processes are its descendants."""
         proc = self.procs.pop(name)
-        victims = [proc.pid, *_descendants(proc.pid)]
+        if f"{name}.executor" in self.procs:  # a SuperNode's ClientApps are its executor's
+            self.kill(f"{name}.executor")
+        victims = [proc.pid, *descendants(proc.pid)]
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         for pid in victims:
@@ -275,21 +267,40 @@ class LocalDeployment:
         return res
 
     def stop(self) -> None:
-        """Stop every process this deployment started (SuperNodes first)."""
-        for name in sorted(self.procs, key=lambda n: n == "superlink"):
+        """Stop every process this deployment started (SuperNodes first), with everything
+        they started: each runs in its own process group, and any descendant that left its
+        group (a ClientApp, a ServerApp) is signalled by pid."""
+        order = sorted(self.procs, key=lambda n: n == "superlink")
+        started = {name: descendants(self.procs[name].pid) for name in order}
+        for name in order:
             proc = self.procs[name]
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+            signal_all(started[name], signal.SIGTERM)
+        for name in order:
+            proc = self.procs[name]
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            signal_all(started[name], signal.SIGKILL)
         self.procs.clear()
 
     def __enter__(self) -> LocalDeployment:
+        # SIGTERM or SIGINT (Ctrl-C) to the launcher unwinds through __exit__, which stops
+        # everything started; Python's default SIGTERM would leave them all running.
+        self._handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._handlers[sig] = signal.signal(sig, raise_stopped)
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            for sig, handler in self._handlers.items():
+                signal.signal(sig, handler)
