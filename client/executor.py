@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 #: Imported before the first task: the app and what its train and evaluate handlers import
 #: lazily (:mod:`client.local` brings torch, MONAI and the site loops).
 WARM = ("client.client_app", "client.local")
+#: Seconds between the executor's looks for a new task (Flower's default: 1).
+TASK_POLL_INTERVAL = 0.1
 
 
 class ForkingExecutor(SubprocessExecutor):
@@ -104,6 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as err:
         parser.error(str(err))
     print(f"warm executor: imported the app in {warm_up():.1f} s", flush=True)
+    # Flower's loop looks for a task once a second by default; a look is one request to
+    # the SuperNode on this host.
+    os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", str(TASK_POLL_INTERVAL))
     # The kernel reaps the forked tasks; nothing here waits on them.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     # Flower's loop builds its executor through this module-level name; ours replaces it

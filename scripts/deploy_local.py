@@ -170,7 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.insecure:
         print("WARNING: --insecure: no TLS, no SuperNode authentication", file=sys.stderr)
     with LocalDeployment(
-        workdir, insecure=args.insecure, tls_dir=args.tls_dir, warm=not args.cold
+        workdir,
+        insecure=args.insecure,
+        tls_dir=args.tls_dir,
+        warm=not args.cold,
+        # The sites share this machine's cores, as the simulation's sites do.
+        site_threads=max(1, (os.cpu_count() or 1) // args.sites),
     ) as dep:
         try:
             dep.start_superlink()

@@ -74,12 +74,17 @@ class LocalDeployment:
             plaintext.
         warm: each SuperNode runs its ClientApps through the site's warm executor
             (:mod:`client.executor`); False: Flower's own cold process per message.
+        site_threads: CPU threads of each site's ClientApps (``OMP_NUM_THREADS``); None:
+            torch's default, every core. All sites share this machine's cores, so
+            ``cores // sites`` is what each would have on its own host (as the
+            simulation's ``federation.client_cpus``).
     """
 
     workdir: Path
     insecure: bool = False
     tls_dir: Path | None = None
     warm: bool = True
+    site_threads: int | None = None
     port: int = field(default_factory=lambda: free_port(HOST))
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     tls: TlsFiles | None = None
@@ -129,7 +134,9 @@ class LocalDeployment:
     def _bin(self, name: str) -> str:
         return str(Path(sys.executable).parent / name)
 
-    def _spawn(self, name: str, args: list[str], cwd: Path | None = None) -> subprocess.Popen:
+    def _spawn(
+        self, name: str, args: list[str], cwd: Path | None = None, env: dict | None = None
+    ) -> subprocess.Popen:
         path = self.workdir / "logs" / f"{name}.log"
         if path.exists():  # a restart: keep the earlier process's log beside the new one
             earlier = len(list(path.parent.glob(f"{name}.*.log")))
@@ -138,7 +145,7 @@ class LocalDeployment:
         proc = subprocess.Popen(
             args,
             cwd=cwd or self.workdir,
-            env=self.env,
+            env=env or self.env,
             stdout=logfile,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -218,15 +225,19 @@ class LocalDeployment:
             args += ["--max-wait-time", "60"]
             tls = ["--root-certificates", str(self.tls.ca_cert)] if self.tls else ["--insecure"]
             args += tls
+        env = dict(self.env)
+        if self.site_threads is not None:
+            env |= {"OMP_NUM_THREADS": str(self.site_threads)}
         if not self.warm:
-            return self._spawn(name, args)
+            return self._spawn(name, args, env=env)
         secret = self.workdir / "secrets" / f"{name}.superexec"
         secret.parent.mkdir(mode=0o700, exist_ok=True)
         secret.touch(mode=0o600)
         secret.write_bytes(os.urandom(32))
         auth = ["--superexec-auth-secret-file", str(secret)]
-        node = self._spawn(name, [*args, "--isolation", "process", *auth])
-        self._spawn(f"{name}.executor", executor_command(port, secret, node.pid), REPO_ROOT)
+        node = self._spawn(name, [*args, "--isolation", "process", *auth], env=env)
+        executor = executor_command(port, secret, node.pid)
+        self._spawn(f"{name}.executor", executor, REPO_ROOT, env=env)
         return node
 
     def connected_nodes(self) -> int:

@@ -8,6 +8,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.federation import run_federation
+from server.polling_grid import PollingGrid
 from task.config import compose_config, overrides_from_run_config
 
 
@@ -29,6 +30,8 @@ def make_server_app(
             if not hasattr(grid, "pull_interval"):
                 raise TypeError(f"{type(grid).__name__} has no pull_interval to set")
             grid.pull_interval = pull_interval
+        elif not hasattr(grid, "pull_interval"):  # a deployment: Flower's grid waits 3 s
+            grid = PollingGrid(grid)
         args = overrides if overrides is not None else overrides_from_run_config(context.run_config)
         run_federation(compose_config(args), grid)
 
