@@ -9,6 +9,7 @@ ClientApp where this site's data and state live; the images never leave the hosp
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -90,6 +91,16 @@ def supernode_command(
     if max_wait_time is not None:
         args += ["--max-wait-time", str(max_wait_time)]
     return args
+
+
+def warm_isolation_args(secret: Path) -> list[str]:
+    """The SuperNode flags that leave its ClientApps to the warm executor, after writing a
+    fresh 32-byte secret to ``secret`` (readable by this user only) that authenticates the
+    two; the executor is given the same file (:func:`executor_command`)."""
+    secret.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    secret.touch(mode=0o600)
+    secret.write_bytes(os.urandom(32))
+    return ["--isolation", "process", "--superexec-auth-secret-file", str(secret)]
 
 
 def executor_command(runtime_port: int, secret: Path, supernode_pid: int) -> list[str]:

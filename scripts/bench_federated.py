@@ -26,16 +26,12 @@ from pathlib import Path
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
-from scripts.seed_spread import run_seeds
+from scripts.seed_spread import checkpoint_test, run_seeds
 from server.simulation import simulate
-from task import checkpoint
 from task.central import run as run_central
 from task.config import compose_config, default_choice
 from task.constants import CHECKPOINT_BEST, CHECKPOINT_LAST, REPO_ROOT
-from task.engine import predict
 from task.machine import machine_facts
-from task.metrics import clinical_metrics
-from task.models import build_model
 from task.report import write_benchmark
 
 KEYS = ("auc", "accuracy", "mcc")
@@ -47,10 +43,7 @@ def _test(m: dict) -> dict:
 
 def _checkpoint_test(cfg, data, path: Path, key: str) -> dict:
     """Test AUC, ACC and MCC of the weights under ``key`` in the checkpoint ``path``."""
-    model = build_model(cfg.model, data.in_shape, len(data.classes))
-    model.load_state_dict(checkpoint.load(path)[key])
-    probs, labels = predict(model, data.test.loader(cfg.train.eval_batch_size, shuffle=False))
-    return {"test": _test({"test": clinical_metrics(labels, probs, data.classes, n_bootstrap=0)})}
+    return {"test": checkpoint_test(cfg, data, path, key)}
 
 
 def _federated(overrides: list[str], run_dir: Path) -> dict:

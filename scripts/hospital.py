@@ -13,7 +13,6 @@ In order (docs/deployment.md):
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from client.node import (
     executor_command,
     node_config,
     supernode_command,
+    warm_isolation_args,
 )
 from mpc.secagg.identity import fingerprint
 from scripts._cli import InputError, existing_file, fail, flower_env, parse_address, run_foreground
@@ -94,13 +94,10 @@ def supernode(args: argparse.Namespace) -> int:
     print(f"SuperNode -> {args.superlink}, CA fingerprint SHA256 {ca_fp}")
     if args.cold:
         return run_foreground(argv, flower_env())
-    # The warm executor (client/executor.py) launches this SuperNode's ClientApps: a
-    # fresh secret authenticates the two, readable by this user only.
+    # The warm executor (client/executor.py) launches this SuperNode's ClientApps.
     secret = args.state / "superexec.secret"
-    secret.touch(mode=0o600)
-    secret.write_bytes(os.urandom(32))
+    argv += warm_isolation_args(secret)
     port = args.runtime_port or RUNTIME_PORT
-    argv += ["--isolation", "process", "--superexec-auth-secret-file", str(secret)]
     return run_foreground(
         argv, flower_env(), companion=lambda pid: executor_command(port, secret, pid)
     )

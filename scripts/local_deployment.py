@@ -27,7 +27,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.node import executor_command, node_config_arg, supernode_command
+from client.node import (
+    executor_command,
+    node_config_arg,
+    supernode_command,
+    warm_isolation_args,
+)
 from mpc.parties import free_port
 from server.coordinator import superlink_command
 from server.pki import TlsFiles, existing_tls, make_node_key, make_tls
@@ -231,11 +236,7 @@ class LocalDeployment:
         if not self.warm:
             return self._spawn(name, args, env=env)
         secret = self.workdir / "secrets" / f"{name}.superexec"
-        secret.parent.mkdir(mode=0o700, exist_ok=True)
-        secret.touch(mode=0o600)
-        secret.write_bytes(os.urandom(32))
-        auth = ["--superexec-auth-secret-file", str(secret)]
-        node = self._spawn(name, [*args, "--isolation", "process", *auth], env=env)
+        node = self._spawn(name, [*args, *warm_isolation_args(secret)], env=env)
         executor = executor_command(port, secret, node.pid)
         self._spawn(f"{name}.executor", executor, REPO_ROOT, env=env)
         return node

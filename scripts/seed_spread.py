@@ -91,7 +91,7 @@ def validation_picks(history: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _test_of(cfg, data, path: Path, key: str) -> dict[str, float]:
+def checkpoint_test(cfg, data, path: Path, key: str) -> dict[str, float]:
     """Test AUC, ACC and MCC of the weights under ``key`` in the checkpoint ``path``."""
     model = build_model(cfg.model, data.in_shape, len(data.classes))
     model.load_state_dict(checkpoint.load(path)[key])
@@ -114,8 +114,8 @@ def federated_seed(overrides: list[str], run_dir: Path, data) -> dict[str, Any]:
         # The run's own test figures (its configured rule): the same as that rule's below.
         "reported": {k: metrics["test"][k] for k in KEYS},
         "best_round": metrics["best_round"],
-        "val_mcc": _test_of(cfg, data, run_dir / CHECKPOINT_BEST, "model"),
-        "last": _test_of(cfg, data, run_dir / CHECKPOINT_LAST, "evaluated_arrays"),
+        "val_mcc": checkpoint_test(cfg, data, run_dir / CHECKPOINT_BEST, "model"),
+        "last": checkpoint_test(cfg, data, run_dir / CHECKPOINT_LAST, "evaluated_arrays"),
         "validation": validation_picks(last["history"]),
         "wall_seconds": wall,
     }

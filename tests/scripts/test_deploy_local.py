@@ -13,7 +13,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,7 @@ from server.pki import make_tls
 from server.processes import descendants
 from task import checkpoint
 from task.constants import REPO_ROOT
+from tests.processes import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -38,14 +39,6 @@ PLAIN = ("secure=none",)
 #: Flower 1.41's bound on waiting for a node that stopped sending heartbeats (seconds).
 HEARTBEAT_BOUND = 60
 LAB_POLICY = "require_secure: false\n"
-
-
-def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {what} within {timeout:.0f} s")
-        time.sleep(0.5)
 
 
 def _checkpointed_round(run_dir: Path) -> int:
@@ -99,7 +92,7 @@ def federation(tmp_path_factory) -> Iterator[tuple[LocalDeployment, SiteFederati
     with LocalDeployment(fed.workdir) as dep:
         dep.start_superlink()
         start_sites(dep, fed)
-        _wait_for(lambda: dep.connected_nodes() == SITES, 120, "three SuperNodes online")
+        wait_for(lambda: dep.connected_nodes() == SITES, 120, "three SuperNodes online")
         yield dep, fed
 
 
@@ -161,14 +154,14 @@ def test_a_supernode_killed_mid_round_leaves_the_round_to_the_others(federation)
     # waiting for all three
     extra = ("federation.num_rounds=1", "federation.min_available_sites=2", *PLAIN)
     app = dep.start_app(_overrides(fed, run_dir, *extra), "dropout")
-    _wait_for(
+    wait_for(
         lambda: "Receiving: train message" in dep.log_tail("site-2", 400), 300, "train message"
     )
     dep.kill("site-2")
     killed = time.monotonic()
     # The round waits on the dead node no longer than Flower's heartbeat bound (2 x its
     # 30 s interval), with its warm executor gone too; slack for a loaded CI machine.
-    _wait_for(
+    wait_for(
         lambda: "failed to report a heartbeat" in dep.log_tail("dropout", 400),
         HEARTBEAT_BOUND + 30,
         "the lost node reported",
@@ -182,7 +175,7 @@ def test_a_supernode_killed_mid_round_leaves_the_round_to_the_others(federation)
     assert metrics["test"]["auc"] > 0.5  # the federation ended with its test evaluation
     # the site's machine comes back: its SuperNode rejoins under its registered key
     dep.start_supernode("site-2", fed.nodes["site-2"], fed.keys["site-2"])
-    _wait_for(lambda: dep.connected_nodes() == SITES, 120, "site-2 back online")
+    wait_for(lambda: dep.connected_nodes() == SITES, 120, "site-2 back online")
 
 
 def test_a_killed_superlink_and_serverapp_resume_from_the_last_checkpoint(federation) -> None:
@@ -194,13 +187,13 @@ def test_a_killed_superlink_and_serverapp_resume_from_the_last_checkpoint(federa
     dep, fed = federation
     run_dir = fed.workdir / "crash"
     app = dep.start_app(_overrides(fed, run_dir, *PLAIN), "crash")
-    _wait_for(lambda: _checkpointed_round(run_dir) >= 1, 400, "round 1 checkpoint")
+    wait_for(lambda: _checkpointed_round(run_dir) >= 1, 400, "round 1 checkpoint")
     dep.kill("superlink")
     assert app.wait(timeout=120) != 0  # the submitting CLI sees the link go
     assert _checkpointed_round(run_dir) == 1  # the crash left round 1's checkpoint whole
     round_1 = checkpoint.load(run_dir / "last.pt")
     dep.start_superlink()
-    _wait_for(lambda: dep.connected_nodes() == SITES, 180, "SuperNodes reconnected")
+    wait_for(lambda: dep.connected_nodes() == SITES, 180, "SuperNodes reconnected")
     resumed = dep.start_app(_overrides(fed, run_dir, "resume=true", *PLAIN), "resume")
     assert resumed.wait(timeout=600) == 0, dep.log_tail("resume", 60)
     final = checkpoint.load(run_dir / "last.pt")
@@ -227,7 +220,7 @@ def test_unregistered_supernode_is_refused(tmp_path: Path) -> None:
             "intruder", {"site-name": "intruder", "data-path": str(tmp_path)}, intruder_key
         )
         dep.start_supernode("registered", {"site-name": "ok", "data-path": str(tmp_path)}, key)
-        _wait_for(lambda: dep.connected_nodes() >= 1, 60, "the registered SuperNode")
+        wait_for(lambda: dep.connected_nodes() >= 1, 60, "the registered SuperNode")
         assert dep.connected_nodes() == 1
         assert intruder.wait(timeout=60) != 0  # the SuperNode gives up: it cannot activate
         assert "Failed to activate SuperNode" in dep.log_tail("intruder", 200)
@@ -309,7 +302,7 @@ def test_a_stopped_launcher_stops_everything_it_started(tmp_path: Path, sig) -> 
         launcher.send_signal(sig)
         assert launcher.wait(timeout=90) == 128 + sig
         assert len(seen) >= 1 + 2 * SITES  # the SuperLink, the SuperNodes, their executors
-        _wait_for(
+        wait_for(
             lambda: not [p for p, t in seen.items() if t and _started(p) == t], 30, "stopped tree"
         )
         assert _mentioning(str(workdir)) == []

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from scripts.deploy_local import SiteFederation, prepare_sites
 from server.coordinator import CONNECTION, connection_toml
 from server.pki import make_tls
 from task.constants import DATA_ENV_VAR, METRICS_FILE, REPO_ROOT
+from tests.processes import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -153,14 +154,6 @@ def _remove(net: Network) -> None:
         proc.wait(timeout=30)
 
 
-def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {what} within {timeout:.0f} s")
-        time.sleep(0.5)
-
-
 def _ok(res: subprocess.CompletedProcess) -> str:
     assert res.returncode == 0, f"{shlex.join(res.args)}:\n{res.stdout}{res.stderr}"
     return res.stdout
@@ -184,7 +177,7 @@ def _start_coordinator(net: Network, workdir: Path) -> Path:
     link = net.spawn(net.coordinator, log, PYTHON, "-m", "scripts.coordinator", "superlink",
                      "--tls", str(pki), "--address", SUPERLINK,
                      "--database", str(workdir / "superlink.db"))  # fmt: skip
-    _wait_for(
+    wait_for(
         lambda: link.poll() is not None or "Application startup complete" in log.read_text(),
         90,
         "SuperLink",
@@ -262,8 +255,8 @@ def test_a_secure_round_across_namespaces_over_veth_only(network: Network, tmp_p
     stranger = make_tls(tmp_path / "other-ca", [COORDINATOR]).ca_cert
     elsewhere = ("--runtime-port", "9095", "--state", str(tmp_path / "misled"))
     misled = _supernode(net, 0, fed, stranger, *elsewhere)
-    _wait_for(lambda: _online(net) == SITES, 180, "three SuperNodes online")
-    _wait_for(lambda: "CERTIFICATE_VERIFY_FAILED" in misled.read_text(), 60, "TLS refusal")
+    wait_for(lambda: _online(net) == SITES, 180, "three SuperNodes online")
+    wait_for(lambda: "CERTIFICATE_VERIFY_FAILED" in misled.read_text(), 60, "TLS refusal")
     for log in logs:  # each hospital command started its SuperNode and warm executor
         assert "Traceback" not in log.read_text(), log.read_text()[-2000:]
 
