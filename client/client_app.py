@@ -20,6 +20,7 @@ from client.policy import DEFAULT, SitePolicy, make_policy_mod
 from client.run_config import run_config
 from client.secure import make_secure
 from client.site_log import make_site_log_mod
+from client.transport import unpack_mod
 
 
 def make_client_app(
@@ -39,9 +40,11 @@ def make_client_app(
         return run_config(context, overrides)
 
     # The app's own mods wrap every handler's mods (Flower: first in the list = outermost),
-    # so the log records each reply as it leaves: after masking, key stages included. The
-    # site's policy is checked next, before any handler touches data or keys.
-    app = ClientApp(mods=[make_site_log_mod(get_cfg), make_policy_mod(get_cfg, default_policy)])
+    # so the log records each reply as it leaves: after masking, key stages included. Then
+    # the records a deployed server packed are restored, and the site's policy is checked
+    # before any handler touches data or keys.
+    mods = [make_site_log_mod(get_cfg), unpack_mod, make_policy_mod(get_cfg, default_policy)]
+    app = ClientApp(mods=mods)
     # Secure aggregation (secure=smpc): key stages as queries, masking as a mod.
     secure_query, secure_mod = make_secure(get_cfg, default_policy)
     app.query("secagg")(secure_query)

@@ -7,7 +7,9 @@ to an executor beside it. This one runs Flower's own SuperExec loop (task pollin
 SuperNode's Runtime API with its HMAC authentication, signal handling, parent monitoring)
 with one change: a ClientApp task's process is forked from this process, which has imported
 the libraries and the app once, instead of started cold. The fork then runs Flower's own
-``run_clientapp`` for that task's token and exits.
+``run_clientapp`` for that task's token and exits. A task asks for its message's objects
+at the SuperNode while they may still be arriving; its back-off is shortened
+(:func:`client.pacing.pace_object_pulls`).
 
 Isolation stays Flower's: every message runs in its own process, which ends when its reply
 is sent. A child starts from this parent's memory, which holds imported code only: the
@@ -24,12 +26,14 @@ updates its installation restarts its executor.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import importlib
 import logging
 import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from flwr.supercore.auth.superexec_secret import load_superexec_auth_secret
 from flwr.supercore.constant import TaskType
@@ -37,13 +41,19 @@ from flwr.supercore.superexec import run_superexec as superexec
 from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResult, SubprocessExecutor
 from flwr.supercore.tls import validate_and_resolve_root_certificates
 
+from client.pacing import pace_object_pulls
+
 log = logging.getLogger(__name__)
 
 #: Imported before the first task: the app and what its train and evaluate handlers import
-#: lazily (:mod:`client.local` brings torch, MONAI and the site loops).
+#: lazily (:mod:`client.local` brings torch, MONAI and the site loops, and its
+#: ``warm_up`` what they would otherwise import on first use).
 WARM = ("client.client_app", "client.local")
 #: Seconds between the executor's looks for a new task (Flower's default: 1).
 TASK_POLL_INTERVAL = 0.1
+#: Environment variable naming a folder: each task's process writes a cProfile of its
+#: whole run there (``<end time>-<pid>.prof``), for ``scripts.bench_federated``.
+PROFILE_DIR = "PRIMIA_PROFILE_DIR"
 
 
 class ForkingExecutor(SubprocessExecutor):
@@ -64,15 +74,20 @@ def _run_task(spec: ExecutionSpec) -> None:
     from flwr.supernode.runtime.run_clientapp import run_clientapp
 
     code = 1
+    profile_dir = os.environ.get(PROFILE_DIR)
+    profiler = cProfile.Profile() if profile_dir else None
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        certificates = validate_and_resolve_root_certificates(
+            spec.root_certificates_path, spec.insecure
+        )
+        if profiler is not None:
+            profiler.enable()
         run_clientapp(
             runtime_api_address=spec.runtime_api_address,
             token=spec.token,
             insecure=spec.insecure,
-            certificates=validate_and_resolve_root_certificates(
-                spec.root_certificates_path, spec.insecure
-            ),
+            certificates=certificates,
             parent_pid=spec.parent_pid,
             runtime_dependency_install=spec.runtime_dependency_install,
         )
@@ -80,16 +95,22 @@ def _run_task(spec: ExecutionSpec) -> None:
     except SystemExit as done:  # Flower's runner ends with sys.exit(code)
         code = done.code if isinstance(done.code, int) else 1
     finally:
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(Path(profile_dir) / f"{time.time():.3f}-{os.getpid()}.prof")
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
 
 
 def warm_up(modules: tuple[str, ...] = WARM) -> float:
-    """Import ``modules``; returns the seconds it took."""
+    """Import ``modules`` and run the ``warm_up()`` of those that have one; returns the
+    seconds it took."""
     t0 = time.perf_counter()
     for name in modules:
-        importlib.import_module(name)
+        module = importlib.import_module(name)
+        if callable(getattr(module, "warm_up", None)):
+            module.warm_up()
     return time.perf_counter() - t0
 
 
@@ -106,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as err:
         parser.error(str(err))
     print(f"warm executor: imported the app in {warm_up():.1f} s", flush=True)
+    pace_object_pulls()  # a task's message objects are often still on their way
     # Flower's loop looks for a task once a second by default; a look is one request to
     # the SuperNode on this host.
     os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", str(TASK_POLL_INTERVAL))

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from omegaconf import DictConfig, OmegaConf
 
-from client.run_config import composed, run_config, run_overrides
+from client.run_config import composed, run_config, run_source
 from task.config import with_normalisation
 from task.constants import NORM_MEAN, NORM_STD, SITE_RECORD
 from task.federated import intensity_moments, local_evaluate, local_train
@@ -27,19 +28,30 @@ from task.sites import Site, load_site, site_state_dir
 log = logging.getLogger(__name__)
 
 
+def warm_up() -> None:
+    """Do, once in the warm executor (:mod:`client.executor`), the lazy imports that each
+    forked train process would otherwise repeat: a torch optimiser's first construction
+    imports ``torch._dynamo`` and its dependencies (seconds). No tensor work runs here,
+    so no thread pool exists to be forked."""
+    import torch
+
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+
+
 @cache
 def _prepared(
-    overrides: tuple[str, ...],
+    source: tuple[tuple[str, ...], Path | None],
     normalisation: tuple[float, float] | None,
     node_items: tuple[tuple[str, Any], ...],
 ) -> tuple[DictConfig, Site, str]:
-    """The config, the site and the model's YAML for one run's overrides, normalisation
-    and node config, worked out on the first message and reused.
+    """The config, the site and the model's YAML for one run's config source
+    (:func:`client.run_config.run_source`), normalisation and node config, worked out on
+    the first message and reused.
 
     Why: rendering the whole config to YAML (the key of :func:`task.sites.load_site`'s
     cache and of :func:`_network`'s) cost about 10 ms a message, six messages a round.
     """
-    cfg = composed(overrides)
+    cfg = composed(*source)
     if normalisation is not None:
         cfg = with_normalisation(cfg, *normalisation)
     site = load_site(cfg, dict(node_items))
@@ -53,7 +65,7 @@ def _setup(msg: Message, context: Context, overrides: Sequence[str] | None):
         # The federation's own intensity statistics (federation.secure_normalisation).
         normalisation = (float(config[NORM_MEAN]), float(config[NORM_STD]))
     node_items = tuple(sorted(context.node_config.items()))
-    cfg, site, model_yaml = _prepared(run_overrides(context, overrides), normalisation, node_items)
+    cfg, site, model_yaml = _prepared(run_source(context, overrides), normalisation, node_items)
     dp_compatible = privacy_of(cfg).name != "none"
     shape, n_classes = site.splits.in_shape, len(site.splits.classes)
     if dp_compatible:  # Opacus leaves its marks on a module it wrapped: a fresh one each time

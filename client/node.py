@@ -56,6 +56,13 @@ def node_config_arg(config: Mapping[str, object]) -> str:
     return " ".join(f"{key}={json.dumps(str(value))}" for key, value in config.items())
 
 
+def supernode_entry(bin_dir: Path | None = None) -> list[str]:
+    """The argv that starts a SuperNode: Flower's, with its polls paced by
+    :mod:`client.supernode` (Flower's own loop waits 3 s between looks for a message)."""
+    python = (bin_dir / "python") if bin_dir is not None else Path(sys.executable)
+    return [str(python), "-m", "client.supernode"]
+
+
 def supernode_command(
     *,
     superlink: str,
@@ -65,16 +72,19 @@ def supernode_command(
     runtime_port: int | None = None,
     max_retries: int | None = None,
     max_wait_time: float | None = None,
+    poll_interval: float | None = None,
     bin_dir: Path | None = None,
 ) -> list[str]:
-    """``flower-supernode`` dialling ``superlink`` (``HOST:PORT``) with TLS verified against
-    ``ca_cert`` and authenticated with ``private_key``, with node config ``config``.
+    """A SuperNode (:func:`supernode_entry`) dialling ``superlink`` (``HOST:PORT``) with
+    TLS verified against ``ca_cert`` and authenticated with ``private_key``, with node
+    config ``config``.
 
     ``runtime_port``: the local port its ClientApps talk to (Flower's default: 9094);
-    ``max_retries`` / ``max_wait_time``: None keeps reconnecting, as a site should.
+    ``max_retries`` / ``max_wait_time``: None keeps reconnecting, as a site should;
+    ``poll_interval``: seconds between looks for a message (None: ``client.pacing``'s).
     """
     args = [
-        str((bin_dir or Path(sys.executable).parent) / "flower-supernode"),
+        *supernode_entry(bin_dir),
         "--superlink",
         superlink,
         "--root-certificates",
@@ -90,6 +100,8 @@ def supernode_command(
         args += ["--max-retries", str(max_retries)]
     if max_wait_time is not None:
         args += ["--max-wait-time", str(max_wait_time)]
+    if poll_interval is not None:
+        args += ["--poll-interval", str(poll_interval)]
     return args
 
 

@@ -4,9 +4,15 @@
     total epochs and seed: test AUC, ACC, MCC;
 (b) Flower's overhead: the simulation's round time against the same federation run by the
     same loops without Flower (ratio);
-(c) a real deployment (SuperLink + 3 SuperNodes, TLS, node auth): seconds per round;
+(c) the default federation (secure aggregation on, 36 rounds) simulated with
+    ``python -m scripts.train`` and deployed with ``scripts.deploy_local`` (SuperLink, 3
+    SuperNodes, TLS, node authentication, warm executors), one after the other: seconds
+    per round, whole command, test metrics, their ratio, and where the deployed time goes
+    (:mod:`scripts.deploy_profile`: per stage and per process over the whole run, per
+    function in a short profiled deployment);
 (d) the default ``python -m scripts.train`` (secure aggregation on), run as a command: its
-    wall time and test metrics.
+    wall time and test metrics (the simulated run of (c)).
+``--deploy-only`` runs (c) and (d) alone.
 Writes ``bench_federated.json`` with the machine's facts.
 
 ``--seeds 0 1 2 3 4`` runs the seed spread instead (:mod:`scripts.seed_spread`): the default
@@ -18,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import subprocess
 import sys
 import time
@@ -26,6 +34,8 @@ from pathlib import Path
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
+from client.executor import PROFILE_DIR
+from scripts.deploy_profile import CpuSampler, functions, stages
 from scripts.seed_spread import checkpoint_test, run_seeds
 from server.simulation import simulate
 from task.central import run as run_central
@@ -72,11 +82,81 @@ def _reference(overrides: list[str], out: Path, workers: int | None = None) -> d
     return json.loads(out.read_text())
 
 
+def _simulated(out: Path, rounds: list[str]) -> dict:
+    """The default ``python -m scripts.train`` as a user runs it."""
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "scripts.train", f"hydra.run.dir={out}", *rounds]
+    subprocess.run(cmd, cwd=REPO_ROOT, check=True)
+    wall = time.perf_counter() - t0
+    m = json.loads((out / "metrics.json").read_text())
+    per_round = m["rounds_seconds"] / m["rounds_run"]
+    return {"command": shlex.join(cmd[1:3]), "wall_seconds": wall, "test": _test(m)} | {
+        "rounds": m["rounds_run"],
+        "seconds_per_round": per_round,
+    }
+
+
+def _deployed(workdir: Path, rounds: int, env: dict | None = None) -> tuple[dict, CpuSampler]:
+    cmd = [sys.executable, "-m", "scripts.deploy_local", "--sites", "3", "--rounds", str(rounds)]
+    t0 = time.perf_counter()
+    launcher = subprocess.Popen([*cmd, "--workdir", str(workdir)], cwd=REPO_ROOT, env=env)
+    sampler = CpuSampler(launcher.pid).start()
+    if launcher.wait() != 0:
+        raise SystemExit(f"scripts.deploy_local failed; logs in {workdir / 'logs'}")
+    sampler.stop()
+    m = json.loads((workdir / "run" / "metrics.json").read_text())
+    result = {"command": shlex.join(cmd[1:]), "wall_seconds": time.perf_counter() - t0}
+    result |= {"rounds": m["rounds_run"], "seconds_per_round": m["rounds_seconds"] / rounds}
+    return result | {"test": _test(m)}, sampler
+
+
+def deployed_vs_simulated(out: Path, rounds: int, profile_rounds: int) -> dict:
+    """(c): the same default federation simulated and deployed, then a short deployment
+    whose message processes write profiles."""
+    sim = _simulated(out / "simulated", [f"federation.num_rounds={rounds}"])
+    deployed, sampler = _deployed(out / "deploy", rounds)
+    profiles = out / "deploy_profiled" / "profiles"
+    profiles.mkdir(parents=True, exist_ok=True)
+    env = os.environ | {PROFILE_DIR: str(profiles)}
+    _deployed(out / "deploy_profiled", profile_rounds, env)
+    ratio = deployed["seconds_per_round"] / sim["seconds_per_round"]
+    return {
+        "simulated": sim,
+        "deployed": deployed,
+        "deployed_over_simulated_per_round": ratio,
+        "targets": {
+            "per_round_at_most_15_s": deployed["seconds_per_round"] <= 15,
+            "at_most_5x_simulated": ratio <= 5,
+            "whole_run_at_most_10_min": deployed["wall_seconds"] <= 600,
+            "test_auc_at_least_0.97": deployed["test"]["auc"] >= 0.97,
+        },
+        "where_the_time_goes": {
+            "median_seconds_per_stage": stages(out / "deploy"),
+            "cpu_seconds_per_role": sampler.by_role(),
+            "median_seconds_per_step_profiled": functions(profiles),
+        },
+    }
+
+
+def _default(c: dict | None, out: Path | None = None) -> dict:
+    """(d) the literal default command, as a user runs it: (c)'s simulated run, or run
+    here when (c) was skipped."""
+    sim = c["simulated"] if c is not None else _simulated(out, [])
+    return sim | {
+        "under_5_minutes": sim["wall_seconds"] < 300,
+        "targets_met": sim["wall_seconds"] < 300
+        and sim["test"]["auc"] >= 0.97
+        and sim["test"]["accuracy"] >= 0.90,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "bench_federated")
-    parser.add_argument("--deploy-rounds", type=int, default=2)
+    parser.add_argument("--deploy-rounds", type=int, default=36)
+    parser.add_argument("--profile-rounds", type=int, default=3)
     parser.add_argument("--skip-deploy", action="store_true")
+    parser.add_argument("--deploy-only", action="store_true", help="(c) and (d) only")
     parser.add_argument(
         "--seeds", type=int, nargs="+", help="the seed spread of the defaults instead"
     )
@@ -85,6 +165,12 @@ def main() -> None:
         run_seeds(args.seeds, args.out / "seeds")
         return
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.deploy_only:
+        c = deployed_vs_simulated(args.out, args.deploy_rounds, args.profile_rounds)
+        result = {"machine": machine_facts(), "c_deployment": c, "d_default_train": _default(c)}
+        path = args.out / "bench_federated_deploy.json"
+        write_benchmark(result, path, {k: v for k, v in result.items() if k != "machine"})
+        return
     # Plaintext aggregation: this benchmark measures Flower; scripts.bench_secagg measures
     # secure aggregation against it.
     base = ["logger=none", "secure=none"]
@@ -170,44 +256,11 @@ def main() -> None:
         "ratio_as_simulated": iid["rounds_seconds"] / as_simulated["seconds"],
         "ratio_one_process": iid["rounds_seconds"] / one_process["seconds"],
     }
+    c = None
     if not args.skip_deploy:
-        workdir = args.out / "deploy"
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "scripts.deploy_local",
-                "--sites",
-                "3",
-                "--rounds",
-                str(args.deploy_rounds),
-                "--workdir",
-                str(workdir),
-                "logger=none",
-            ],
-            cwd=REPO_ROOT,
-            check=True,
-        )
-        result["c_deployment"] = json.loads((workdir / "deployment.json").read_text())
-    # (d) the literal default command (secure aggregation on), as a user runs it.
-    default_dir = args.out / "default_train"
-    t0 = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "scripts.train", f"hydra.run.dir={default_dir}"],
-        cwd=REPO_ROOT,
-        check=True,
-    )
-    wall = time.perf_counter() - t0
-    default = json.loads((default_dir / "metrics.json").read_text())
-    result["d_default_train"] = {
-        "command": "python -m scripts.train",
-        "wall_seconds": wall,
-        "test": _test(default),
-        "under_5_minutes": wall < 300,
-        "targets_met": wall < 300
-        and default["test"]["auc"] >= 0.97
-        and default["test"]["accuracy"] >= 0.90,
-    }
+        c = deployed_vs_simulated(args.out, args.deploy_rounds, args.profile_rounds)
+        result["c_deployment"] = c
+    result["d_default_train"] = _default(c, args.out / "default_train")
     path = args.out / "bench_federated.json"
     write_benchmark(result, path, {k: v for k, v in result.items() if k != "machine"})
 

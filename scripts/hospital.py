@@ -25,6 +25,7 @@ from client.node import (
     supernode_command,
     warm_isolation_args,
 )
+from client.supernode import positive_seconds
 from mpc.secagg.identity import fingerprint
 from scripts._cli import InputError, existing_file, fail, flower_env, parse_address, run_foreground
 from server.pki import certificate_fingerprint, make_node_key
@@ -87,6 +88,7 @@ def supernode(args: argparse.Namespace) -> int:
             private_key=args.key.resolve(),
             config=config,
             runtime_port=args.runtime_port,
+            poll_interval=args.poll_interval,
         )
     except ValueError as err:
         return fail(str(err))
@@ -128,6 +130,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--roster", type=Path, help="secure aggregation roster the site checked")
     s.add_argument(
         "--runtime-port", type=int, help="local port for its ClientApps (Flower's default 9094)"
+    )
+    s.add_argument(
+        "--poll-interval",
+        type=positive_seconds,
+        help="seconds between the SuperNode's looks for a message (default 0.2; Flower: 3)",
     )
     s.add_argument(
         "--cold",

@@ -31,6 +31,7 @@ from client.node import (
     executor_command,
     node_config_arg,
     supernode_command,
+    supernode_entry,
     warm_isolation_args,
 )
 from mpc.parties import free_port
@@ -224,7 +225,7 @@ class LocalDeployment:
                 **retries,
             )
         else:  # --insecure, or TLS without node authentication (refused by the SuperLink)
-            args = [self._bin("flower-supernode"), "--superlink", self.address]
+            args = [*supernode_entry(), "--superlink", self.address]
             args += ["--node-config", node_config_arg(node_config)]
             args += ["--host", HOST, "--port", str(port), "--max-retries", "20"]
             args += ["--max-wait-time", "60"]

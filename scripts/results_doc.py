@@ -108,10 +108,68 @@ def dp_spread(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _stage_rows(stages: dict) -> list[str]:
+    return [
+        f"| {name} | {parts.get('fetch', 0):.2f} | {parts['process']:.2f} | "
+        f"{parts.get('until next message', 0):.2f} |"
+        for name, parts in stages.items()
+    ]
+
+
+def deployment(result: dict) -> str:
+    """The default federation deployed against simulated, and where the time goes."""
+    c = result["c_deployment"]
+    sim, dep, where = c["simulated"], c["deployed"], c["where_the_time_goes"]
+    machine = result["machine"]
+    met = ", ".join(
+        f"{k.replace('_', ' ')}: {'met' if v else 'missed'}" for k, v in c["targets"].items()
+    )
+    lines = [
+        f"`python -m scripts.bench_federated --deploy-only` ({machine['cores']} cores, "
+        f"{machine['cpu']}; the SuperLink, the ServerApp and all 3 sites on this machine). "
+        f"Targets: {met}.",
+        "",
+        "| run | rounds | s per round | whole command | test AUC | test ACC | test MCC |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, run in (("simulated", sim), ("deployed", dep)):
+        test = run["test"]
+        lines.append(
+            f"| {name}: `{run['command']}` | {run['rounds']} | {run['seconds_per_round']:.1f} | "
+            f"{run['wall_seconds'] / 60:.1f} min | {test['auc']:.3f} | {test['accuracy']:.3f} | "
+            f"{test['mcc']:.3f} |"
+        )
+    lines += [
+        "",
+        f"Deployed over simulated, per round: {c['deployed_over_simulated_per_round']:.1f}×.",
+        "",
+        "Median seconds per secure-aggregation stage at a site (the SuperNode's timestamps): "
+        "fetching the message, its process, and until the next message came (the other "
+        "sites, the coordinator, the polls):",
+        "",
+        "| stage | fetch | process | until next |",
+        "| --- | --- | --- | --- |",
+        *_stage_rows(where["median_seconds_per_stage"]),
+        "",
+        "CPU seconds per role over the whole deployed run: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in where["cpu_seconds_per_role"].items())
+        + ".",
+        "",
+        "Median seconds of each step of a message's process (cProfile, in a short profiled "
+        "deployment):",
+        "",
+    ]
+    for kind, steps in where["median_seconds_per_step_profiled"].items():
+        named = ", ".join(f"{k} {v:.2f}" for k, v in steps.items() if k != "processes")
+        lines.append(f"- {kind} ({steps['processes']} processes): {named}")
+    return "\n".join(lines)
+
+
 #: section name -> (the benchmark's JSON under outputs/, its renderer)
 SECTIONS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "seed-spread": ("bench_federated/seeds/bench_federated_seeds.json", seed_spread),
     "dp-seed-spread": ("bench_dp_seeds/bench_dp_seeds.json", dp_spread),
+    "deployment": ("bench_federated/bench_federated_deploy.json", deployment),
 }
 
 

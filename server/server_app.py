@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from server.deployment_grid import DeploymentGrid
 from server.federation import run_federation
-from server.polling_grid import PollingGrid
 from task.config import compose_config, overrides_from_run_config
 
 
@@ -31,7 +31,7 @@ def make_server_app(
                 raise TypeError(f"{type(grid).__name__} has no pull_interval to set")
             grid.pull_interval = pull_interval
         elif not hasattr(grid, "pull_interval"):  # a deployment: Flower's grid waits 3 s
-            grid = PollingGrid(grid)
+            grid = DeploymentGrid(grid)
         args = overrides if overrides is not None else overrides_from_run_config(context.run_config)
         run_federation(compose_config(args), grid)
 

@@ -128,7 +128,8 @@ class SiteDataCache:
             known = {}
         index, rows = {}, []
         for path in files:
-            rel = path.relative_to(root).as_posix()
+            relative = path.relative_to(root)
+            rel = relative.as_posix()
             try:
                 stat = _stat_key(path.stat())
                 old = known.get(rel)
@@ -136,7 +137,7 @@ class SiteDataCache:
                 index[rel] = [*stat, digest]
             except OSError as err:  # unreadable now: the decoder reports it; retried next load
                 digest = f"unreadable:{err.errno}"
-            rows.append([rel, path.relative_to(root).parts[0], digest])
+            rows.append([rel, relative.parts[0], digest])
         if index != known:
             _write_json_atomic({"root": str(root), "files": index}, index_path)
         return rows

@@ -71,8 +71,8 @@ def test_supernode_command_has_the_flags_of_a_local_deployment(tmp_path):
         config=config,
         runtime_port=9999,
     )
-    assert argv[0].endswith("flower-supernode")
-    flags = dict(zip(argv[1::2], argv[2::2], strict=True))
+    assert argv[1:3] == ["-m", "client.supernode"]  # Flower's SuperNode, paced polls
+    flags = dict(zip(argv[3::2], argv[4::2], strict=True))
     assert flags["--superlink"] == "superlink.example.org:9092"
     assert flags["--root-certificates"] == str(tmp_path / "ca.pem")
     assert flags["--auth-supernode-private-key"] == str(tmp_path / "hospital-a")
@@ -148,9 +148,11 @@ def test_supernode_starts_flower_with_the_site_config(site, capsys, monkeypatch)
 
     monkeypatch.setattr(hospital, "run_foreground", run_foreground)
     monkeypatch.setattr(hospital, "supernode_command", lambda **kw: started.append(kw) or [])
-    assert hospital.main(_supernode_args(tls, private, tmp_path, **{"--name": "hospital-a"})) == 0
+    changes = {"--name": "hospital-a", "--poll-interval": "0.5"}
+    assert hospital.main(_supernode_args(tls, private, tmp_path, **changes)) == 0
     kwargs, (argv, env, companion) = started
     assert kwargs["config"]["site-name"] == "hospital-a"
+    assert kwargs["poll_interval"] == 0.5
     assert kwargs["private_key"] == private.resolve()
     assert (tmp_path / "state").is_dir()
     assert env["FLWR_DISABLE_UPDATE_CHECK"] == "1"
@@ -162,6 +164,24 @@ def test_supernode_starts_flower_with_the_site_config(site, capsys, monkeypatch)
     executor = companion(4242)
     assert executor[1:3] == ["-m", "client.executor"]
     assert executor[-2:] == ["--parent-pid", "4242"] and "127.0.0.1:9094" in executor
+
+
+def test_a_poll_interval_out_of_range_is_refused_naming_it(site, capsys):
+    tls, private, tmp_path = site
+    with pytest.raises(SystemExit) as stop:
+        hospital.main(_supernode_args(tls, private, tmp_path, **{"--poll-interval": "0"}))
+    assert stop.value.code == 2 and "--poll-interval 0" in capsys.readouterr().err
+
+
+def test_the_poll_interval_reaches_the_supernode(tmp_path):
+    argv = supernode_command(
+        superlink="superlink.example.org:9092",
+        ca_cert=tmp_path / "ca.pem",
+        private_key=tmp_path / "hospital-a",
+        config={},
+        poll_interval=0.5,
+    )
+    assert argv[argv.index("--poll-interval") + 1] == "0.5"
 
 
 def test_a_cold_supernode_runs_without_the_executor(site, monkeypatch):
