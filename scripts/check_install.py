@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-#: crypten 0.4.1 declares these but imports none of them at run time (see README).
+#: crypten 0.4.1 declares these but imports none of them at run time (docs/development.md).
 CRYPTEN_UNNEEDED = {"future", "pandas", "sklearn", "tensorboard", "torchvision"}
 
 

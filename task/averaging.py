@@ -11,7 +11,7 @@ the aggregate the server already holds, in the clear or under secure aggregation
 
 Measured without Flower (36 rounds, seed 0, test AUC at the best-val-MCC round): IID 0.971
 plain -> 0.973 averaged (chosen round 20 -> 36), Dirichlet(0.5) 0.971 -> 0.974 (28 -> 32);
-README, Measured results.
+docs/results-history.md.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ def standardise_images(x: torch.Tensor) -> torch.Tensor:
     test split was processed differently from its training split. Taking the offset out of
     every image first costs nothing in privacy (it uses no other example) and raised test
     AUC under DP-SGD at ε = 3 by 0.003-0.004 in each of 4 noise seeds (a standalone Opacus
-    loop; README, Measured results).
+    loop; docs/results-history.md).
     """
     mean = x.mean(dim=(-2, -1), keepdim=True)
     std = x.std(dim=(-2, -1), keepdim=True)

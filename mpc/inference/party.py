@@ -6,7 +6,7 @@ Ranks: 0 is the model owner (hosts the rendezvous, shares the weights), 1 the da
 default provider instead lets party 0 generate all of that randomness (trusted *first*
 party), which would let the model owner unmask the image; the TTP keeps it with a process
 that holds no input. Threat model: semi-honest parties and a dealer that colludes with
-neither (see the README).
+neither (docs/encrypted-diagnosis.md).
 
 Every role runs in a spawned process of its own, in two steps: *prepare* (import CrypTen,
 load and convert the model; no network) as soon as the process starts, then *run* when the

@@ -177,8 +177,9 @@ def test_a_site_that_skips_its_check_cannot_push_the_mean_beyond_the_bound(roste
 
 
 def test_within_the_bound_an_inflated_example_count_steers_the_mean(roster) -> None:
-    """What the README says a malicious site can still do: its example count is inside
-    the masked vector, so with a false, huge count its own update becomes the mean."""
+    """What docs/secure-aggregation.md says a malicious site can still do: its example
+    count is inside the masked vector, so with a false, huge count its own update becomes
+    the mean."""
     attack = _honest(scale=0.9 * BOUND)
     updates = {101: (_honest(), 100), 102: (attack, 10**6), 103: (_honest(), 100)}
     (arrays, _), _, record = _round(roster, updates)
