@@ -36,7 +36,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from omegaconf import DictConfig
 
 from mpc.secagg.protocol import DEFAULT_MIN_COHORT
-from strategies.secagg_messages import secure_enabled
+from mpc.secagg.wire import secure_enabled
 from task.privacy import privacy_of
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ encoding it (:func:`check_before_encoding`): every tensor of the global model wi
 shape and dtype, finite values, an L2 norm of ``weights - global`` within
 ``federation.max_update_norm`` when that is set, a positive example count, and every encoded
 value inside the fixed-point range. A failing update is not clipped: the site refuses to
-send it, raising :class:`~strategies.update_check.UpdateRejected`, and the server counts
+send it, raising :class:`~task.update_check.UpdateRejected`, and the server counts
 the error reply. (Under ``privacy=central_dp`` the update was clipped to
 ``privacy.clip_norm`` before the noise was added; the bound applies to what is sent, noise
 included.)
@@ -24,25 +24,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 from omegaconf import DictConfig
 
 from client.policy import DEFAULT, SitePolicy, site_policy
+from mpc.secagg import wire
 from mpc.secagg.errors import ProtocolViolation
 from mpc.secagg.fixedpoint import bound, pack
 from mpc.secagg.identity import load_identity_file, load_roster
 from mpc.secagg.protocol import DEFAULT_MIN_COHORT, RoundId, SiteSession
-from strategies import secagg_messages as wire
-from strategies.update_check import (
+from task.constants import SITE_LEVEL_METRICS, SITE_RECORD
+from task.node import site_name
+from task.update_check import (
     UpdateRejected,
     check_range,
     check_update,
     check_weight,
     validate_max_norm,
 )
-from task.constants import SITE_LEVEL_METRICS, SITE_RECORD
-from task.node import site_name
 
 IDENTITY_KEY, ROSTER, SHARE_SITE_METRICS = "identity-key", "roster", "share-site-metrics"
 
@@ -140,7 +140,7 @@ def make_secure(
                 work=wire.digest_of(request),
                 setup=wire.setup_digest(cfg),
             )
-            out = wire.advert_record(advert)
+            out = ConfigRecord(wire.advert_record(advert))
         elif stage == "share":
             session = _load(context, rid, stage)
             roster = load_roster(_roster_path(cfg, node))
@@ -208,9 +208,10 @@ def make_secure(
             msg, reply, entries, site=name, max_norm=max_norm, max_parties=max_parties
         )
         vector, layout = pack(entries, max_parties=max_parties)
-        masked, layout_record = wire.masked_records(session.masked_input(vector), layout)
+        masked, layout_fields = wire.masked_records(session.masked_input(vector), layout)
         _save(context, session)
-        content = RecordDict({wire.MASKED: masked, wire.LAYOUT: layout_record})
+        arrays = ArrayRecord({"masked": Array(masked)})
+        content = RecordDict({wire.MASKED: arrays, wire.LAYOUT: ConfigRecord(layout_fields)})
         if SITE_RECORD in reply.content.config_records:
             content[SITE_RECORD] = reply.content.config_records[SITE_RECORD]
         allowed = site_policy(node, default_policy).share_site_metrics

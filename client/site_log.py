@@ -37,7 +37,7 @@ from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from omegaconf import DictConfig
 
-from strategies import secagg_messages as wire
+from mpc.secagg import wire
 from task.constants import SITE_RECORD
 from task.node import DATA_PATH, STATE_DIR, site_name, site_state_dir
 

@@ -37,7 +37,7 @@ from hydra.utils import instantiate
 from client.executor import PROFILE_DIR
 from scripts.deploy_profile import CpuSampler, functions, stages
 from scripts.seed_spread import checkpoint_test, run_seeds
-from server.simulation import simulate
+from scripts.simulation import simulate
 from task.central import run as run_central
 from task.config import compose_config, default_choice
 from task.constants import CHECKPOINT_BEST, CHECKPOINT_LAST, REPO_ROOT

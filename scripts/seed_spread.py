@@ -24,7 +24,7 @@ from typing import Any
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
-from server.simulation import simulate
+from scripts.simulation import simulate
 from task import checkpoint
 from task.central import run as run_central
 from task.config import compose_config

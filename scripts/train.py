@@ -13,7 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from server.simulation import simulate
+from scripts.simulation import simulate
 from task.config import register_resolvers
 from task.constants import EXPERT_READERS
 

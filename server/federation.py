@@ -22,10 +22,10 @@ from hydra.utils import instantiate
 from monai.utils import set_determinism
 from omegaconf import DictConfig, OmegaConf
 
+from mpc.secagg.wire import secure_enabled
 from server.normalisation import federation_intensity
 from server.privacy import FederationPrivacy
 from strategies.checkpointed import CheckpointedStrategy, RoundRecord
-from strategies.secagg_messages import secure_enabled
 from task import checkpoint
 from task.calibration import has_calibration
 from task.central import inference_config

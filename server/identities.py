@@ -12,7 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from mpc.secagg.identity import write_identities
-from strategies.secagg_messages import secure_enabled
+from mpc.secagg.wire import secure_enabled
 
 
 def provision_identities(cfg: DictConfig, folder: Path, names: list[str]) -> Path | None:

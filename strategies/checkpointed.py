@@ -17,7 +17,7 @@ FedMedian, FedTrimmedAvg, Krum, ...) and adds only what resuming and reporting n
   evaluated weights; training goes on from the plain aggregate;
 * with plaintext aggregation, a training reply that must not be aggregated (NaN or Inf,
   a tensor of another shape or dtype, an extra or missing tensor, an update beyond
-  ``max_update_norm``, a bad example count; :mod:`strategies.update_check`) is dropped
+  ``max_update_norm``, a bad example count; :mod:`task.update_check`) is dropped
   before the inner strategy sees it, and recorded with its reason in the round's
   ``rejected``. Under secure aggregation the replies are masked; the sites check their own
   updates and :class:`~strategies.secure.SecureAggregation` reports what it refused.
@@ -38,7 +38,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from strategies.secure import SecureAggregation
-from strategies.update_check import (
+from task import averaging
+from task.constants import SITE_RECORD
+from task.update_check import (
     UpdateRejected,
     check_metrics,
     check_update,
@@ -47,8 +49,6 @@ from strategies.update_check import (
     metric_key_outliers,
     validate_max_norm,
 )
-from task import averaging
-from task.constants import SITE_RECORD
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class CheckpointedStrategy(Strategy):
     def _screen(
         self, valid: list[Message], record: RoundRecord
     ) -> tuple[list[Message], dict[int, float]]:
-        """The training replies that pass :mod:`strategies.update_check`, and their update
+        """The training replies that pass :mod:`task.update_check`, and their update
         norms by ``id(msg)``; the others are logged and recorded in ``record.rejected``."""
         weight_key = getattr(self.inner, "weighted_by_key", "num-examples")
         kept: list[Message] = []

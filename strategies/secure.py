@@ -43,6 +43,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from mpc.secagg import wire
 from mpc.secagg.errors import SecAggError
 from mpc.secagg.fixedpoint import DEFAULT_FRAC_BITS, DEFAULT_MAX_PARTIES, unpack
 from mpc.secagg.identity import load_roster
@@ -53,9 +54,8 @@ from mpc.secagg.protocol import (
     ServerSession,
     threshold_for,
 )
-from strategies import secagg_messages as wire
 from strategies.metrics import metrics_from_sums
-from strategies.update_check import (
+from task.update_check import (
     MAX_NORM_KEY,
     in_model_dtype,
     update_norm,
@@ -149,12 +149,12 @@ class SecureAggregation(Strategy):
         return self.inner
 
     # -- key stages ------------------------------------------------------------------------
-    def _exchange(self, targets: dict[int, ConfigRecord], stage: str) -> dict[int, Message]:
+    def _exchange(self, targets: dict[int, dict[str, Any]], stage: str) -> dict[int, Message]:
         if self._grid is None:
             raise RuntimeError("secure aggregation exchange before any configure_* call")
         messages = [
             Message(
-                content=RecordDict({wire.RECORD: record}),
+                content=RecordDict({wire.RECORD: ConfigRecord(record)}),
                 message_type=wire.MESSAGE_TYPE,
                 dst_node_id=node,
             )
@@ -181,12 +181,15 @@ class SecureAggregation(Strategy):
         self,
         stage: str,
         targets: dict[int, str],
-        request: ConfigRecord | dict[int, ConfigRecord],
+        request: dict[str, Any] | dict[int, dict[str, Any]],
         accept: Callable[[int, str, ConfigRecord], None],
+        *,
+        per_node: bool = False,
     ) -> None:
-        """Send ``request`` (or ``request[node]``) to ``targets`` ({node: site}) and pass
-        each answer to ``accept``; a site whose answer the protocol refuses is dropped."""
-        requests = request if isinstance(request, dict) else dict.fromkeys(targets, request)
+        """Send the record fields ``request`` (with ``per_node``: ``request[node]``) to
+        ``targets`` ({node: site}) and pass each answer to ``accept``; a site whose answer
+        the protocol refuses is dropped."""
+        requests = request if per_node else dict.fromkeys(targets, request)
         for node, reply in self._exchange({n: requests[n] for n in targets}, stage).items():
             try:
                 accept(node, targets[node], reply.content.config_records[wire.RECORD])
@@ -240,7 +243,8 @@ class SecureAggregation(Strategy):
                 node: wire.round_record(rid, "advertise", selected=len(messages), digest=digest)
                 for node, digest in commitments.items()
             }
-            self._gather("advertise", {n: f"node {n}" for n in by_node}, requests, advertised)
+            nodes_named = {n: f"node {n}" for n in by_node}
+            self._gather("advertise", nodes_named, requests, advertised, per_node=True)
             self._names.update(names)
             adverts = session.broadcast()
             nodes = {n: s for n, s in names.items() if s in session.adverts}
@@ -262,8 +266,8 @@ class SecureAggregation(Strategy):
                 continue
             msg = by_node[node]
             content = RecordDict(dict(msg.content.items()))
-            content[wire.RECORD] = wire.round_record(
-                rid, "mask", **wire.blobs_fields(session.shares_for(site))
+            content[wire.RECORD] = ConfigRecord(
+                wire.round_record(rid, "mask", **wire.blobs_fields(session.shares_for(site)))
             )
             out.append(
                 Message(content=content, message_type=msg.metadata.message_type, dst_node_id=node)

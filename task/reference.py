@@ -23,8 +23,9 @@ from monai.utils import set_determinism
 from omegaconf import DictConfig, OmegaConf
 
 from task import averaging
-from task.federated import local_evaluate, local_train, pooled_metrics, weighted_average
+from task.federated import local_evaluate, local_train, weighted_average
 from task.models import build_model
+from task.pooling import pooled_metrics
 from task.sites import Site, partition_site
 
 State = dict[str, torch.Tensor]

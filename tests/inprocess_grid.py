@@ -9,9 +9,8 @@ import types
 import numpy as np
 from flwr.app import Context, Error, Message, RecordDict
 
-from mpc.secagg import protocol
+from mpc.secagg import protocol, wire
 from mpc.secagg.protocol import SiteSession
-from strategies import secagg_messages as wire
 
 NODES = (101, 102, 103)
 

@@ -24,8 +24,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from hydra.utils import instantiate
 
 from client.secure import make_secure
+from mpc.secagg import wire
 from mpc.secagg.identity import write_identities
-from strategies import secagg_messages as wire
 from strategies.checkpointed import CheckpointedStrategy
 from task.config import compose_config
 from task.constants import SITE_RECORD

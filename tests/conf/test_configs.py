@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mpc.secagg.identity import write_identities
-from strategies.secagg_messages import secure_enabled
+from mpc.secagg.wire import secure_enabled
 from strategies.secure import ROBUST
 from task.constants import REPO_ROOT
 from task.data.augment import BatchAugment

@@ -12,8 +12,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.transport import unpack_mod, unpacked_content
+from mpc.secagg.wire import work_digest
 from server.deployment_grid import DeploymentGrid, packed, packed_content
-from strategies.secagg_messages import work_digest
 from task.transport import LAYOUTS, PACKED
 
 

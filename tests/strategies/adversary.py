@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
-from mpc.secagg import crypto
+from mpc.secagg import crypto, wire
 from mpc.secagg.fixedpoint import unpack
 from mpc.secagg.protocol import (
     RoundId,
@@ -33,7 +33,6 @@ from mpc.secagg.protocol import (
     _self_mask,
     survivor_list_bytes,
 )
-from strategies import secagg_messages as wire
 from strategies.secure import ARRAYS, METRICS, SecureAggregation
 
 
@@ -120,7 +119,7 @@ def _send(grid, requests: dict[int, Message]) -> dict[int, Message]:
 
 def _query(node: int, record: ConfigRecord) -> Message:
     return Message(
-        content=RecordDict({wire.RECORD: record}),
+        content=RecordDict({wire.RECORD: ConfigRecord(record)}),
         message_type=wire.MESSAGE_TYPE,
         dst_node_id=node,
     )
@@ -158,7 +157,9 @@ def _mask_stage(grid, rid, messages, names, cts):
         site = names[node]
         content = RecordDict(dict(msg.content.items()))
         blobs = {s: c[site] for s, c in cts.items() if s != site}
-        content[wire.RECORD] = wire.round_record(rid, "mask", **wire.blobs_fields(blobs))
+        content[wire.RECORD] = ConfigRecord(
+            wire.round_record(rid, "mask", **wire.blobs_fields(blobs))
+        )
         requests[node] = Message(
             content=content, message_type=msg.metadata.message_type, dst_node_id=node
         )

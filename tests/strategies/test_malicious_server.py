@@ -122,8 +122,8 @@ def test_a_malicious_serverapp_in_a_flower_simulation_gets_nothing(tmp_path):
     reaches the server; the honest evaluation round of the same run completes."""
     from flwr.simulation import run_simulation
 
+    from scripts.sim_engine import message_polling
     from server.server_app import make_server_app
-    from server.sim_engine import message_polling
     from task.constants import SIM_PULL_INTERVAL
     from tests.strategies import adversary
 

@@ -16,8 +16,8 @@ from hydra.utils import instantiate
 from scipy import stats
 
 from client.client_app import make_client_app
+from mpc.secagg import wire
 from mpc.secagg.identity import write_identities
-from strategies import secagg_messages as wire
 from strategies.checkpointed import CheckpointedStrategy
 from strategies.metrics import pooled_evaluate_metrics
 from strategies.secure import SecureAggregation

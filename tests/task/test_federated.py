@@ -12,15 +12,9 @@ from sklearn.metrics import matthews_corrcoef
 
 from task import federated
 from task.config import compose_config
-from task.federated import (
-    confusion_counts,
-    local_evaluate,
-    local_train,
-    pooled_metrics,
-    round_lr,
-    uses_bf16,
-)
+from task.federated import local_evaluate, local_train, round_lr, uses_bf16
 from task.models import build_model
+from task.pooling import confusion_counts, pooled_metrics
 from task.privacy import privacy_of
 from task.privacy.update_noise import clip_and_noise
 from task.sites import load_site, partition_site

@@ -60,7 +60,7 @@ def message_polling(interval: float) -> Iterator[None]:
     if found != EXPECTED_PARAMETERS:
         raise RuntimeError(
             f"flwr's vce_api.add_messages_to_queue takes {found}, not {EXPECTED_PARAMETERS}: "
-            "this Flower version's simulation engine is not the one server/sim_engine.py "
+            "this Flower version's simulation engine is not the one scripts/sim_engine.py "
             "was written for"
         )
     engine.add_messages_to_queue = polling_loop(interval)

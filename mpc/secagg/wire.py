@@ -1,5 +1,9 @@
 """How the secure aggregation protocol travels in Flower messages (both sides use this).
 
+Flower-free: records are read as mappings and messages through their ``content`` (Flower's
+``ConfigRecord`` is a mapping), and each ``*_record`` function returns the plain dict that
+the caller wraps in a ``ConfigRecord``.
+
 Key stages go as ``query.secagg`` messages whose ``secagg`` ConfigRecord names the stage;
 the masking stage rides on the ordinary train / evaluate message (the ciphertexts addressed
 to the site), and the site's masked vector replaces its plaintext reply.
@@ -15,9 +19,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from omegaconf import DictConfig, OmegaConf
 
 from mpc.secagg.fixedpoint import check_layout
@@ -35,7 +40,7 @@ ARRAYS, METRICS = "arrays/", "metrics/"  # name prefixes in the packed vector's 
 SECURE_TARGET = "strategies.secure.SecureAggregation"
 
 
-def _field(record: ConfigRecord, key: str, kind: type):
+def _field(record: Mapping[str, Any], key: str, kind: type):
     """``record[key]``, which must be of type ``kind`` exactly (a bool is not an int)."""
     try:
         value = record[key]
@@ -46,12 +51,12 @@ def _field(record: ConfigRecord, key: str, kind: type):
     return value
 
 
-def field_of(record: ConfigRecord, key: str, kind: type):
+def field_of(record: Mapping[str, Any], key: str, kind: type):
     """``record[key]`` of type ``kind`` exactly, or :class:`MalformedMessage`."""
     return _field(record, key, kind)
 
 
-def _columns(record: ConfigRecord, columns: dict[str, type]) -> list[tuple]:
+def _columns(record: Mapping[str, Any], columns: dict[str, type]) -> list[tuple]:
     """Rows of the equally long list fields ``columns`` ({key: element type})."""
     lists = []
     for key, kind in columns.items():
@@ -66,33 +71,33 @@ def _columns(record: ConfigRecord, columns: dict[str, type]) -> list[tuple]:
     return list(zip(*lists, strict=True))
 
 
-def round_record(round_id: RoundId, stage: str, **fields) -> ConfigRecord:
-    return ConfigRecord(
-        {"stage": stage, "run": round_id.run, "round": round_id.round, "kind": round_id.kind}
-        | fields
-    )
+def round_record(round_id: RoundId, stage: str, **fields) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "run": round_id.run,
+        "round": round_id.round,
+        "kind": round_id.kind,
+    } | fields
 
 
-def round_id_of(record: ConfigRecord) -> RoundId:
+def round_id_of(record: Mapping[str, Any]) -> RoundId:
     round_no = _field(record, "round", int)
     if round_no < 0:
         raise MalformedMessage(f"field 'round' is {round_no}, must be >= 0")
     return RoundId(_field(record, "run", str), round_no, _field(record, "kind", str))
 
 
-def advert_record(advert: KeyAdvert) -> ConfigRecord:
-    return ConfigRecord(
-        {
-            "site": advert.site,
-            "channel-pk": advert.channel_pk,
-            "mask-pk": advert.mask_pk,
-            "signature": advert.signature,
-            "digest": advert.digest,
-        }
-    )
+def advert_record(advert: KeyAdvert) -> dict[str, Any]:
+    return {
+        "site": advert.site,
+        "channel-pk": advert.channel_pk,
+        "mask-pk": advert.mask_pk,
+        "signature": advert.signature,
+        "digest": advert.digest,
+    }
 
 
-def advert_of(record: ConfigRecord) -> KeyAdvert:
+def advert_of(record: Mapping[str, Any]) -> KeyAdvert:
     return KeyAdvert(
         _field(record, "site", str),
         _field(record, "channel-pk", bytes),
@@ -112,7 +117,7 @@ def adverts_fields(adverts: list[KeyAdvert]) -> dict:
     }
 
 
-def adverts_of(record: ConfigRecord) -> list[KeyAdvert]:
+def adverts_of(record: Mapping[str, Any]) -> list[KeyAdvert]:
     columns = {
         "sites": str,
         "channel-pks": bytes,
@@ -123,12 +128,12 @@ def adverts_of(record: ConfigRecord) -> list[KeyAdvert]:
     return [KeyAdvert(*row) for row in _columns(record, columns)]
 
 
-def digest_of(record: ConfigRecord) -> bytes:
+def digest_of(record: Mapping[str, Any]) -> bytes:
     """The server's committed digest of the round's work (advertise request)."""
     return _field(record, "digest", bytes)
 
 
-def lists_of(record: ConfigRecord) -> tuple[list[str], list[str]]:
+def lists_of(record: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     """``(survivors, dropped)`` of a consistency or unmask request."""
     lists = []
     for key in ("survivors", "dropped"):
@@ -139,7 +144,7 @@ def lists_of(record: ConfigRecord) -> tuple[list[str], list[str]]:
     return lists[0], lists[1]
 
 
-def _named_bytes(record: ConfigRecord, names: str, values: str) -> dict[str, bytes]:
+def _named_bytes(record: Mapping[str, Any], names: str, values: str) -> dict[str, bytes]:
     """``{name: bytes}`` from the equally long list fields ``names`` and ``values``."""
     rows = _columns(record, {names: str, values: bytes})
     out = dict(rows)
@@ -152,7 +157,7 @@ def signatures_fields(signatures: dict[str, bytes]) -> dict:
     return {"signers": list(signatures), "list-signatures": list(signatures.values())}
 
 
-def signatures_of(record: ConfigRecord) -> dict[str, bytes]:
+def signatures_of(record: Mapping[str, Any]) -> dict[str, bytes]:
     return _named_bytes(record, "signers", "list-signatures")
 
 
@@ -168,7 +173,7 @@ def _canonical_value(value) -> list:
     return [type(value).__name__, value]
 
 
-def work_digest(content: RecordDict) -> bytes:
+def work_digest(content: Any) -> bytes:
     """SHA-256 of everything a message asks a site to work on, secure-aggregation record
     excluded: every array record (tensors in name order, each as dtype, shape and its
     little-endian C-order bytes) and every config and metric record (keys in order, values
@@ -202,18 +207,17 @@ def blobs_fields(blobs: dict[str, bytes]) -> dict:
     return {"names": list(blobs), "blobs": list(blobs.values())}
 
 
-def blobs_of(record: ConfigRecord) -> dict[str, bytes]:
+def blobs_of(record: Mapping[str, Any]) -> dict[str, bytes]:
     return _named_bytes(record, "names", "blobs")
 
 
-def masked_records(vector: np.ndarray, layout: list) -> tuple[ArrayRecord, ConfigRecord]:
-    return (
-        ArrayRecord({"masked": Array(np.asarray(vector, dtype=np.uint64))}),
-        ConfigRecord({"layout": json.dumps(layout)}),
-    )
+def masked_records(vector: np.ndarray, layout: list) -> tuple[np.ndarray, dict[str, str]]:
+    """The masked vector as the ``uint64`` array to send under :data:`MASKED` (key
+    ``masked``) and its layout record's fields (under :data:`LAYOUT`)."""
+    return np.asarray(vector, dtype=np.uint64), {"layout": json.dumps(layout)}
 
 
-def _ring_vector(array: Array) -> np.ndarray:
+def _ring_vector(array: Any) -> np.ndarray:
     """The 1-D ``uint64`` vector in ``array``. Its ``.npy`` header is checked against the
     data's length before anything is allocated (``Array.numpy`` would trust the header)."""
     if array.stype != "numpy.ndarray":
@@ -240,7 +244,7 @@ def _ring_vector(array: Array) -> np.ndarray:
     return np.frombuffer(data, dtype="<u8", offset=buffer.tell()).astype(np.uint64)
 
 
-def masked_of(msg: Message) -> tuple[np.ndarray, list]:
+def masked_of(msg: Any) -> tuple[np.ndarray, list]:
     """The masked vector and its layout, checked to cover the vector exactly, so that
     :func:`mpc.secagg.fixedpoint.unpack` cannot fail on a sum of accepted vectors."""
     arrays = msg.content.array_records.get(MASKED)

@@ -9,7 +9,7 @@ from queue import Queue
 import pytest
 from flwr.server.superlink.fleet.vce import vce_api
 
-from server import sim_engine
+from scripts import sim_engine
 
 
 class _State:

@@ -17,12 +17,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from mpc.secagg import crypto
+from mpc.secagg import crypto, wire
 from mpc.secagg.errors import ProtocolViolation
 from mpc.secagg.fixedpoint import pack, unpack
 from mpc.secagg.protocol import KeyAdvert, RoundId, SiteSession
 from mpc.secagg.reference import make_identities
-from strategies import secagg_messages as wire
 
 # The autouse TaskIdentity fixture of tests/strategies/conftest.py only sets ids.
 FUZZ = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -239,8 +238,8 @@ def test_valid_records_round_trip() -> None:
     assert wire.adverts_of(ConfigRecord(wire.adverts_fields(ADVERTS))) == ADVERTS
     assert wire.blobs_of(ConfigRecord(wire.blobs_fields(BLOBS))) == BLOBS
     assert wire.blobs_of(ConfigRecord(wire.blobs_fields({}))) == {}
-    arrays, layout_record = wire.masked_records(_VECTOR, _LAYOUT)
-    message = _masked_message(arrays["masked"], str(layout_record["layout"]))
+    vector, layout_fields = wire.masked_records(_VECTOR, _LAYOUT)
+    message = _masked_message(Array(vector), str(layout_fields["layout"]))
     vector, layout = wire.masked_of(message)
     np.testing.assert_array_equal(vector, _VECTOR)
     assert layout == _LAYOUT

@@ -3,7 +3,7 @@
 The same ServerApp and ClientApp as a deployment, built with the composed overrides (no run
 config is needed). Sites run in Ray workers; ``federation.client_cpus`` CPUs each. The
 engine looks for the server's messages every ``SIM_PULL_INTERVAL`` seconds
-(:mod:`server.sim_engine`).
+(:mod:`scripts.sim_engine`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from client.client_app import make_client_app
+from scripts.sim_engine import message_polling
 from server.identities import provision_identities
 from server.server_app import make_server_app
-from server.sim_engine import message_polling
 from task.constants import METRICS_FILE, SIM_PULL_INTERVAL
 
 
