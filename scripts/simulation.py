@@ -9,6 +9,7 @@ engine looks for the server's messages every ``SIM_PULL_INTERVAL`` seconds
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,9 +24,26 @@ from server.server_app import make_server_app
 from task.constants import METRICS_FILE, SIM_PULL_INTERVAL
 
 
+def flower_logs_once(name: str = "flwr") -> None:
+    """Let Flower's log lines reach the console once, through the root logger's handlers.
+
+    Why: Flower's logger prints through a console handler of its own and also propagates to
+    the root logger, whose handlers (Hydra's console and run-directory file) print each
+    line again. Without root handlers, Flower's own stays.
+    """
+    if not logging.getLogger().handlers:
+        return
+    flower = logging.getLogger(name)
+    for handler in list(flower.handlers):
+        if type(handler) is not logging.FileHandler and isinstance(handler, logging.StreamHandler):
+            flower.removeHandler(handler)
+
+
 def simulate(cfg: DictConfig, overrides: Sequence[str], run_dir: Path) -> dict[str, Any]:
     """Run ``cfg.federation.num_sites`` simulated sites; returns ``metrics.json``."""
     from flwr.simulation import run_simulation
+
+    flower_logs_once()
 
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")

@@ -17,6 +17,7 @@ decompression bomb, a corrupt header) is refused without allocating it.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -33,6 +34,10 @@ from PIL import Image
 from task.constants import IMAGE_SUFFIXES, LUMA_WEIGHTS, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from task.data.errors import BadFileError, LoadReport, check_policy
 from task.data.preprocess import preprocess_one
+
+#: MONAI's GPU-only DICOM plugin: its logger and its warning when it is absent.
+NVIMGCODEC_LOGGER = "monai.data.nvimgcodec_pydicom_plugin"
+NVIMGCODEC_WARNING = "NvImgCodecPydicomReader: nvImageCodec decoder plugin"
 
 
 @dataclass(frozen=True)
@@ -159,9 +164,15 @@ class ImageReader:
 
         # One loader per format, chosen by suffix; all three return row-major (H, W).
         def loader(reader) -> LoadImage:
-            return LoadImage(
-                reader=reader, image_only=True, ensure_channel_first=True, dtype=np.float32
-            )
+            # LoadImage also builds MONAI's every reader, among them the GPU-only
+            # nvImageCodec DICOM reader, which warns twice per loader that it is unavailable;
+            # this project reads DICOM with pydicom's own decoders (PydicomReader).
+            logging.getLogger(NVIMGCODEC_LOGGER).setLevel(logging.ERROR)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=NVIMGCODEC_WARNING, category=UserWarning)
+                return LoadImage(
+                    reader=reader, image_only=True, ensure_channel_first=True, dtype=np.float32
+                )
 
         self._loaders = {
             "dicom": loader(PydicomReader(swap_ij=False)),

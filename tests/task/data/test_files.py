@@ -168,3 +168,18 @@ def test_folder_source_skip_policy_counts_and_reports(tmp_path: Path) -> None:
 def test_unknown_policy_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="ignore"):
         ImageFolderSource(train=str(tmp_path), classes=CLASSES, on_bad_file="ignore")
+
+
+def test_building_the_reader_says_nothing_of_plugins_it_does_not_use(caplog, recwarn):
+    """MONAI builds its GPU-only nvImageCodec DICOM reader inside every LoadImage; on a
+    machine without it that reader warns and logs, once per loader, about a plugin this
+    project never uses."""
+    import logging
+
+    from task.data.files import NVIMGCODEC_LOGGER, ImageReader
+
+    logging.getLogger(NVIMGCODEC_LOGGER).setLevel(logging.NOTSET)  # as on first import
+    with caplog.at_level(logging.WARNING):
+        ImageReader()
+    assert not [r for r in caplog.records if "nvImageCodec" in r.getMessage()]
+    assert not [w for w in recwarn if "nvImageCodec" in str(w.message)]
