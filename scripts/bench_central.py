@@ -31,7 +31,7 @@ REFERENCES = {
 
 def _one(overrides: list[str], run_dir: Path) -> dict:
     with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", [*overrides, "logger=none", "train.progress=false"])
+        cfg = compose("train_central", [*overrides, "logger=none", "train.progress=false"])
     t0 = time.perf_counter()
     m = run(cfg, run_dir)
     return {

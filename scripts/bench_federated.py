@@ -194,7 +194,7 @@ def main() -> None:
             f"train.epochs={epochs}",
             "train.progress=false",
         ],
-        config_name="config",
+        config_name="train_central",
     )
     t0 = time.perf_counter()
     central = run_central(central_cfg, args.out / "central")

@@ -126,7 +126,7 @@ def central_seed(seed: int, run_dir: Path, overrides: tuple[str, ...] = ()) -> d
     GlobalHydra.instance().clear()
     cfg = compose_config(
         ["logger=none", f"seed={seed}", "train.progress=false", *overrides],
-        config_name="config",
+        config_name="train_central",
     )
     t0 = time.perf_counter()
     metrics = run_central(cfg, run_dir)

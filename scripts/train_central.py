@@ -20,7 +20,7 @@ from task.config import register_resolvers
 register_resolvers()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train_central")
 def main(cfg: DictConfig) -> float:
     metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
     return float(metrics["val"]["mcc"])

@@ -342,7 +342,7 @@ def brief_checkpoint(model: str, steps: int, run_dir: Path) -> Path:
             "train.selection=last",
             "metrics.n_bootstrap=0",
         ],
-        config_name="config",
+        config_name="train_central",
     )
     run(cfg, run_dir)
     return run_dir / CHECKPOINT_FINAL

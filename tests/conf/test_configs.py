@@ -22,13 +22,13 @@ CONF = REPO_ROOT / "conf"
 SHARED = ["data", "transforms", "model", "optimizer", "logger"]
 #: top-level config -> its groups; experiments and searches belong to one entry point each.
 GROUPS = {
-    "config": [*SHARED, "scheduler"],
+    "train_central": [*SHARED, "scheduler"],
     "train": [*SHARED, "strategy", "partition", "secure", "privacy"],
 }
 ONLY = {
-    "experiment/quick": "config",
-    "experiment/resnet18": "config",
-    "hparams_search/central_optuna": "config",
+    "experiment/quick": "train_central",
+    "experiment/resnet18": "train_central",
+    "hparams_search/central_optuna": "train_central",
     "experiment/fed_quick": "train",
     "hparams_search/federated_optuna": "train",
 }
@@ -45,7 +45,7 @@ def _cases() -> list[tuple[str, str, str]]:
     return cases
 
 
-def _compose(overrides: list[str], hydra: bool = False, name: str = "config"):
+def _compose(overrides: list[str], hydra: bool = False, name: str = "train_central"):
     with initialize_config_dir(str(CONF), version_base="1.3"):
         return compose(name, overrides, return_hydra_config=hydra)
 
@@ -79,7 +79,7 @@ def test_every_option_composes_and_instantiates(
     model = instantiate(cfg.model)
     assert model(torch.zeros(2, 1, res, res)).shape == (2, 2)
     opt = instantiate(cfg.optimizer)(params=model.parameters())
-    if name == "config":
+    if name == "train_central":
         instantiate(cfg.scheduler)(optimizer=opt)
     else:
         strategy = instantiate(cfg.strategy)

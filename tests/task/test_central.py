@@ -20,7 +20,8 @@ from task.models import build_model
 def _setup(limit: int = 192):
     with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
         cfg = compose(
-            "config", [f"data.limit={limit}", "model=small_cnn", "model.channels=[8,16,32,64]"]
+            "train_central",
+            [f"data.limit={limit}", "model=small_cnn", "model.channels=[8,16,32,64]"],
         )
     set_determinism(seed=0)
     splits = instantiate(cfg.data).load(instantiate(cfg.transforms.preprocess))

@@ -35,8 +35,8 @@ def test_default_choice_reads_the_defaults_list() -> None:
     for group in ("model", "strategy", "secure", "partition"):
         chosen = compose_config([f"{group}={default_choice(group)}"])
         assert chosen[group] == compose_config([])[group], group
-    assert compose_config([f"model={default_choice('model', 'config')}"], "config").model == (
-        compose_config([], "config").model
-    )
+    assert compose_config(
+        [f"model={default_choice('model', 'train_central')}"], "train_central"
+    ).model == (compose_config([], "train_central").model)
     with pytest.raises(ValueError, match="selects no 'privacy'"):
-        default_choice("privacy", "config")  # the centralised baseline has no privacy group
+        default_choice("privacy", "train_central")  # the centralised baseline has no privacy group

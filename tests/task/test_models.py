@@ -12,7 +12,7 @@ from task.models import build_model
 
 def _model_cfg(name: str, resolution: int):
     with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
-        return compose("config", [f"model={name}", f"data.resolution={resolution}"]).model
+        return compose("train_central", [f"model={name}", f"data.resolution={resolution}"]).model
 
 
 @pytest.mark.parametrize(
