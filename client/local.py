@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 def warm_up() -> None:
     """Do, once in the warm executor (:mod:`client.executor`), the lazy imports that each
     forked train process would otherwise repeat: a torch optimiser's first construction
-    imports ``torch._dynamo`` and its dependencies (seconds). No tensor work runs here,
-    so no thread pool exists to be forked."""
+    imports ``torch._dynamo`` and its dependencies, the largest part of a train process.
+    No tensor work runs here, so no thread pool exists to be forked."""
     import torch
 
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])

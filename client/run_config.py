@@ -1,7 +1,7 @@
 """The run's composed config as a site sees it (light: every message needs it).
 
 In a deployment every message runs in its own process, and composing the config with Hydra
-cost about 0.7 s of each, key stages included. A deployed site therefore keeps the composed
+was the largest part of a key stage's process. A deployed site therefore keeps the composed
 config in its state folder (``<state-dir>/config-cache/``), keyed by the run's overrides,
 every file of ``conf/`` and the Hydra and OmegaConf versions: a changed override, config
 file or library composes anew. The config holds settings, never data, so the file is
@@ -52,7 +52,7 @@ def composed(overrides: tuple[str, ...], cache_dir: Path | None = None) -> DictC
     per site until something it depends on changes (:func:`config_key`)."""
     if cache_dir is None:
         return compose_config(overrides)
-    # JSON, not YAML: PyYAML's pure-Python parser took 0.1 s of every message's process.
+    # JSON, not YAML: PyYAML's pure-Python parser is slow enough to show in every message.
     path = cache_dir / f"{config_key(overrides, REPO_ROOT / 'conf')}.json"
     if path.is_file():
         register_resolvers()

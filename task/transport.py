@@ -3,9 +3,8 @@
 Why: a deployed Flower message carries each array of a record as an object of its own, and
 the SuperNode asks the SuperLink for each one in its own authenticated request, which the
 SuperLink answers with a signature check and several SQL statements. The default network's
-77 tensors made about 160 such requests per site per train or evaluate message, several
-seconds per message on a loaded coordinator. Packed, a record is one array (one request
-per 5 MB chunk) and a layout.
+77 tensors made about 160 such requests per site per train or evaluate message. Packed, a
+record is one array (one request per 5 MB chunk) and a layout.
 
 Lossless by construction: each array's serialised bytes travel untouched, with its dtype,
 shape and serialisation, so the unpacked record is the record the strategy made (the
