@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -68,6 +69,32 @@ def flower_env(**extra: str) -> dict[str, str]:
     }
 
 
+#: Exit code when the companion ended first and the main process was stopped for it.
+COMPANION_EXITED = 3
+
+
+def _wait(proc: subprocess.Popen, companion: subprocess.Popen | None) -> int:
+    """``proc``'s exit code; if ``companion`` exits first, ``proc``'s group is stopped and
+    :data:`COMPANION_EXITED` returned. Why: a SuperNode whose warm executor died stays
+    online with nobody to run its messages, and every secure round would wait out its
+    stage timeout for this site; stopped, the site shows offline."""
+    while True:
+        try:
+            return proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pass
+        if companion is not None and (gone := companion.poll()) is not None:
+            print(
+                f"error: {shlex.join(companion.args[:3])} exited with code {gone}; "
+                "stopping the SuperNode beside it",
+                file=sys.stderr,
+            )
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
+            return COMPANION_EXITED
+
+
 def run_foreground(
     argv: Sequence[str],
     env: dict[str, str] | None = None,
@@ -76,7 +103,8 @@ def run_foreground(
     """Run ``argv`` until it exits, forwarding SIGTERM and SIGINT to its process group
     (its own, so the ServerApp / ClientApp processes it starts get them too).
     ``companion(pid)``: the argv of a process started beside it in the same group (a
-    SuperNode's warm executor, given the SuperNode's pid), stopped with it.
+    SuperNode's warm executor, given the SuperNode's pid), stopped with it; if the
+    companion ends first, ``argv`` is stopped too (:func:`_wait`).
     Returns its exit code, ``128 + signal`` if a signal ended it, as shells report."""
     pending: list[int] = []
     proc: subprocess.Popen | None = None
@@ -93,15 +121,16 @@ def run_foreground(
         # Its own process group, in this session: the companion can join that group only
         # from the same session (setpgid), and killpg stops both.
         proc = subprocess.Popen(list(argv), env=env, process_group=0)
+        beside = None
         if companion is not None:
             try:
-                subprocess.Popen(companion(proc.pid), env=env, process_group=proc.pid)
+                beside = subprocess.Popen(companion(proc.pid), env=env, process_group=proc.pid)
             except OSError:  # it has already exited (its group is gone): report its code
                 if proc.poll() is None:
                     raise
         for signum in pending:
             forward(signum, None)
-        code = proc.wait()
+        code = _wait(proc, beside)
         with contextlib.suppress(ProcessLookupError):  # the companion, if still there
             os.killpg(proc.pid, signal.SIGTERM)
     finally:

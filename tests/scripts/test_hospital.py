@@ -230,3 +230,21 @@ def test_the_companion_runs_in_the_supernodes_group_and_stops_with_it() -> None:
     while _group_members(groups[0]):  # the companion was stopped with it
         assert time.monotonic() < deadline, _group_members(groups[0])
         time.sleep(0.1)
+
+
+def test_a_supernode_whose_executor_dies_is_stopped_so_the_site_shows_offline(capsys):
+    from scripts._cli import COMPANION_EXITED, run_foreground
+
+    groups = []
+
+    def companion(pid: int) -> list[str]:
+        groups.append(pid)
+        return [sys.executable, "-c", "raise SystemExit(5)"]  # the executor fails at start
+
+    t0 = time.monotonic()
+    code = run_foreground(
+        [sys.executable, "-c", "import time; time.sleep(600)"], companion=companion
+    )
+    assert code == COMPANION_EXITED and time.monotonic() - t0 < 30
+    assert "exited with code 5" in capsys.readouterr().err
+    assert not _group_members(groups[0])  # the "SuperNode" did not outlive it
