@@ -24,7 +24,7 @@ from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 
-from server.processes import descendants
+from server.processes import descendants, process_table
 
 #: A SuperNode log line with its timestamp (``client.supernode`` turns them on).
 _LINE = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}).*?(Receiving|Received|Sending)")
@@ -126,20 +126,22 @@ class CpuSampler:
         self._thread.start()
         return self
 
-    def _sample(self, pid: int) -> None:
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # it ended while we looked
-            return
-        # A process that ended (a zombie) reads an empty command line: keep the first.
-        cmd = self._seen[pid][0] if pid in self._seen else cmd
+    def _sample(self, pid: int, fields: list[str]) -> None:
+        if pid in self._seen:  # its command line was read when it was first seen
+            cmd = self._seen[pid][0]
+        else:
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:  # it ended while we looked
+                return
         self._seen[pid] = (cmd, (int(fields[11]) + int(fields[12])) / self._tick)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for pid in [self.pid, *descendants(self.pid)]:
-                self._sample(pid)
+            table = process_table()
+            for pid in [self.pid, *descendants(self.pid, table)]:
+                if pid in table:
+                    self._sample(pid, table[pid])
             self._stop.wait(self.interval)
 
     def stop(self) -> None:

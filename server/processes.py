@@ -7,15 +7,30 @@ import os
 from pathlib import Path
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (read from /proc, Linux)."""
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state, ppid, pgrp, ...;
+    field N of proc(5) is index N - 3), or None when the process is gone (Linux)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # the process ended while we looked
+        return None
+
+
+def process_table() -> dict[int, list[str]]:
+    """:func:`stat_fields` of every process, read once."""
+    table = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = stat_fields(int(entry.name))
+        if fields is not None:
+            table[int(entry.name)] = fields
+    return table
+
+
+def descendants(pid: int, table: dict[int, list[str]] | None = None) -> list[int]:
+    """Every process below ``pid``, from ``table`` (default: :func:`process_table` now)."""
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended while we looked
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    for child, fields in (process_table() if table is None else table).items():
+        children.setdefault(int(fields[1]), []).append(child)
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):

@@ -22,7 +22,7 @@ import torch
 from scripts.deploy_local import SiteFederation, prepare_sites, start_sites
 from scripts.local_deployment import DeploymentError, LocalDeployment
 from server.pki import make_tls
-from server.processes import descendants
+from server.processes import descendants, stat_fields
 from task import checkpoint
 from task.constants import REPO_ROOT
 from tests.processes import wait_for
@@ -247,11 +247,8 @@ def test_deployment_without_its_tls_files_refuses_to_start(tmp_path: Path, capsy
 def _started(pid: int) -> str | None:
     """A process's start time (field 22 of /proc/<pid>/stat), None if it is gone or a
     zombie: with the pid it names one process, even if the pid is reused."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else fields[19]
+    fields = stat_fields(pid)
+    return None if fields is None or fields[0] == "Z" else fields[19]
 
 
 def _mentioning(text: str) -> list[int]:

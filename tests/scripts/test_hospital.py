@@ -14,6 +14,7 @@ from client import node
 from client.node import node_config, supernode_command
 from scripts import fingerprint, hospital
 from server.pki import make_node_key, make_tls
+from server.processes import process_table
 
 
 def _lines(out: str) -> dict[str, str]:
@@ -197,15 +198,11 @@ def test_a_cold_supernode_runs_without_the_executor(site, monkeypatch):
 
 def _group_members(pgid: int) -> list[int]:
     """Live processes in the process group ``pgid`` (Linux /proc)."""
-    found = []
-    for path in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = path.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            found.append(int(path.parent.name))
-    return found
+    return [
+        pid
+        for pid, fields in process_table().items()
+        if int(fields[2]) == pgid and fields[0] != "Z"
+    ]
 
 
 def test_the_companion_runs_in_the_supernodes_group_and_stops_with_it() -> None:
