@@ -101,9 +101,10 @@ def _deployed(workdir: Path, rounds: int, env: dict | None = None) -> tuple[dict
     t0 = time.perf_counter()
     launcher = subprocess.Popen([*cmd, "--workdir", str(workdir)], cwd=REPO_ROOT, env=env)
     sampler = CpuSampler(launcher.pid).start()
-    if launcher.wait() != 0:
-        raise SystemExit(f"scripts.deploy_local failed; logs in {workdir / 'logs'}")
+    code = launcher.wait()
     sampler.stop()
+    if code != 0:
+        raise SystemExit(f"scripts.deploy_local failed; logs in {workdir / 'logs'}")
     m = json.loads((workdir / "run" / "metrics.json").read_text())
     result = {"command": shlex.join(cmd[1:]), "wall_seconds": time.perf_counter() - t0}
     result |= {"rounds": m["rounds_run"], "seconds_per_round": m["rounds_seconds"] / rounds}
