@@ -33,7 +33,8 @@ from mpc.secagg import wire
 from mpc.secagg.errors import ProtocolViolation
 from mpc.secagg.fixedpoint import bound, pack
 from mpc.secagg.identity import load_identity_file, load_roster
-from mpc.secagg.protocol import DEFAULT_MIN_COHORT, RoundId, SiteSession
+from mpc.secagg.protocol import DEFAULT_MIN_COHORT, KeyAdvert, MaskShares, RoundId
+from mpc.secagg.site import SiteSession
 from task.constants import SITE_LEVEL_METRICS, SITE_RECORD
 from task.node import site_name
 from task.update_check import (
@@ -59,6 +60,10 @@ def _identity_path(cfg: DictConfig, node: dict, name: str) -> Path:
         return Path(str(node[IDENTITY_KEY]))
     # Simulation: the launcher writes <site>.key beside the roster.
     return _roster_path(cfg, node).parent / f"{name}.key"
+
+
+def _identity(cfg: DictConfig, node: dict):
+    return load_identity_file(_identity_path(cfg, node, site_name(node)))
 
 
 def _load(context: Context, rid: RoundId, stage: str) -> SiteSession:
@@ -120,38 +125,41 @@ def make_secure(
     site's own ratios leave it only where its policy (:mod:`client.policy`) or its node
     config's ``share-site-metrics`` allows."""
 
+    def advertise(cfg: DictConfig, node: dict, rid: RoundId, selected: int):
+        """A fresh session of ``rid`` and its signed round keys."""
+        name = site_name(node)
+        session = SiteSession(
+            name,
+            rid,
+            float(cfg.secure.threshold),
+            min_cohort=int(cfg.secure.get("min_cohort", DEFAULT_MIN_COHORT)),
+        )
+        return session, session.advertise(_identity(cfg, node), selected)
+
     def query(msg: Message, context: Context) -> Message:
         cfg, node = get_cfg(context), dict(context.node_config)
         if not wire.secure_enabled(cfg):
             raise ProtocolViolation("secure aggregation request, but secure=none at this site")
         request = msg.content.config_records[wire.RECORD]
         rid, stage = wire.round_id_of(request), str(request["stage"])
-        name = site_name(node)
+        following: tuple[SiteSession, KeyAdvert] | None = None
         if stage == "advertise":
-            session = SiteSession(
-                name,
-                rid,
-                float(cfg.secure.threshold),
-                min_cohort=int(cfg.secure.get("min_cohort", DEFAULT_MIN_COHORT)),
-            )
-            advert = session.advertise(
-                load_identity_file(_identity_path(cfg, node, name)),
-                int(request["selected"]),
+            session, advert = advertise(cfg, node, rid, int(request["selected"]))
+            out = wire.advert_record(advert)
+        elif stage == "share":
+            session = _load(context, rid, stage)
+            shared = session.share_keys(
+                wire.adverts_of(request),
+                load_roster(_roster_path(cfg, node)),
+                _identity(cfg, node),
                 work=wire.digest_of(request),
                 setup=wire.setup_digest(cfg),
             )
-            out = ConfigRecord(wire.advert_record(advert))
-        elif stage == "share":
-            session = _load(context, rid, stage)
-            roster = load_roster(_roster_path(cfg, node))
-            out = ConfigRecord(
-                wire.blobs_fields(session.share_keys(wire.adverts_of(request), roster))
-            )
+            out = wire.blobs_fields(shared.ciphertexts) | wire.commitment_fields(shared.commitment)
         elif stage == "consistency":
             session = _load(context, rid, stage)
-            identity = load_identity_file(_identity_path(cfg, node, name))
-            signature = session.sign_survivors(identity, *wire.lists_of(request))
-            out = ConfigRecord({"signature": signature})
+            signature = session.sign_survivors(_identity(cfg, node), *wire.lists_of(request))
+            out = {"signature": signature}
         elif stage == "unmask":
             session = _load(context, rid, stage)
             survivors, dropped = wire.lists_of(request)
@@ -161,11 +169,18 @@ def make_secure(
                 wire.signatures_of(request),
                 load_roster(_roster_path(cfg, node)),
             )
-            out = ConfigRecord(wire.blobs_fields(shares))
+            out = wire.blobs_fields(shares)
+            # The next round's keys travel with this reply: they need nothing of its work.
+            nxt = wire.next_of(request, rid)
+            if nxt is not None:
+                following = advertise(cfg, node, *nxt)
+                out |= wire.advert_record(following[1])
         else:
             raise ProtocolViolation(f"unknown secure aggregation stage {stage!r}")
         _save(context, session)
-        return Message(content=RecordDict({wire.RECORD: out}), reply_to=msg)
+        if following is not None:  # after this round's: a next round of its kind replaces it
+            _save(context, following[0])
+        return Message(content=RecordDict({wire.RECORD: ConfigRecord(out)}), reply_to=msg)
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         cfg, node = get_cfg(context), dict(context.node_config)
@@ -178,10 +193,11 @@ def make_secure(
             return call_next(msg, context)
         session = _load(context, wire.round_id_of(request), "mask")
         # The work must be what the server committed to and every site of the cohort
-        # signed; then the shares must authenticate. Either failing stops the site before
-        # training, its session left where no later stage can release a share.
+        # signed the same; then the shares must authenticate. Any failing stops the site
+        # before training, its session left where no later stage can release a share.
         session.check_work(wire.work_digest(msg.content))
-        session.receive_shares(wire.blobs_of(request))
+        shares = MaskShares(wire.blobs_of(request), wire.commitments_of(request))
+        session.receive_shares(shares, load_roster(_roster_path(cfg, node)))
         reply = call_next(msg, context)
         if reply.has_error():
             return reply

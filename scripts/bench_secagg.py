@@ -71,7 +71,7 @@ def _protocol_cost(model_overrides: list[str], n_sites: int) -> dict:
     # The consistency stage's work at one site: sign the lists, verify every survivor's.
     keyed = shared_round(sorted(inputs))
     for name, site in keyed.sites.items():
-        site.receive_shares(keyed.server.shares_for(name))
+        site.receive_shares(keyed.server.shares_for(name), keyed.roster)
         keyed.server.receive_masked(name, site.masked_input(np.zeros(4, dtype=np.uint64)))
     t0 = time.perf_counter()
     keyed.unmask()

@@ -44,16 +44,11 @@ from flwr.serverapp.strategy import (
 )
 
 from mpc.secagg import wire
-from mpc.secagg.errors import SecAggError
+from mpc.secagg.errors import RoundAbandoned, SecAggError
 from mpc.secagg.fixedpoint import DEFAULT_FRAC_BITS, DEFAULT_MAX_PARTIES, unpack
 from mpc.secagg.identity import load_roster
-from mpc.secagg.protocol import (
-    DEFAULT_MIN_COHORT,
-    RoundAbandoned,
-    RoundId,
-    ServerSession,
-    threshold_for,
-)
+from mpc.secagg.protocol import DEFAULT_MIN_COHORT, KeyAdvert, RoundId, SharedKeys, threshold_for
+from mpc.secagg.server import ServerSession
 from strategies.metrics import metrics_from_sums
 from task.update_check import (
     MAX_NORM_KEY,
@@ -142,6 +137,8 @@ class SecureAggregation(Strategy):
         self._session: ServerSession | None = None
         self._names: dict[int, str] = {}
         self._global: ArrayRecord | None = None
+        #: {round: {node: its keys}} sent with the previous round's unmask shares.
+        self._early: dict[RoundId, dict[int, KeyAdvert]] = {}
 
     @property
     def aggregator(self) -> Strategy:
@@ -197,7 +194,7 @@ class SecureAggregation(Strategy):
                 log.warning("secure %s: %s refused: %s", stage, targets[node], err)
 
     def _commitments(self, messages: list[Message]) -> dict[int, bytes]:
-        """{node: the digest of its message's work} to commit to at advertise: one digest
+        """{node: the digest of its message's work} to commit to at the share stage: one digest
         for all, since every site checks that every other signed the same."""
         by_content: dict[int, bytes] = {}  # FedAvg gives every message one RecordDict
         digests = {}
@@ -212,48 +209,68 @@ class SecureAggregation(Strategy):
             )
         return digests
 
+    def _advertise(
+        self, session: ServerSession, by_node: dict[int, Message], early: dict[int, KeyAdvert]
+    ) -> dict[int, str]:
+        """Collect the round keys of the nodes in ``by_node``: those sent ``early`` with
+        the previous round's unmask shares, and by an advertise stage from the rest;
+        {node: site}."""
+        names: dict[int, str] = {}
+
+        def advertised(node: int, _: str, record: ConfigRecord | KeyAdvert) -> None:
+            advert = record if isinstance(record, KeyAdvert) else wire.advert_of(record)
+            session.receive_advert(advert)
+            names[node] = advert.site
+
+        for node in set(early) & set(by_node):
+            try:
+                advertised(node, "", early[node])
+            except (SecAggError, ValueError) as err:
+                log.warning("secure advertise: node %d's early keys refused: %s", node, err)
+        rest = {n: f"node {n}" for n in by_node if n not in names}
+        if rest:
+            request = wire.round_record(session.round_id, "advertise", selected=len(by_node))
+            self._gather("advertise", rest, request, advertised)
+        self._names.update(names)
+        return names
+
     def _prepare(self, messages: list[Message], server_round: int, kind: str) -> list[Message]:
         """Run the advertise and share stages with the sampled nodes, then attach to each
-        train / evaluate message the ciphertexts addressed to its site."""
+        train / evaluate message the ciphertexts addressed to its site and the cohort's
+        commitments to the work."""
         self._session = None
         if not messages:
             return messages
         run = str(self._grid.run.run_id) if self._grid is not None else "0"
         rid = RoundId(run, server_round, kind)
-        commitments = self._commitments(messages)
+        digests = self._commitments(messages)
         session = ServerSession(
             rid,
             self.fraction,
             len(messages),
             self.roster,
             self.min_cohort,
-            next(iter(commitments.values())),
+            digests[messages[0].metadata.dst_node_id],
         )
         self.transcripts.append(session)
         by_node = {m.metadata.dst_node_id: m for m in messages}
         try:
-            names: dict[int, str] = {}
-
-            def advertised(node: int, _: str, record: ConfigRecord) -> None:
-                advert = wire.advert_of(record)
-                session.receive_advert(advert)
-                names[node] = advert.site
-
-            requests = {
-                node: wire.round_record(rid, "advertise", selected=len(messages), digest=digest)
-                for node, digest in commitments.items()
-            }
-            nodes_named = {n: f"node {n}" for n in by_node}
-            self._gather("advertise", nodes_named, requests, advertised, per_node=True)
-            self._names.update(names)
+            names = self._advertise(session, by_node, self._early.pop(rid, {}))
+            self._early.clear()  # keys for any other round are stale
             adverts = session.broadcast()
             nodes = {n: s for n, s in names.items() if s in session.adverts}
-            request = wire.round_record(rid, "share", **wire.adverts_fields(adverts))
+            keys = wire.adverts_fields(adverts)
+            requests = {
+                n: wire.round_record(rid, "share", digest=digests[n], **keys) for n in nodes
+            }
             self._gather(
                 "share",
                 nodes,
-                request,
-                lambda _, site, record: session.receive_shares(site, wire.blobs_of(record)),
+                requests,
+                lambda _, site, record: session.receive_shares(
+                    site, SharedKeys(wire.blobs_of(record), wire.commitment_of(record, site))
+                ),
+                per_node=True,
             )
             cohort = session.cohort()
         except RoundAbandoned as err:
@@ -266,8 +283,14 @@ class SecureAggregation(Strategy):
                 continue
             msg = by_node[node]
             content = RecordDict(dict(msg.content.items()))
+            ciphertexts, commitments = session.shares_for(site)
             content[wire.RECORD] = ConfigRecord(
-                wire.round_record(rid, "mask", **wire.blobs_fields(session.shares_for(site)))
+                wire.round_record(
+                    rid,
+                    "mask",
+                    **wire.blobs_fields(ciphertexts),
+                    **wire.commitments_fields(commitments),
+                )
             )
             out.append(
                 Message(content=content, message_type=msg.metadata.message_type, dst_node_id=node)
@@ -350,20 +373,41 @@ class SecureAggregation(Strategy):
                 ),
             )
             proof = session.consistency_proof()
+            following = self._next_round(session.round_id)
+            ahead = wire.next_fields(following, session.selected) if following else {}
+            early: dict[int, KeyAdvert] = {}
+
+            def unmasked(node: int, site: str, record: ConfigRecord) -> None:
+                session.receive_unmask(site, wire.blobs_of(record))
+                if following is not None and wire.has_advert(record):
+                    early[node] = wire.advert_of(record)  # verified when that round opens
+
             self._gather(
                 "unmask",
                 {n: s for n, s in nodes.items() if s in proof},
                 wire.round_record(
-                    session.round_id, "unmask", **lists, **wire.signatures_fields(proof)
+                    session.round_id, "unmask", **lists, **wire.signatures_fields(proof), **ahead
                 ),
-                lambda _, site, record: session.receive_unmask(site, wire.blobs_of(record)),
+                unmasked,
             )
+            if following is not None:
+                self._early = {following: early}
             total = session.result()
         except RoundAbandoned as err:
             log.warning("%s", err)
             return None
         sums = unpack(total, layout)
         return sums, len(survivors)
+
+    def _next_round(self, current: RoundId) -> RoundId | None:
+        """The round whose keys the sites send with ``current``'s unmask shares: a
+        round's evaluation follows its training (when the federation evaluates), and the
+        next round's training follows either. None for other secure sums."""
+        if current.kind == "train" and self.inner.fraction_evaluate > 0:
+            return RoundId(current.run, current.round, "evaluate")
+        if current.kind in ("train", "evaluate"):
+            return RoundId(current.run, current.round + 1, "train")
+        return None
 
     # -- training --------------------------------------------------------------------------
     def configure_train(

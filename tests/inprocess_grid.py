@@ -10,7 +10,7 @@ import numpy as np
 from flwr.app import Context, Error, Message, RecordDict
 
 from mpc.secagg import protocol, wire
-from mpc.secagg.protocol import SiteSession
+from mpc.secagg.site import SiteSession
 
 NODES = (101, 102, 103)
 
@@ -31,6 +31,8 @@ class InProcessGrid:
     def __init__(self, app, drop=None, tamper=None, nodes=NODES, node_config=None):
         self.app, self.drop, self.tamper = app, dict(drop or {}), tamper
         self.run = types.SimpleNamespace(run_id=7)
+        #: The stage of every message delivered, in order (for counting messages).
+        self.delivered: list[str] = []
         self.contexts = {
             node: Context(
                 run_id=7,
@@ -62,6 +64,7 @@ class InProcessGrid:
                 continue
             if self.tamper is not None:
                 msg = self.tamper(msg)
+            self.delivered.append(_stage(msg))
             try:
                 replies.append(self.app(msg, self.contexts[node]))
             except Exception as err:  # what Flower's runtime turns into an error reply

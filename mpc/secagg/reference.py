@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from mpc.secagg.protocol import STAGES, Roster, RoundId, ServerSession, SiteSession
+from mpc.secagg.protocol import STAGES, Roster, RoundId
+from mpc.secagg.server import ServerSession
+from mpc.secagg.site import SiteSession
 
 
 def plaintext_sum(inputs: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -75,7 +77,7 @@ def _run_keys(names: list[str], fraction: float, round_id: RoundId, alive=None) 
         server.receive_advert(sites[n].advertise(identities[n], len(names)))
     adverts = server.broadcast()
     for n in [n for n in alive("share") if n in server.adverts]:
-        server.receive_shares(n, sites[n].share_keys(adverts, roster))
+        server.receive_shares(n, sites[n].share_keys(adverts, roster, identities[n]))
     return SharedRound(server, sites, identities, roster)
 
 
@@ -102,7 +104,7 @@ def secure_sum(
     keyed = _run_keys(names, fraction, round_id, alive)
     server, sites = keyed.server, keyed.sites
     for n in [n for n in alive("mask") if n in server.shares]:
-        sites[n].receive_shares(server.shares_for(n))
+        sites[n].receive_shares(server.shares_for(n), keyed.roster)
         server.receive_masked(n, sites[n].masked_input(inputs[n]))
     keyed.unmask(alive("consistency"), alive("unmask"))
     return RoundResult(server.result(), server.unmask_request()[0], server, sites)

@@ -26,7 +26,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from mpc.secagg.fixedpoint import check_layout
-from mpc.secagg.protocol import KeyAdvert, MalformedMessage, RoundId
+from mpc.secagg.protocol import Commitment, KeyAdvert, MalformedMessage, RoundId
 
 MESSAGE_TYPE = "query.secagg"
 RECORD = "secagg"  # ConfigRecord with the stage's payload, both ways
@@ -93,7 +93,6 @@ def advert_record(advert: KeyAdvert) -> dict[str, Any]:
         "channel-pk": advert.channel_pk,
         "mask-pk": advert.mask_pk,
         "signature": advert.signature,
-        "digest": advert.digest,
     }
 
 
@@ -103,8 +102,12 @@ def advert_of(record: Mapping[str, Any]) -> KeyAdvert:
         _field(record, "channel-pk", bytes),
         _field(record, "mask-pk", bytes),
         _field(record, "signature", bytes),
-        _field(record, "digest", bytes),
     )
+
+
+def has_advert(record: Mapping[str, Any]) -> bool:
+    """Whether an unmask reply carries the site's keys for the next round."""
+    return "channel-pk" in record
 
 
 def adverts_fields(adverts: list[KeyAdvert]) -> dict:
@@ -113,24 +116,75 @@ def adverts_fields(adverts: list[KeyAdvert]) -> dict:
         "channel-pks": [a.channel_pk for a in adverts],
         "mask-pks": [a.mask_pk for a in adverts],
         "signatures": [a.signature for a in adverts],
-        "digests": [a.digest for a in adverts],
     }
 
 
 def adverts_of(record: Mapping[str, Any]) -> list[KeyAdvert]:
-    columns = {
-        "sites": str,
-        "channel-pks": bytes,
-        "mask-pks": bytes,
-        "signatures": bytes,
-        "digests": bytes,
-    }
+    columns = {"sites": str, "channel-pks": bytes, "mask-pks": bytes, "signatures": bytes}
     return [KeyAdvert(*row) for row in _columns(record, columns)]
 
 
 def digest_of(record: Mapping[str, Any]) -> bytes:
-    """The server's committed digest of the round's work (advertise request)."""
+    """The server's committed digest of the round's work (share request)."""
     return _field(record, "digest", bytes)
+
+
+def commitment_fields(commitment: Commitment) -> dict:
+    """A site's commitment, in its share reply (the sender names the site)."""
+    return {"commit-digest": commitment.digest, "commit-signature": commitment.signature}
+
+
+def commitment_of(record: Mapping[str, Any], site: str) -> Commitment:
+    return Commitment(
+        site, _field(record, "commit-digest", bytes), _field(record, "commit-signature", bytes)
+    )
+
+
+def commitments_fields(commitments: dict[str, Commitment]) -> dict:
+    """The cohort's commitments, in each mask request."""
+    return {
+        "committers": list(commitments),
+        "commit-digests": [c.digest for c in commitments.values()],
+        "commit-signatures": [c.signature for c in commitments.values()],
+    }
+
+
+def commitments_of(record: Mapping[str, Any]) -> dict[str, Commitment]:
+    columns = {"committers": str, "commit-digests": bytes, "commit-signatures": bytes}
+    rows = _columns(record, columns)
+    out = {site: Commitment(site, digest, sig) for site, digest, sig in rows}
+    if len(out) != len(rows):
+        raise MalformedMessage("field 'committers' repeats names")
+    return out
+
+
+def next_fields(round_id: RoundId, selected: int) -> dict:
+    """The round whose keys the unmask request asks each site to send with its shares."""
+    return {"next-round": round_id.round, "next-kind": round_id.kind, "next-selected": selected}
+
+
+_NEXT_KINDS = {"train": 0, "evaluate": 1}  # a round's evaluation follows its training
+
+
+def _rank(round_id: RoundId) -> tuple[int, int]:
+    return round_id.round, _NEXT_KINDS[round_id.kind]
+
+
+def next_of(record: Mapping[str, Any], current: RoundId) -> tuple[RoundId, int] | None:
+    """``(round id, selected)`` of the next round an unmask request names, or None. Only a
+    training or evaluation round later than ``current`` in the same run: a server must not
+    reopen a round (or start another kind of exchange) by this path."""
+    if "next-round" not in record:
+        return None
+    following = RoundId(
+        current.run, _field(record, "next-round", int), _field(record, "next-kind", str)
+    )
+    kinds_ok = current.kind in _NEXT_KINDS and following.kind in _NEXT_KINDS
+    if not kinds_ok or _rank(following) <= _rank(current):
+        raise MalformedMessage(
+            f"the unmask request of {current} names {following} as the next round"
+        )
+    return following, _field(record, "next-selected", int)
 
 
 def lists_of(record: Mapping[str, Any]) -> tuple[list[str], list[str]]:

@@ -11,13 +11,14 @@ a function of its labels alone, which the audit's attacker is given as in the ot
 The revealed sum minus these predicted parts is the target's update; at batch 1 Inverting
 Gradients gives its image back.
 
-The sum goes through the real protocol state machines (:mod:`mpc.secagg.protocol`), each
-site advertising the SHA-256 of the model it was sent as the round's work, and the server
-committing to each site's own digest so that every site's check of its own message passes.
-With the sites' checks against an active server on, as in every federation, each site
-compares the digests at the share stage and refuses: the server never receives a masked
-input. :func:`server_checks` switches them off (the protocol's test-only switch, restored on
-exit) to show what the attack gets without them.
+The sum goes through the real protocol state machines (:mod:`mpc.secagg.site`,
+:mod:`mpc.secagg.server`), each site committing to the SHA-256 of the model it was sent as
+the round's work, and the server committing to each site's own digest so that every
+site's check of its own message passes. With the sites' checks against an active server
+on, as in every federation, each site compares its cohort's signed digests at the mask
+stage and refuses: the server never receives a masked input. :func:`server_checks`
+switches them off (the protocol's test-only switch, restored on exit) to show what the
+attack gets without them.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ from torch import nn
 from mpc.secagg import protocol
 from mpc.secagg.errors import ConsistencyError, RoundAbandoned
 from mpc.secagg.fixedpoint import DEFAULT_FRAC_BITS, pack, unpack
-from mpc.secagg.protocol import RoundId, ServerSession, SiteSession
+from mpc.secagg.protocol import RoundId
 from mpc.secagg.reference import make_identities
+from mpc.secagg.server import ServerSession
+from mpc.secagg.site import SiteSession
 from task.audit.views import plain_update
 
 #: The site the server attacks (the others get the zero model).
@@ -176,24 +179,25 @@ def _secure_sum(
     sites = {n: SiteSession(n, rid, THRESHOLD) for n in names}
     result = InconsistentRound(target=None)
     for n in names:
-        server.receive_advert(sites[n].advertise(identities[n], len(names), work=works[n]))
+        server.receive_advert(sites[n].advertise(identities[n], len(names)))
     adverts = server.broadcast()
     for n in names:
+        server.receive_shares(n, sites[n].share_keys(adverts, roster, identities[n], work=works[n]))
+    cohort = server.cohort()
+    for n in cohort:
+        sites[n].check_work(works[n])  # what it was sent hashes to what it signed
         try:
-            server.receive_shares(n, sites[n].share_keys(adverts, roster))
+            sites[n].receive_shares(server.shares_for(n), roster)
         except (ConsistencyError, RoundAbandoned) as err:
             result.refusals[n] = str(err)
+            continue
+        server.receive_masked(n, sites[n].masked_input(vectors[n]))
+    result.masked_inputs = len(server.masked)
     try:
-        cohort = server.cohort()
+        survivors, dropped = server.unmask_request()
     except RoundAbandoned as err:
         result.abandoned = str(err)
         return None, [], result
-    for n in cohort:
-        sites[n].receive_shares(server.shares_for(n))
-        sites[n].check_work(works[n])  # what it was sent hashes to what it signed
-        server.receive_masked(n, sites[n].masked_input(vectors[n]))
-    result.masked_inputs = len(server.masked)
-    survivors, dropped = server.unmask_request()
     for n in survivors:
         signature = sites[n].sign_survivors(identities[n], survivors, dropped)
         server.receive_consistency(n, signature)

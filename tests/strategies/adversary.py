@@ -27,12 +27,12 @@ from mpc.secagg import crypto, wire
 from mpc.secagg.fixedpoint import unpack
 from mpc.secagg.protocol import (
     RoundId,
-    SiteSession,
     _mask_seed,
     _pair_mask,
     _self_mask,
     survivor_list_bytes,
 )
+from mpc.secagg.site import SiteSession
 from strategies.secure import ARRAYS, METRICS, SecureAggregation
 
 
@@ -131,34 +131,41 @@ def _session(grid, node: int, kind: str) -> SiteSession:
 
 
 def _key_stages(grid, rid, messages, claimed):
-    """Advertise (claiming ``claimed`` selected) and share; {node: site} and adverts."""
-    digest = wire.work_digest(messages[0].content)
-    request = wire.round_record(rid, "advertise", selected=claimed, digest=digest)
+    """Advertise (claiming ``claimed`` selected) and share; {node: site}, adverts, and
+    {site: its shares and commitment}."""
+    request = wire.round_record(rid, "advertise", selected=claimed)
     replies = _send(
         grid, {m.metadata.dst_node_id: _query(m.metadata.dst_node_id, request) for m in messages}
     )
     adverts = {n: wire.advert_of(r.content.config_records[wire.RECORD]) for n, r in replies.items()}
     names = {n: a.site for n, a in adverts.items()}
     share = wire.round_record(
-        rid, "share", **wire.adverts_fields([adverts[n] for n in sorted(adverts, key=names.get)])
+        rid,
+        "share",
+        digest=wire.work_digest(messages[0].content),
+        **wire.adverts_fields([adverts[n] for n in sorted(adverts, key=names.get)]),
     )
     replies = _send(grid, {n: _query(n, share) for n in names})
-    cts = {
-        names[n]: wire.blobs_of(r.content.config_records[wire.RECORD]) for n, r in replies.items()
-    }
-    return names, adverts, cts
+    shared = {}
+    for node, reply in replies.items():
+        record = reply.content.config_records[wire.RECORD]
+        site = names[node]
+        shared[site] = (wire.blobs_of(record), wire.commitment_of(record, site))
+    return names, adverts, shared
 
 
-def _mask_stage(grid, rid, messages, names, cts):
-    """Each site's work with the shares addressed to it; {site: masked vector}, layout."""
+def _mask_stage(grid, rid, messages, names, shared):
+    """Each site's work with the shares addressed to it and the cohort's commitments;
+    {site: masked vector}, layout."""
+    commitments = wire.commitments_fields({s: c for s, (_, c) in shared.items()})
     requests = {}
     for msg in messages:
         node = msg.metadata.dst_node_id
         site = names[node]
         content = RecordDict(dict(msg.content.items()))
-        blobs = {s: c[site] for s, c in cts.items() if s != site}
+        blobs = {s: c[site] for s, (c, _) in shared.items() if s != site}
         content[wire.RECORD] = ConfigRecord(
-            wire.round_record(rid, "mask", **wire.blobs_fields(blobs))
+            wire.round_record(rid, "mask", **wire.blobs_fields(blobs), **commitments)
         )
         requests[node] = Message(
             content=content, message_type=msg.metadata.message_type, dst_node_id=node
@@ -187,9 +194,9 @@ def equivocate(
     messages (same work for all). ``told_dropped``: the sites told that ``target``
     dropped; every other survivor is told it survived."""
     rid = RoundId(str(grid.run.run_id), 1, "train")
-    names, adverts, cts = _key_stages(grid, rid, messages, claimed)
+    names, adverts, shared = _key_stages(grid, rid, messages, claimed)
     nodes = {site: node for node, site in names.items()}
-    masked, layout = _mask_stage(grid, rid, messages, names, cts)
+    masked, layout = _mask_stage(grid, rid, messages, names, shared)
     cohort = sorted(masked)
     lists = {
         "dropped": ([s for s in cohort if s != target], [target]),

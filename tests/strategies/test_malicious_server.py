@@ -91,15 +91,19 @@ def test_model_inconsistency_recovers_the_target_update_without_the_checks(tmp_p
     assert any(np.abs(v).max() > 0 for v in truth.values())
 
 
-def test_model_inconsistency_is_refused_by_every_site_naming_the_digests(tmp_path, caplog):
+def test_model_inconsistency_is_refused_by_every_site_naming_the_digests(tmp_path):
+    """Each site compares its cohort's signed commitments with its own before training:
+    every one refuses, naming the sites that were sent other work, and the server
+    receives no masked input."""
     attacker, grid, arrays, _ = _inconsistent(tmp_path)
-    assert list(attacker.configure_train(1, arrays, ConfigRecord(), grid)) == []
-    session = attacker.transcripts[-1]
-    assert not session.shares and not any(st == "mask" for st, _, _ in session.transcript)
-    assert "sites ['site-1', 'site-2'] signed another round digest than site 'site-0'" in (
-        caplog.text
-    )
-    assert "sites ['site-0'] signed another round digest than site 'site-1'" in caplog.text
+    replies = grid.send_and_receive(list(attacker.configure_train(1, arrays, ConfigRecord(), grid)))
+    reasons = [r.error.reason for r in replies if r.has_error()]
+    assert len(reasons) == len(replies) == 3
+    target = "sites ['site-1', 'site-2'] signed another round digest than site 'site-0'"
+    assert sum(target in r for r in reasons) == 1
+    assert sum("sites ['site-0'] signed another round digest" in r for r in reasons) == 2
+    assert attacker.aggregate_train(1, replies) == (None, None)
+    assert not any(st == "mask" for st, _, _ in attacker.transcripts[-1].transcript)
 
 
 def test_a_model_other_than_the_committed_one_is_refused_at_the_mask_stage(tmp_path, caplog):
@@ -118,8 +122,9 @@ def test_a_model_other_than_the_committed_one_is_refused_at_the_mask_stage(tmp_p
 @pytest.mark.slow
 def test_a_malicious_serverapp_in_a_flower_simulation_gets_nothing(tmp_path):
     """The same attack as a ServerApp in Flower's simulation runtime (Ray workers, honest
-    ClientApps): every site refuses the training round at the share stage, no masked input
-    reaches the server; the honest evaluation round of the same run completes."""
+    ClientApps): every site refuses the training round at the mask stage, before training,
+    and no masked input reaches the server; the honest evaluation round of the same run
+    completes."""
     from flwr.simulation import run_simulation
 
     from scripts.sim_engine import message_polling
@@ -146,7 +151,7 @@ def test_a_malicious_serverapp_in_a_flower_simulation_gets_nothing(tmp_path):
     attacker = adversary.INSTANCES[-1]
     train, evaluate = (s for s in attacker.transcripts if s.round_id.kind in ("train", "evaluate"))
     assert train.round_id.kind == "train" and evaluate.round_id.kind == "evaluate"
-    assert not train.shares and not any(st == "mask" for st, _, _ in train.transcript)
+    assert not train.masked and not any(st == "mask" for st, _, _ in train.transcript)
     assert attacker.revealed is None
     assert evaluate.unmasks and len(evaluate.masked) == 3  # the honest round went through
     assert (run_dir / "metrics.json").is_file()

@@ -8,6 +8,8 @@ slow simulation and deployment tests.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord
@@ -123,6 +125,37 @@ def test_secure_evaluation_reveals_only_federation_totals(roster):
     assert got["mcc"] == pytest.approx(want["mcc"])
     assert got["loss"] == pytest.approx(want["loss"], abs=1e-6)
     assert 0.0 <= got["auc"] <= 1.0
+
+
+def test_the_next_rounds_keys_ride_on_the_unmask_reply(roster):
+    """A secure round costs each site 8 messages, not 10: after the first, the round keys
+    of the next exchange come with the unmask shares, so no advertise message is sent.
+    A strategy that lost them (a restarted ServerApp) asks again, and the round runs."""
+    secure, grid, arrays = _setup(roster, "smpc")
+    trained, _ = secure.aggregate_train(
+        1, grid.send_and_receive(list(secure.configure_train(1, arrays, ConfigRecord(), grid)))
+    )
+    assert trained is not None
+    first, grid.delivered = Counter(grid.delivered), []
+    evaluated = secure.aggregate_evaluate(
+        1, grid.send_and_receive(list(secure.configure_evaluate(1, arrays, ConfigRecord(), grid)))
+    )
+    again, _ = secure.aggregate_train(
+        2, grid.send_and_receive(list(secure.configure_train(2, arrays, ConfigRecord(), grid)))
+    )
+    assert evaluated["secure-sites"] == 3 and again is not None
+    assert first == dict.fromkeys(InProcessGrid.STAGES, 3)
+    later = dict.fromkeys(["share", "mask", "consistency", "unmask"], 6)
+    assert Counter(grid.delivered) == later  # evaluation 1 and training 2: no advertise
+    restarted = instantiate(
+        compose_config([*BASE, "secure=smpc", f"secure.roster={roster}"]).secure
+    )(secure.inner)
+    grid.delivered = []
+    replies = grid.send_and_receive(
+        list(restarted.configure_evaluate(2, arrays, ConfigRecord(), grid))
+    )
+    assert restarted.aggregate_evaluate(2, replies)["secure-sites"] == 3
+    assert Counter(grid.delivered)["advertise"] == 3
 
 
 @pytest.mark.parametrize("stage", InProcessGrid.STAGES)

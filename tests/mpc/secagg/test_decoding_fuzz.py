@@ -24,12 +24,13 @@ from mpc.secagg.identity import load_identity_file, load_roster, write_identitie
 from mpc.secagg.protocol import (
     KeyAdvert,
     MalformedMessage,
+    MaskShares,
     RoundId,
-    ServerSession,
-    SiteSession,
     _channel_key,
 )
 from mpc.secagg.reference import shared_round
+from mpc.secagg.server import ServerSession
+from mpc.secagg.site import SiteSession
 
 NAMES = ["site-0", "site-1", "site-2"]
 RID = RoundId("r", 1, "train")
@@ -53,10 +54,11 @@ def _unmask_stage() -> tuple[ServerSession, dict[str, dict[str, bytes]], np.ndar
     shared, states, identities = _round()
     server = ServerSession(RID, 0.66, len(NAMES), shared.roster)
     server.adverts, server.shares = dict(shared.adverts), dict(shared.shares)
+    server.commitments = dict(shared.commitments)
     inputs = {n: encode(np.arange(4.0) + i) for i, n in enumerate(NAMES)}
     sites = {n: SiteSession.from_bytes(states[n]) for n in NAMES[:2]}  # site-2 drops
     for n, site in sites.items():
-        site.receive_shares(server.shares_for(n))
+        site.receive_shares(server.shares_for(n), shared.roster)
         server.receive_masked(n, site.masked_input(inputs[n]))
     survivors, dropped = server.unmask_request()
     for n, site in sites.items():
@@ -64,6 +66,12 @@ def _unmask_stage() -> tuple[ServerSession, dict[str, dict[str, bytes]], np.ndar
     proof = server.consistency_proof()
     honest = {n: site.unmask(survivors, dropped, proof, shared.roster) for n, site in sites.items()}
     return server, honest, inputs["site-0"] + inputs["site-1"]
+
+
+def _with_commitments(blobs: dict[str, bytes]) -> MaskShares:
+    """``blobs`` for site-0 with the honest commitments of their senders and site-0."""
+    made = _round()[0].commitments
+    return MaskShares(blobs, {n: made[n] for n in {*blobs, "site-0"} if n in made})
 
 
 # -- the site's saved session --------------------------------------------------------------
@@ -106,7 +114,7 @@ def test_saved_session_with_an_unknown_stage_is_refused() -> None:
 def test_garbled_sealed_shares_are_refused_naming_the_sender(blobs: dict[str, bytes]) -> None:
     site = SiteSession.from_bytes(_round()[1]["site-0"])
     with pytest.raises(ShareIntegrityError if blobs else RoundAbandoned) as info:
-        site.receive_shares(blobs)
+        site.receive_shares(_with_commitments(blobs), _round()[0].roster)
     if blobs:
         assert any(repr(s) in str(info.value) for s in blobs)
 
@@ -120,7 +128,7 @@ def test_a_sealed_share_of_the_wrong_length_is_refused() -> None:
     key = _channel_key(peer.channel_sk, site.channel_pk, RID, "site-1", "site-0")
     blob = crypto.seal(key, b"short", RID.tag("share", "site-1", "site-0"))
     with pytest.raises(ShareIntegrityError, match="5 bytes of shares, expected 64"):
-        site.receive_shares({"site-1": blob})
+        site.receive_shares(_with_commitments({"site-1": blob}), _round()[0].roster)
 
 
 # -- unmask shares at the server -----------------------------------------------------------
@@ -179,7 +187,7 @@ def test_a_low_order_key_of_a_peer_is_refused_by_name() -> None:
     site = SiteSession.from_bytes(states["site-0"])
     site.peers["site-1"] = KeyAdvert("site-1", bytes(32), bytes(32), b"")
     with pytest.raises(SecAggError, match="round key of site 'site-1' is unusable"):
-        site.receive_shares({"site-1": bytes(80)})
+        site.receive_shares(_with_commitments({"site-1": bytes(80)}), _round()[0].roster)
 
 
 # -- layouts -------------------------------------------------------------------------------

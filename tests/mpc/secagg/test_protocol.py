@@ -11,12 +11,13 @@ from mpc.secagg.fixedpoint import decode, encode
 from mpc.secagg.protocol import (
     STAGES,
     KeyAdvert,
+    MaskShares,
     RoundId,
-    ServerSession,
-    SiteSession,
     threshold_for,
 )
 from mpc.secagg.reference import make_identities, plaintext_sum, secure_sum, shared_round
+from mpc.secagg.server import ServerSession
+from mpc.secagg.site import SiteSession
 
 SITES = [f"site-{i}" for i in range(5)]
 
@@ -70,9 +71,10 @@ def test_below_threshold_the_round_is_abandoned(stage):
 
 def test_abandoned_round_never_asks_for_unmask_shares():
     inputs = _inputs()
-    server, sites = _shared_round(SITES)
+    shared = _shared_round(SITES)
+    server, sites = shared
     for n in SITES[:3]:
-        sites[n].receive_shares(server.shares_for(n))
+        sites[n].receive_shares(server.shares_for(n), shared.roster)
         server.receive_masked(n, sites[n].masked_input(inputs[n]))
     with pytest.raises(RoundAbandoned):
         server.unmask_request()
@@ -162,34 +164,41 @@ def test_tampered_or_replayed_share_is_rejected_naming_the_sender():
         rid = RoundId("r", round_no, "train")
         sites = {n: SiteSession(n, rid, 0.66) for n in SITES[:3]}
         adverts = [sites[n].advertise(ids[n], 3) for n in SITES[:3]]
-        cts = {n: sites[n].share_keys(adverts, roster) for n in SITES[:3]}
-        return sites, cts
+        return sites, {n: sites[n].share_keys(adverts, roster, ids[n]) for n in SITES[:3]}
+
+    def to_site_0(shared, blobs):
+        """``blobs`` with the commitments of their senders and site-0 from ``shared``."""
+        return MaskShares(blobs, {n: shared[n].commitment for n in {*blobs, "site-0"}})
 
     sites, cts = setup(1)
-    blob = cts["site-1"]["site-0"]
+    blob = cts["site-1"].ciphertexts["site-0"]
     bad = blob[:20] + bytes([blob[20] ^ 0x01]) + blob[21:]
     with pytest.raises(ShareIntegrityError, match=r"from site 'site-1'.*failed authentication"):
-        sites["site-0"].receive_shares({"site-1": bad})
+        sites["site-0"].receive_shares(to_site_0(cts, {"site-1": bad}), roster)
 
     sites, cts = setup(2)
-    sites["site-0"].receive_shares({"site-1": cts["site-1"]["site-0"]})
+    good = to_site_0(cts, {"site-1": cts["site-1"].ciphertexts["site-0"]})
+    sites["site-0"].receive_shares(good, roster)
     with pytest.raises(ShareIntegrityError, match=r"from site 'site-1'.*replayed"):
-        sites["site-0"].receive_shares({"site-1": cts["site-1"]["site-0"]})
+        sites["site-0"].receive_shares(good, roster)
 
     old_sites, old_cts = setup(3)
-    new_sites, _ = setup(4)
+    new_sites, new_cts = setup(4)
     with pytest.raises(ShareIntegrityError, match="from site 'site-2'"):
-        new_sites["site-0"].receive_shares({"site-2": old_cts["site-2"]["site-0"]})
+        old_share = {"site-2": old_cts["site-2"].ciphertexts["site-0"]}
+        new_sites["site-0"].receive_shares(to_site_0(new_cts, old_share), roster)
     # A share addressed to another site, relayed to site-0, also fails.
     with pytest.raises(ShareIntegrityError, match="from site 'site-2'"):
-        old_sites["site-0"].receive_shares({"site-2": old_cts["site-2"]["site-1"]})
+        wrong = {"site-2": old_cts["site-2"].ciphertexts["site-1"]}
+        old_sites["site-0"].receive_shares(to_site_0(old_cts, wrong), roster)
 
 
 def test_a_site_cannot_inject_a_second_update():
     """(d) One masked input per site per round, at the server and at the site."""
     inputs = _inputs(n=3)
-    server, sites = _shared_round(sorted(inputs))
-    sites["site-0"].receive_shares(server.shares_for("site-0"))
+    shared = _shared_round(sorted(inputs))
+    server, sites = shared
+    sites["site-0"].receive_shares(server.shares_for("site-0"), shared.roster)
     y = sites["site-0"].masked_input(inputs["site-0"])
     server.receive_masked("site-0", y)
     with pytest.raises(ProtocolViolation, match="site 'site-0' sent a second update"):
@@ -206,8 +215,8 @@ def test_server_cannot_substitute_keys_or_ask_for_both_shares():
     adverts = [sites[n].advertise(ids[n], len(names)) for n in names]
     _, forged_pk = crypto.x25519_keypair()
     forged = KeyAdvert("site-2", adverts[2].channel_pk, forged_pk, adverts[2].signature)
-    with pytest.raises(ProtocolViolation, match="site 'site-2' carry an invalid signature"):
-        sites["site-0"].share_keys([adverts[0], adverts[1], forged], roster)
+    with pytest.raises(ProtocolViolation, match="round keys of site 'site-2': invalid signature"):
+        sites["site-0"].share_keys([adverts[0], adverts[1], forged], roster, ids["site-0"])
     # A full round up to unmask, then a request naming site-2 both survivor and dropped.
     sites = {n: SiteSession(n, rid, 0.66) for n in names}
     adverts = [sites[n].advertise(ids[n], len(names)) for n in names]
@@ -215,9 +224,10 @@ def test_server_cannot_substitute_keys_or_ask_for_both_shares():
     for a in adverts:
         server.receive_advert(a)
     for n in names[:2]:
-        server.receive_shares(n, sites[n].share_keys(server.broadcast(), roster))
-    server.receive_shares("site-2", sites["site-2"].share_keys(server.broadcast(), roster))
-    sites["site-0"].receive_shares(server.shares_for("site-0"))
+        server.receive_shares(n, sites[n].share_keys(server.broadcast(), roster, ids[n]))
+    shared = sites["site-2"].share_keys(server.broadcast(), roster, ids["site-2"])
+    server.receive_shares("site-2", shared)
+    sites["site-0"].receive_shares(server.shares_for("site-0"), roster)
     sites["site-0"].masked_input(encode(np.zeros(4)))
     with pytest.raises(ProtocolViolation, match="survivor and dropped"):
         sites["site-0"].sign_survivors(ids["site-0"], ["site-0", "site-1", "site-2"], ["site-2"])
@@ -235,10 +245,10 @@ def test_site_state_survives_serialisation():
         sites[n] = SiteSession.from_bytes(sites[n].to_bytes())
     adverts = server.broadcast()
     for n in names:
-        server.receive_shares(n, sites[n].share_keys(adverts, roster))
+        server.receive_shares(n, sites[n].share_keys(adverts, roster, ids[n]))
         sites[n] = SiteSession.from_bytes(sites[n].to_bytes())
     for n in names:
-        sites[n].receive_shares(server.shares_for(n))
+        sites[n].receive_shares(server.shares_for(n), roster)
         server.receive_masked(n, sites[n].masked_input(inputs[n]))
         sites[n] = SiteSession.from_bytes(sites[n].to_bytes())
     survivors, dropped = server.unmask_request()

@@ -20,10 +20,11 @@ from hypothesis import strategies as st
 from mpc.secagg import crypto, wire
 from mpc.secagg.errors import ProtocolViolation
 from mpc.secagg.fixedpoint import pack, unpack
-from mpc.secagg.protocol import KeyAdvert, RoundId, SiteSession
+from mpc.secagg.protocol import Commitment, KeyAdvert, RoundId
 from mpc.secagg.reference import make_identities
+from mpc.secagg.site import SiteSession
 
-# The autouse TaskIdentity fixture of tests/strategies/conftest.py only sets ids.
+# The autouse TaskIdentity fixture (this folder's conftest) only sets ids.
 FUZZ = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 RID = RoundId("run-7", 3, "train")
@@ -31,6 +32,7 @@ NAMES = ["site-0", "site-1", "site-2"]
 _IDS, _ROSTER = make_identities(NAMES)
 ADVERTS = [SiteSession(n, RID, 0.66).advertise(_IDS[n], 3) for n in NAMES]
 BLOBS = {"site-1": crypto.random_seed() * 3, "site-2": b"\x01" * 92}
+COMMITMENTS = {n: Commitment(n, bytes([i]) * 32, b"\x02" * 64) for i, n in enumerate(NAMES)}
 
 SCALARS = (
     st.integers(-(2**63), 2**63 - 1),
@@ -231,6 +233,56 @@ def test_masked_vector_decodes_or_is_refused(array: Array | None, layout: str | 
     assert sum(v.size for v in sums.values()) == vector.size
 
 
+@FUZZ
+@given(
+    garbled(wire.commitments_fields(COMMITMENTS) | wire.commitment_fields(COMMITMENTS["site-1"]))
+)
+@example(ConfigRecord({"committers": ["a", "a"], "commit-digests": [b""], "commit-signatures": []}))
+def test_commitments_decode_or_are_refused(record: ConfigRecord) -> None:
+    for decode in (wire.commitments_of, lambda r: {"site-1": wire.commitment_of(r, "site-1")}):
+        try:
+            commitments = decode(record)
+        except ProtocolViolation:
+            continue
+        for site, c in commitments.items():
+            assert c.site == site and isinstance(c.signature, bytes) and len(c.digest) == 32
+
+
+@FUZZ
+@given(garbled(wire.next_fields(RoundId(RID.run, RID.round, "evaluate"), 3)))
+def test_next_round_decodes_later_rounds_only(record: ConfigRecord) -> None:
+    """An unmask request may name the next round's keys; never this round or an earlier
+    one, which would let a server reopen a round."""
+    try:
+        found = wire.next_of(record, RID)
+    except ProtocolViolation:
+        return
+    if found is not None:
+        following, selected = found
+        assert following.run == RID.run and type(selected) is int
+        order = {"train": 0, "evaluate": 1}[following.kind]
+        assert (following.round, order) > (RID.round, 0)  # RID is a training round
+
+
+@pytest.mark.parametrize(
+    ("following", "allowed"),
+    [
+        (RoundId(RID.run, RID.round, "evaluate"), True),
+        (RoundId(RID.run, RID.round + 1, "train"), True),
+        (RID, False),
+        (RoundId(RID.run, RID.round - 1, "evaluate"), False),
+        (RoundId(RID.run, RID.round + 1, "normalisation"), False),
+    ],
+)
+def test_the_next_round_must_be_later(following: RoundId, allowed: bool) -> None:
+    record = ConfigRecord(wire.next_fields(following, 3))
+    if allowed:
+        assert wire.next_of(record, RID) == (following, 3)
+    else:
+        with pytest.raises(ProtocolViolation, match="as the next round"):
+            wire.next_of(record, RID)
+
+
 def test_valid_records_round_trip() -> None:
     """The fuzzed decoders still decode what the protocol sends."""
     assert wire.round_id_of(wire.round_record(RID, "mask")) == RID
@@ -238,6 +290,10 @@ def test_valid_records_round_trip() -> None:
     assert wire.adverts_of(ConfigRecord(wire.adverts_fields(ADVERTS))) == ADVERTS
     assert wire.blobs_of(ConfigRecord(wire.blobs_fields(BLOBS))) == BLOBS
     assert wire.blobs_of(ConfigRecord(wire.blobs_fields({}))) == {}
+    assert wire.commitments_of(ConfigRecord(wire.commitments_fields(COMMITMENTS))) == COMMITMENTS
+    one = ConfigRecord(wire.commitment_fields(COMMITMENTS["site-2"]))
+    assert wire.commitment_of(one, "site-2") == COMMITMENTS["site-2"]
+    assert wire.next_of(ConfigRecord(wire.round_record(RID, "unmask")), RID) is None
     vector, layout_fields = wire.masked_records(_VECTOR, _LAYOUT)
     message = _masked_message(Array(vector), str(layout_fields["layout"]))
     vector, layout = wire.masked_of(message)
