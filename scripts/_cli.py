@@ -73,16 +73,23 @@ def flower_env(**extra: str) -> dict[str, str]:
 COMPANION_EXITED = 3
 
 
-def _wait(proc: subprocess.Popen, companion: subprocess.Popen | None) -> int:
+def wait_with_companion(
+    proc: subprocess.Popen,
+    companion: subprocess.Popen | None,
+    expected: Callable[[], bool] = lambda: False,
+) -> int:
     """``proc``'s exit code; if ``companion`` exits first, ``proc``'s group is stopped and
     :data:`COMPANION_EXITED` returned. Why: a SuperNode whose warm executor died stays
     online with nobody to run its messages, and every secure round would wait out its
-    stage timeout for this site; stopped, the site shows offline."""
+    stage timeout for this site; stopped, the site shows offline. ``expected()``: True
+    once the caller is stopping both itself, so the companion's exit is no fault."""
     while True:
         try:
             return proc.wait(timeout=0.5)
         except subprocess.TimeoutExpired:
             pass
+        if expected():
+            continue
         if companion is not None and (gone := companion.poll()) is not None:
             print(
                 f"error: {shlex.join(companion.args[:3])} exited with code {gone}; "
@@ -104,7 +111,7 @@ def run_foreground(
     (its own, so the ServerApp / ClientApp processes it starts get them too).
     ``companion(pid)``: the argv of a process started beside it in the same group (a
     SuperNode's warm executor, given the SuperNode's pid), stopped with it; if the
-    companion ends first, ``argv`` is stopped too (:func:`_wait`).
+    companion ends first, ``argv`` is stopped too (:func:`wait_with_companion`).
     Returns its exit code, ``128 + signal`` if a signal ended it, as shells report."""
     pending: list[int] = []
     proc: subprocess.Popen | None = None
@@ -130,7 +137,7 @@ def run_foreground(
                     raise
         for signum in pending:
             forward(signum, None)
-        code = _wait(proc, beside)
+        code = wait_with_companion(proc, beside)
         with contextlib.suppress(ProcessLookupError):  # the companion, if still there
             os.killpg(proc.pid, signal.SIGTERM)
     finally:

@@ -13,7 +13,6 @@ submitted with ``flwr run``. The SuperLink runs with
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -35,9 +34,10 @@ from client.node import (
     warm_isolation_args,
 )
 from mpc.parties import free_port
+from scripts._cli import wait_with_companion
 from server.coordinator import superlink_command
 from server.pki import TlsFiles, existing_tls, make_node_key, make_tls
-from server.processes import descendants, raise_stopped, signal_all
+from server.processes import kill_trees, raise_stopped, stop_trees
 from task.constants import REPO_ROOT
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,9 @@ class LocalDeployment:
     ) -> subprocess.Popen:
         """A SuperNode, started as the hospital's command starts it; with :attr:`warm`,
         with ``--isolation process`` and the site's warm executor beside it, the two
-        authenticated by a fresh shared secret."""
+        authenticated by a fresh shared secret, and the SuperNode stopped if the executor
+        exits first (:func:`scripts._cli.wait_with_companion`, as the hospital's command)
+        unless :meth:`kill` or :meth:`stop` took it out of :attr:`procs` first."""
         port = free_port(HOST)
         retries = {"max_retries": 20, "max_wait_time": 60}
         if self.tls and private_key is not None:
@@ -239,7 +241,9 @@ class LocalDeployment:
         secret = self.workdir / "secrets" / f"{name}.superexec"
         node = self._spawn(name, [*args, *warm_isolation_args(secret)], env=env)
         executor = executor_command(port, secret, node.pid)
-        self._spawn(f"{name}.executor", executor, REPO_ROOT, env=env)
+        beside = self._spawn(f"{name}.executor", executor, REPO_ROOT, env=env)
+        watched = (node, beside, lambda: self.procs.get(name) is not node)
+        threading.Thread(target=wait_with_companion, args=watched, daemon=True).start()
         return node
 
     def connected_nodes(self) -> int:
@@ -254,18 +258,11 @@ class LocalDeployment:
 
     def kill(self, name: str) -> None:
         """SIGKILL a process of the deployment with everything it started (a crash: no
-        shutdown handlers run). The SuperLink's ServerApp and a SuperNode's ClientApp
-        processes are its descendants."""
-        proc = self.procs.pop(name)
-        if f"{name}.executor" in self.procs:  # a SuperNode's ClientApps are its executor's
-            self.kill(f"{name}.executor")
-        victims = [proc.pid, *descendants(proc.pid)]
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        for pid in victims:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        shutdown handlers run), a SuperNode with its warm executor. The SuperLink's
+        ServerApp and a SuperNode's ClientApps (its executor's) are their descendants."""
+        # Out of procs first: the executor's watcher then leaves the SuperNode to the
+        # SIGKILL instead of stopping it cleanly, which a crash would not do.
+        kill_trees([self.procs.pop(n) for n in (name, f"{name}.executor") if n in self.procs])
 
     def run_app(
         self, overrides: Sequence[str], timeout: float = 1800
@@ -281,26 +278,10 @@ class LocalDeployment:
 
     def stop(self) -> None:
         """Stop every process this deployment started (SuperNodes first), with everything
-        they started: each runs in its own process group, and any descendant that left its
-        group (a ClientApp, a ServerApp) is signalled by pid."""
-        order = sorted(self.procs, key=lambda n: n == "superlink")
-        started = {name: descendants(self.procs[name].pid) for name in order}
-        for name in order:
-            proc = self.procs[name]
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-            signal_all(started[name], signal.SIGTERM)
-        for name in order:
-            proc = self.procs[name]
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            signal_all(started[name], signal.SIGKILL)
-        self.procs.clear()
+        they started (:func:`server.processes.stop_trees`). Out of :attr:`procs` first:
+        an executor that ends before its SuperNode is then no fault to its watcher."""
+        procs, self.procs = self.procs, {}
+        stop_trees([procs[n] for n in sorted(procs, key=lambda n: n == "superlink")])
 
     def __enter__(self) -> LocalDeployment:
         # SIGTERM or SIGINT (Ctrl-C) to the launcher unwinds through __exit__, which stops

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -51,3 +54,35 @@ def signal_all(pids: list[int], sig: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
+
+
+def kill_trees(procs: Sequence[subprocess.Popen]) -> None:
+    """SIGKILL each process's group and everything below it (a crash: no shutdown handlers
+    run), all listed before any dies so that none is missed as an orphan."""
+    victims = [pid for proc in procs for pid in (proc.pid, *descendants(proc.pid))]
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    signal_all(victims, signal.SIGKILL)
+    for proc in procs:
+        proc.wait(timeout=30)
+
+
+def stop_trees(procs: Sequence[subprocess.Popen], grace: float = 15) -> None:
+    """SIGTERM each process's group and every process below it, in order (a descendant
+    that left its group, such as a ClientApp or a ServerApp, is signalled by pid); SIGKILL
+    what has not ended after ``grace`` seconds, so that a stop always leaves nothing."""
+    started = [descendants(proc.pid) for proc in procs]
+    for proc, below in zip(procs, started, strict=True):
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        signal_all(below, signal.SIGTERM)
+    for proc, below in zip(procs, started, strict=True):
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        signal_all(below, signal.SIGKILL)

@@ -228,6 +228,24 @@ def test_unregistered_supernode_is_refused(tmp_path: Path) -> None:
         assert dep.connected_nodes() == 1
 
 
+def test_a_supernode_whose_executor_dies_is_stopped_so_the_site_shows_offline(
+    tmp_path: Path, capsys
+) -> None:
+    """Fault: a site's warm executor dies (SIGKILL). Its SuperNode, online and connected,
+    would otherwise stay so with nobody to run its messages, and every secure round would
+    wait out its stage timeout for the site; it is stopped within a bound, as the
+    hospital's command stops it (tests/scripts/test_hospital.py)."""
+    with LocalDeployment(tmp_path, insecure=True) as dep:
+        dep.start_superlink()
+        node = dep.start_supernode("site", {"site-name": "site", "data-path": str(tmp_path)}, None)
+        wait_for(lambda: dep.connected_nodes() == 1, 120, "the SuperNode online")
+        os.kill(dep.procs["site.executor"].pid, signal.SIGKILL)
+        node.wait(timeout=30)  # without the watcher: TimeoutExpired, the node runs on
+        assert "stopping the SuperNode beside it" in capsys.readouterr().err
+        # Stopped, it signs off: offline well within Flower's heartbeat bound.
+        wait_for(lambda: dep.connected_nodes() == 0, HEARTBEAT_BOUND / 2, "the site offline")
+
+
 def test_deployment_without_its_tls_files_refuses_to_start(tmp_path: Path, capsys) -> None:
     from scripts.deploy_local import main
 
