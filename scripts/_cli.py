@@ -114,9 +114,11 @@ def run_foreground(
     companion ends first, ``argv`` is stopped too (:func:`wait_with_companion`).
     Returns its exit code, ``128 + signal`` if a signal ended it, as shells report."""
     pending: list[int] = []
+    forwarded: list[int] = []
     proc: subprocess.Popen | None = None
 
     def forward(signum: int, _frame: object) -> None:
+        forwarded.append(signum)
         if proc is None:  # not started yet: deliver once it is
             pending.append(signum)
             return
@@ -137,7 +139,8 @@ def run_foreground(
                     raise
         for signum in pending:
             forward(signum, None)
-        code = wait_with_companion(proc, beside)
+        # Once a signal was forwarded both are stopping: the companion may end first.
+        code = wait_with_companion(proc, beside, expected=lambda: bool(forwarded))
         with contextlib.suppress(ProcessLookupError):  # the companion, if still there
             os.killpg(proc.pid, signal.SIGTERM)
     finally:

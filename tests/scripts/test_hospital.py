@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import stat
 import sys
@@ -245,3 +246,28 @@ def test_a_supernode_whose_executor_dies_is_stopped_so_the_site_shows_offline(ca
     assert code == COMPANION_EXITED and time.monotonic() - t0 < 30
     assert "exited with code 5" in capsys.readouterr().err
     assert not _group_members(groups[0])  # the "SuperNode" did not outlive it
+
+
+def test_a_signal_stops_both_without_reporting_the_companion_as_failed(capsys):
+    """Ctrl-C or SIGTERM to the hospital's command stops the SuperNode and its executor
+    together; an executor that ends first is then no fault (no error, no exit code 3)."""
+    import signal
+    import threading
+
+    from scripts._cli import run_foreground
+
+    # The "SuperNode" takes 1.5 s to shut down; the "executor" ends at once.
+    supernode = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(1.5), sys.exit(0)))\n"
+        "time.sleep(600)\n"
+    )
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    code = run_foreground(
+        [sys.executable, "-c", supernode],
+        companion=lambda pid: [sys.executable, "-c", "import time; time.sleep(600)"],
+    )
+    timer.join()
+    assert code == 0
+    assert "exited with code" not in capsys.readouterr().err
