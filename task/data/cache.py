@@ -48,8 +48,9 @@ from task.data.splits import DataSplits, Split
 
 log = logging.getLogger(__name__)
 
-#: Bumped when the layout of an entry or the meaning of its key changes.
-CACHE_FORMAT = 1
+#: Bumped when the layout of an entry or the meaning of its key changes (2: the images
+#: of a split in file-name order, see task.data.files.scan_folder).
+CACHE_FORMAT = 2
 MANIFEST, FILE_INDEX = "manifest.json", "files.json"
 ENTRY_PREFIX, TMP_PREFIX = "entry-", ".tmp-"
 SPLITS = ("train", "val", "test")

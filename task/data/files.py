@@ -94,6 +94,11 @@ def scan_folder(
         if sub.name in classes
         for path in _image_files(sub)
     ]
+    # In file-name order across the class folders, not class by class: a site written by
+    # task.data.export (files named by their index in the data set) then holds its images
+    # in the order its simulated twin does, and a deployment computes what the simulation
+    # computes (the batches drawn from a class-grouped order differ).
+    records.sort(key=lambda r: (r.path.name, str(r.path)))
     if not records:
         raise BadFileError(
             root, f"no image files ({', '.join(IMAGE_SUFFIXES)}) in class folders {list(classes)}"

@@ -117,6 +117,19 @@ def test_scan_folder_refuses_unknown_class_and_empty(tmp_path: Path) -> None:
         scan_folder(tmp_path / "empty", CLASSES)
 
 
+def test_scan_folder_lists_files_in_name_order_across_classes(tmp_path: Path) -> None:
+    """An exported site (files named by their data-set index) is read in the order of
+    its simulated twin, not class by class: a deployment then draws the same batches."""
+    for name, cls in (("00003.png", "normal"), ("00001.png", "pneumonia"), ("00002.png", "normal")):
+        write_png(tmp_path / "site" / cls / name, pattern())
+    records = scan_folder(tmp_path / "site", CLASSES)
+    assert [(r.path.name, r.label) for r in records] == [
+        ("00001.png", CLASSES.index("pneumonia")),
+        ("00002.png", CLASSES.index("normal")),
+        ("00003.png", CLASSES.index("normal")),
+    ]
+
+
 def test_csv_missing_file_and_bad_label(tmp_path: Path) -> None:
     write_png(tmp_path / "ok.png", pattern())
     csv_path = tmp_path / "train.csv"
