@@ -29,11 +29,11 @@ from flwr.clientapp.typing import ClientAppCallable
 from omegaconf import DictConfig
 
 from client.policy import DEFAULT, SitePolicy, site_policy
-from mpc.secagg import wire
+from mpc.secagg import wire, work
 from mpc.secagg.errors import ProtocolViolation
 from mpc.secagg.fixedpoint import bound, pack
 from mpc.secagg.identity import load_identity_file, load_roster
-from mpc.secagg.protocol import DEFAULT_MIN_COHORT, KeyAdvert, MaskShares, RoundId
+from mpc.secagg.protocol import DEFAULT_MIN_COHORT, MaskShares, RoundId
 from mpc.secagg.site import SiteSession
 from task.constants import SITE_LEVEL_METRICS, SITE_RECORD
 from task.node import site_name
@@ -117,6 +117,93 @@ def check_before_encoding(
         check_range(name, value, bound(frac_bits, max_parties), site=site)
 
 
+def _new_session(cfg: DictConfig, node: dict, rid: RoundId, selected: int):
+    """A fresh session of ``rid`` and its signed round keys."""
+    session = SiteSession(
+        site_name(node),
+        rid,
+        float(cfg.secure.threshold),
+        min_cohort=int(cfg.secure.get("min_cohort", DEFAULT_MIN_COHORT)),
+    )
+    return session, session.advertise(_identity(cfg, node), selected)
+
+
+def _share(session: SiteSession, request, cfg: DictConfig, node: dict) -> dict:
+    shared = session.share_keys(
+        wire.adverts_of(request),
+        load_roster(_roster_path(cfg, node)),
+        _identity(cfg, node),
+        work=wire.digest_of(request),
+        setup=work.setup_digest(cfg),
+    )
+    return wire.blobs_fields(shared.ciphertexts) | wire.commitment_fields(shared.commitment)
+
+
+def _consistency(session: SiteSession, request, cfg: DictConfig, node: dict) -> dict:
+    return {"signature": session.sign_survivors(_identity(cfg, node), *wire.lists_of(request))}
+
+
+def _unmask(session: SiteSession, request, cfg: DictConfig, node: dict) -> dict:
+    survivors, dropped = wire.lists_of(request)
+    roster = load_roster(_roster_path(cfg, node))
+    shares = session.unmask(survivors, dropped, wire.signatures_of(request), roster)
+    return wire.blobs_fields(shares)
+
+
+#: The key stages that continue an open session: each answers with its record's fields.
+_CONTINUED = {"share": _share, "consistency": _consistency, "unmask": _unmask}
+
+
+def _encode(reply: Message, frac_bits: int, site: str):
+    """The values to mask (``weights x examples``, counts, ``metric x examples``) with
+    their fractional bits, and the per-site ratios that stay at the site by default."""
+    metrics = next(iter(reply.content.metric_records.values()))
+    n = metrics["num-examples"]
+    if not isinstance(n, int):  # a float count (or NaN) would be truncated silently
+        raise UpdateRejected(site, f"num-examples={n!r} is not an integer")
+    entries: dict[str, tuple[np.ndarray, int]] = {}
+    arrays = reply.content.array_records.get("arrays")
+    for key, array in arrays.items() if arrays is not None else []:
+        entries[wire.ARRAYS + key] = (array.numpy().astype(np.float64) * n, frac_bits)
+    site_level = {}
+    for key, value in metrics.items():
+        if key in SITE_LEVEL_METRICS:
+            site_level[key] = value
+        elif key == "num-examples" or isinstance(value, list):
+            entries[wire.METRICS + key] = (np.asarray(value, dtype=np.float64), 0)
+        else:
+            entries[wire.METRICS + key] = (np.float64(value) * n, frac_bits)
+    return entries, site_level
+
+
+def _masked_reply(
+    msg: Message,
+    reply: Message,
+    session: SiteSession,
+    cfg: DictConfig,
+    name: str,
+    share_site_metrics: bool,
+) -> Message:
+    """The plaintext ``reply``, checked (:func:`check_before_encoding`), encoded and
+    masked: one vector and its layout, the site record, and the site's own ratios only
+    where ``share_site_metrics``."""
+    frac_bits, max_parties = int(cfg.secure.frac_bits), int(cfg.secure.max_parties)
+    max_norm = validate_max_norm(cfg.get("federation", {}).get("max_update_norm"))
+    entries, site_level = _encode(reply, frac_bits, name)
+    check_before_encoding(
+        msg, reply, entries, site=name, max_norm=max_norm, max_parties=max_parties
+    )
+    vector, layout = pack(entries, max_parties=max_parties)
+    masked, layout_fields = wire.masked_records(session.masked_input(vector), layout)
+    arrays = ArrayRecord({"masked": Array(masked)})
+    content = RecordDict({wire.MASKED: arrays, wire.LAYOUT: ConfigRecord(layout_fields)})
+    if SITE_RECORD in reply.content.config_records:
+        content[SITE_RECORD] = reply.content.config_records[SITE_RECORD]
+    if share_site_metrics and site_level:
+        content[wire.SITE_METRICS] = MetricRecord(site_level)
+    return Message(content=content, reply_to=msg)
+
+
 def make_secure(
     get_cfg: Callable[[Context], DictConfig],
     default_policy: SitePolicy = DEFAULT,
@@ -125,61 +212,28 @@ def make_secure(
     site's own ratios leave it only where its policy (:mod:`client.policy`) or its node
     config's ``share-site-metrics`` allows."""
 
-    def advertise(cfg: DictConfig, node: dict, rid: RoundId, selected: int):
-        """A fresh session of ``rid`` and its signed round keys."""
-        name = site_name(node)
-        session = SiteSession(
-            name,
-            rid,
-            float(cfg.secure.threshold),
-            min_cohort=int(cfg.secure.get("min_cohort", DEFAULT_MIN_COHORT)),
-        )
-        return session, session.advertise(_identity(cfg, node), selected)
-
     def query(msg: Message, context: Context) -> Message:
         cfg, node = get_cfg(context), dict(context.node_config)
         if not wire.secure_enabled(cfg):
             raise ProtocolViolation("secure aggregation request, but secure=none at this site")
         request = msg.content.config_records[wire.RECORD]
         rid, stage = wire.round_id_of(request), str(request["stage"])
-        following: tuple[SiteSession, KeyAdvert] | None = None
+        following = None
         if stage == "advertise":
-            session, advert = advertise(cfg, node, rid, int(request["selected"]))
+            session, advert = _new_session(cfg, node, rid, int(request["selected"]))
             out = wire.advert_record(advert)
-        elif stage == "share":
+        elif stage in _CONTINUED:
             session = _load(context, rid, stage)
-            shared = session.share_keys(
-                wire.adverts_of(request),
-                load_roster(_roster_path(cfg, node)),
-                _identity(cfg, node),
-                work=wire.digest_of(request),
-                setup=wire.setup_digest(cfg),
-            )
-            out = wire.blobs_fields(shared.ciphertexts) | wire.commitment_fields(shared.commitment)
-        elif stage == "consistency":
-            session = _load(context, rid, stage)
-            signature = session.sign_survivors(_identity(cfg, node), *wire.lists_of(request))
-            out = {"signature": signature}
-        elif stage == "unmask":
-            session = _load(context, rid, stage)
-            survivors, dropped = wire.lists_of(request)
-            shares = session.unmask(
-                survivors,
-                dropped,
-                wire.signatures_of(request),
-                load_roster(_roster_path(cfg, node)),
-            )
-            out = wire.blobs_fields(shares)
-            # The next round's keys travel with this reply: they need nothing of its work.
-            nxt = wire.next_of(request, rid)
-            if nxt is not None:
-                following = advertise(cfg, node, *nxt)
-                out |= wire.advert_record(following[1])
+            out = _CONTINUED[stage](session, request, cfg, node)
         else:
             raise ProtocolViolation(f"unknown secure aggregation stage {stage!r}")
+        nxt = wire.next_of(request, rid) if stage == "unmask" else None
+        if nxt is not None:  # the next round's keys: they need nothing of its work
+            following, advert = _new_session(cfg, node, *nxt)
+            out |= wire.advert_record(advert)
         _save(context, session)
         if following is not None:  # after this round's: a next round of its kind replaces it
-            _save(context, following[0])
+            _save(context, following)
         return Message(content=RecordDict({wire.RECORD: ConfigRecord(out)}), reply_to=msg)
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -195,44 +249,16 @@ def make_secure(
         # The work must be what the server committed to and every site of the cohort
         # signed the same; then the shares must authenticate. Any failing stops the site
         # before training, its session left where no later stage can release a share.
-        session.check_work(wire.work_digest(msg.content))
+        session.check_work(work.work_digest(msg.content))
         shares = MaskShares(wire.blobs_of(request), wire.commitments_of(request))
         session.receive_shares(shares, load_roster(_roster_path(cfg, node)))
         reply = call_next(msg, context)
         if reply.has_error():
             return reply
-        frac_bits, max_parties = int(cfg.secure.frac_bits), int(cfg.secure.max_parties)
-        max_norm = validate_max_norm(cfg.get("federation", {}).get("max_update_norm"))
-        name = site_name(node)
-        metrics = next(iter(reply.content.metric_records.values()))
-        n = metrics["num-examples"]
-        if not isinstance(n, int):  # a float count (or NaN) would be truncated silently
-            raise UpdateRejected(name, f"num-examples={n!r} is not an integer")
-        entries: dict[str, tuple[np.ndarray, int]] = {}
-        arrays = reply.content.array_records.get("arrays")
-        for key, array in arrays.items() if arrays is not None else []:
-            entries[wire.ARRAYS + key] = (array.numpy().astype(np.float64) * n, frac_bits)
-        site_level = {}
-        for key, value in metrics.items():
-            if key in SITE_LEVEL_METRICS:
-                site_level[key] = value
-            elif key == "num-examples" or isinstance(value, list):
-                entries[wire.METRICS + key] = (np.asarray(value, dtype=np.float64), 0)
-            else:
-                entries[wire.METRICS + key] = (np.float64(value) * n, frac_bits)
-        check_before_encoding(
-            msg, reply, entries, site=name, max_norm=max_norm, max_parties=max_parties
-        )
-        vector, layout = pack(entries, max_parties=max_parties)
-        masked, layout_fields = wire.masked_records(session.masked_input(vector), layout)
-        _save(context, session)
-        arrays = ArrayRecord({"masked": Array(masked)})
-        content = RecordDict({wire.MASKED: arrays, wire.LAYOUT: ConfigRecord(layout_fields)})
-        if SITE_RECORD in reply.content.config_records:
-            content[SITE_RECORD] = reply.content.config_records[SITE_RECORD]
         allowed = site_policy(node, default_policy).share_site_metrics
-        if (allowed or bool(node.get(SHARE_SITE_METRICS, False))) and site_level:
-            content[wire.SITE_METRICS] = MetricRecord(site_level)
-        return Message(content=content, reply_to=msg)
+        allowed = allowed or bool(node.get(SHARE_SITE_METRICS, False))
+        masked = _masked_reply(msg, reply, session, cfg, site_name(node), allowed)
+        _save(context, session)
+        return masked
 
     return query, mod

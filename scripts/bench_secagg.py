@@ -32,7 +32,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from mpc.secagg.fixedpoint import pack
 from mpc.secagg.reference import plaintext_sum, secure_sum, shared_round
-from mpc.secagg.wire import work_digest
+from mpc.secagg.work import work_digest
 from task.config import compose_config
 from task.constants import DATA_ENV_VAR, REPO_ROOT
 from task.data.pneumoniamnist import resolve_path

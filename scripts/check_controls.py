@@ -93,8 +93,8 @@ MUTATIONS = (
     ),
     Mutation(
         "malicious server: the cohort's signed digests of the round's work",
-        "mpc/secagg/site.py",
-        "        differ = sorted(s for s, c in commitments.items() if c.digest != self.digest)\n",
+        "mpc/secagg/protocol.py",
+        "    differ = sorted(s for s, c in commitments.items() if c.digest != digest)\n",
         "        differ = []\n",
         ("tests/mpc/secagg/test_consistency.py", "tests/strategies/test_malicious_server.py"),
     ),

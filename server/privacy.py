@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from strategies.checkpointed import RoundRecord
+from strategies.round_record import RoundRecord
 from task.privacy import Accountant, CentralDP, LocalDP, NoPrivacy, Privacy
 from task.privacy.settings import BUDGET_EXHAUSTED
 

@@ -17,7 +17,7 @@ FedMedian, FedTrimmedAvg, Krum, ...) and adds only what resuming and reporting n
   evaluated weights; training goes on from the plain aggregate;
 * with plaintext aggregation, a training reply that must not be aggregated (NaN or Inf,
   a tensor of another shape or dtype, an extra or missing tensor, an update beyond
-  ``max_update_norm``, a bad example count; :mod:`task.update_check`) is dropped
+  ``max_update_norm``, a bad example count; :mod:`strategies.screening`) is dropped
   before the inner strategy sees it, and recorded with its reason in the round's
   ``rejected``. Under secure aggregation the replies are masked; the sites check their own
   updates and :class:`~strategies.secure.SecureAggregation` reports what it refused.
@@ -28,8 +28,6 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -37,18 +35,16 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from strategies.secure import SecureAggregation
-from task import averaging
-from task.constants import SITE_RECORD
-from task.update_check import (
-    UpdateRejected,
-    check_metrics,
-    check_update,
-    check_weight,
-    in_model_dtype,
-    metric_key_outliers,
-    validate_max_norm,
+from strategies.round_record import (
+    FederationEnded,
+    RoundRecord,
+    plain,
+    record_replies,
+    site_name,
 )
+from strategies.screening import UpdateScreen
+from task import averaging
+from task.update_check import in_model_dtype
 
 log = logging.getLogger(__name__)
 
@@ -56,52 +52,6 @@ log = logging.getLogger(__name__)
 STATEFUL_ATTRIBUTES = ("current_arrays", "m_t", "v_t")
 #: Key of the server's moving average of the global model in :meth:`state_dict`.
 AVERAGE_STATE = "ema"
-
-
-def site_name(msg: Message) -> str:
-    record = msg.content.config_records.get(SITE_RECORD)
-    if record is not None and "name" in record:
-        return str(record["name"])
-    return f"node-{msg.metadata.src_node_id}"
-
-
-def _plain(metrics: MetricRecord | None) -> dict[str, Any]:
-    return {} if metrics is None else {k: v for k, v in metrics.items()}
-
-
-def public_site_facts(msg: Message) -> dict[str, Any]:
-    """What the site record says besides the site's name (its ε under local DP)."""
-    record = msg.content.config_records.get(SITE_RECORD)
-    return {} if record is None else {k: v for k, v in record.items() if k != "name"}
-
-
-class FederationEnded(Exception):
-    """Raised by a ``should_stop`` check: the federation ends before its last round."""
-
-
-@dataclass
-class RoundRecord:
-    """What one round produced, for the history, the dashboard and the checkpoint."""
-
-    round: int
-    train: dict[str, Any] = field(default_factory=dict)
-    evaluate: dict[str, Any] = field(default_factory=dict)
-    sites: dict[str, dict[str, Any]] = field(default_factory=dict)
-    failures: dict[str, int] = field(default_factory=lambda: {"train": 0, "evaluate": 0})
-    #: The reasons of the round's failed training replies, as the sites gave them.
-    train_errors: list[str] = field(default_factory=list)
-    #: Training replies refused before aggregation: {site: reason}.
-    rejected: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "round": self.round,
-            "train": self.train,
-            "evaluate": self.evaluate,
-            "sites": self.sites,
-            "failures": self.failures,
-            "rejected": self.rejected,
-        }
 
 
 class CheckpointedStrategy(Strategy):
@@ -135,12 +85,12 @@ class CheckpointedStrategy(Strategy):
     ) -> None:
         if start_round < 1:
             raise ValueError(f"start_round={start_round} must be at least 1")
-        self.max_update_norm = validate_max_norm(max_update_norm)
         self.ema_decay = averaging.check_decay(ema_decay)
         self._average: dict[str, np.ndarray] | None = None
-        # Secure aggregation's replies are masked vectors: there is nothing to look into.
-        self.inspects_updates = not isinstance(inner, SecureAggregation)
-        self._global: dict[str, np.ndarray] | None = None
+        # Masked replies (secure aggregation) hold nothing to look into.
+        masked = getattr(inner, "replies_masked", False)
+        screen = UpdateScreen(max_update_norm)  # checks the bound either way
+        self.screen = None if masked else screen
         self._dtypes: dict[str, np.dtype] = {}
         self.inner = inner
         self.seed = seed
@@ -160,92 +110,16 @@ class CheckpointedStrategy(Strategy):
             self._record = RoundRecord(round=r)
         return self._record
 
-    def _check_train_reply(self, msg: Message, weight_key: str) -> float:
-        """Raise :class:`UpdateRejected` unless ``msg`` may enter the aggregate; returns
-        the norm of its update."""
-        site = site_name(msg)
-        content = msg.content
-        if len(content.array_records) != 1 or len(content.metric_records) != 1:
-            raise UpdateRejected(
-                site,
-                f"expected one ArrayRecord and one MetricRecord, got "
-                f"{sorted(content.array_records)} and {sorted(content.metric_records)}",
-            )
-        metrics = next(iter(content.metric_records.values()))
-        if weight_key not in metrics:
-            raise UpdateRejected(site, f"its metrics hold no {weight_key!r}")
-        check_weight(metrics[weight_key], site=site, key=weight_key)
-        check_metrics(dict(metrics.items()), site=site)
-        try:
-            update = {k: a.numpy() for k, a in next(iter(content.array_records.values())).items()}
-        except (TypeError, ValueError) as err:
-            raise UpdateRejected(site, f"an array cannot be read: {err}") from err
-        if self._global is None:
-            raise RuntimeError("aggregate_train before configure_train: no global model")
-        return check_update(update, self._global, site=site, max_norm=self.max_update_norm)
-
-    def _screen(
-        self, valid: list[Message], record: RoundRecord
-    ) -> tuple[list[Message], dict[int, float]]:
-        """The training replies that pass :mod:`task.update_check`, and their update
-        norms by ``id(msg)``; the others are logged and recorded in ``record.rejected``."""
-        weight_key = getattr(self.inner, "weighted_by_key", "num-examples")
-        kept: list[Message] = []
-        norms: dict[int, float] = {}
-        for msg in valid:
-            try:
-                norms[id(msg)] = self._check_train_reply(msg, weight_key)
-            except UpdateRejected as err:
-                self._reject(record, msg, str(err))
-            else:
-                kept.append(msg)
-        odd = metric_key_outliers(
-            [set(next(iter(m.content.metric_records.values())).keys()) for m in kept]
-        )
-        for i, reason in odd.items():
-            self._reject(record, kept[i], str(UpdateRejected(site_name(kept[i]), reason)))
-        return [m for i, m in enumerate(kept) if i not in odd], norms
-
-    @staticmethod
-    def _reject(record: RoundRecord, msg: Message, reason: str) -> None:
-        name = site_name(msg)
-        if name in record.rejected:  # two replies under one name: keep both reasons
-            name = f"{name} (node {msg.metadata.src_node_id})"
-        record.rejected[name] = reason
-        log.warning(
-            "round %d train: node %d refused before aggregation: %s",
-            record.round,
-            msg.metadata.src_node_id,
-            reason,
-        )
-
     def _sorted_valid(self, replies: Iterable[Message], kind: str, record: RoundRecord):
+        """The replies without an error, in site-name order (screened when training in
+        the clear); each is filed in ``record``."""
         replies = list(replies)
         valid = sorted((m for m in replies if not m.has_error()), key=site_name)
         norms: dict[int, float] = {}
-        if kind == "train" and self.inspects_updates:
-            valid, norms = self._screen(valid, record)
-        for msg in replies:
-            if msg.has_error():
-                record.failures[kind] += 1
-                if kind == "train":
-                    record.train_errors.append(str(msg.error.reason))
-                log.warning(
-                    "round %d %s: node %d failed: %s",
-                    record.round,
-                    kind,
-                    msg.metadata.src_node_id,
-                    msg.error.reason,
-                )
-        for msg in valid:
-            metrics = next(iter(msg.content.metric_records.values()), None)
-            site = record.sites.setdefault(site_name(msg), {})
-            site[kind] = _plain(metrics)
-            if id(msg) in norms:  # plaintext only: what to set federation.max_update_norm by
-                site[kind]["update-norm"] = norms[id(msg)]
-            facts = public_site_facts(msg)
-            if facts:
-                site["privacy"] = facts
+        if kind == "train" and self.screen is not None:
+            weight_key = getattr(self.inner, "weighted_by_key", "num-examples")
+            valid, norms = self.screen.screen(valid, record, weight_key)
+        record_replies(replies, valid, kind, record, norms)
         return valid
 
     # -- delegated hooks -------------------------------------------------------------------
@@ -260,8 +134,8 @@ class CheckpointedStrategy(Strategy):
         log.info("federated round %d", r)
         global_arrays = {k: a.numpy() for k, a in arrays.items()}
         self._dtypes = {k: a.dtype for k, a in global_arrays.items()}
-        if self.inspects_updates:  # what the sites' updates are checked against
-            self._global = global_arrays
+        if self.screen is not None:  # what the sites' updates are checked against
+            self.screen.set_global(global_arrays)
         return self.inner.configure_train(r, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
@@ -280,7 +154,7 @@ class CheckpointedStrategy(Strategy):
         # An inner strategy may report what it refused itself (secure aggregation: masked
         # vectors of another layout, a revealed mean beyond the bound).
         record.rejected.update(getattr(self.inner, "rejected", {}))
-        record.train = _plain(metrics)
+        record.train = plain(metrics)
         return arrays, metrics
 
     def _model_dtypes(self, arrays: ArrayRecord) -> ArrayRecord:
@@ -317,7 +191,7 @@ class CheckpointedStrategy(Strategy):
         record = self._current(server_round)
         valid = self._sorted_valid(replies, "evaluate", record)
         metrics = self.inner.aggregate_evaluate(record.round, valid)
-        record.evaluate = _plain(metrics)
+        record.evaluate = plain(metrics)
         return metrics
 
     def summary(self) -> None:

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -44,12 +43,11 @@ from flwr.serverapp.strategy import (
 )
 
 from mpc.secagg import wire
-from mpc.secagg.errors import RoundAbandoned, SecAggError
-from mpc.secagg.fixedpoint import DEFAULT_FRAC_BITS, DEFAULT_MAX_PARTIES, unpack
-from mpc.secagg.identity import load_roster
-from mpc.secagg.protocol import DEFAULT_MIN_COHORT, KeyAdvert, RoundId, SharedKeys, threshold_for
-from mpc.secagg.server import ServerSession
+from mpc.secagg.fixedpoint import DEFAULT_FRAC_BITS, DEFAULT_MAX_PARTIES
+from mpc.secagg.protocol import DEFAULT_MIN_COHORT
+from mpc.secagg.work import work_digest
 from strategies.metrics import metrics_from_sums
+from strategies.secure_rounds import SecureRounds
 from task.update_check import (
     MAX_NORM_KEY,
     in_model_dtype,
@@ -80,21 +78,17 @@ def plaintext_aggregation(inner: Strategy) -> Strategy:
     return inner
 
 
-class SecureAggregation(Strategy):
+class SecureAggregation(SecureRounds, Strategy):
     """Wrap ``inner`` so that every aggregate is computed by secure aggregation.
+
+    Its replies are masked vectors (``replies_masked``): nothing to screen in them. What it
+    refused is in ``rejected``, and the strategy whose state persists is ``aggregator``.
 
     Args:
         inner: a FedAvg-family strategy (a subclass of Flower's ``FedAvg``).
-        threshold: fraction of the selected sites that must remain at every stage; below
-            it the round is abandoned and nothing is revealed.
-        roster: JSON file ``{site: OpenSSH public key}``; round keys must verify against it.
+        threshold, roster, stage_timeout, min_sites, min_cohort: the protocol's settings
+            (:class:`~strategies.secure_rounds.SecureRounds`).
         frac_bits, max_parties: the fixed-point encoding (see :mod:`mpc.secagg.fixedpoint`).
-        stage_timeout: seconds to wait for the sites at each key stage.
-        min_cohort: fewest sites in a round's cohort; the sites refuse a smaller one (each
-            also holds its own bound, which its site policy may raise).
-        min_sites: fewest sites whose training sum may be revealed; a round with fewer
-            survivors is abandoned before the unmask stage (central DP: each site adds
-            only a share of the noise, so a smaller sum would carry too little).
         max_update_norm: the bound each site enforces on its update's L2 norm (None: no
             bound); a revealed mean update beyond it discards the round.
     """
@@ -117,81 +111,23 @@ class SecureAggregation(Strategy):
                 f"secure aggregation needs a FedAvg-family strategy; {type(inner).__name__} "
                 "needs the individual updates, which secure aggregation hides"
             )
-        threshold_for(2, threshold)  # validates the fraction
-        if roster is None:
-            raise ValueError("secure.roster is null: secure aggregation needs the sites' roster")
+        SecureRounds.__init__(
+            self,
+            threshold=threshold,
+            roster=roster,
+            stage_timeout=stage_timeout,
+            min_sites=min_sites,
+            min_cohort=min_cohort,
+        )
         self.inner = inner
-        self.fraction = threshold
-        self.roster = load_roster(roster)
         self.frac_bits, self.max_parties = frac_bits, max_parties
-        self.stage_timeout = stage_timeout
-        self.min_sites = int(min_sites)
-        if int(min_cohort) < 2:
-            raise ValueError(f"secure.min_cohort={min_cohort} must be at least 2")
-        self.min_cohort = int(min_cohort)
         self.max_update_norm = validate_max_norm(max_update_norm)
-        #: What the last ``aggregate_train`` refused: {site or "secure-sum": reason}.
-        self.rejected: dict[str, str] = {}
-        self.transcripts: list[ServerSession] = []  # every session, for audits and tests
-        self._grid: Grid | None = None
-        self._session: ServerSession | None = None
-        self._names: dict[int, str] = {}
         self._global: ArrayRecord | None = None
-        #: {round: {node: its keys}} sent with the previous round's unmask shares.
-        self._early: dict[RoundId, dict[int, KeyAdvert]] = {}
 
-    @property
-    def aggregator(self) -> Strategy:
-        """The strategy whose state persists across rounds (for checkpoints)."""
-        return self.inner
+    replies_masked = True
 
-    # -- key stages ------------------------------------------------------------------------
-    def _exchange(self, targets: dict[int, dict[str, Any]], stage: str) -> dict[int, Message]:
-        if self._grid is None:
-            raise RuntimeError("secure aggregation exchange before any configure_* call")
-        messages = [
-            Message(
-                content=RecordDict({wire.RECORD: ConfigRecord(record)}),
-                message_type=wire.MESSAGE_TYPE,
-                dst_node_id=node,
-            )
-            for node, record in targets.items()
-        ]
-        replies = {}
-        for reply in self._grid.send_and_receive(messages, timeout=self.stage_timeout):
-            node = reply.metadata.src_node_id
-            if reply.has_error():
-                log.warning(
-                    "secure %s: %s dropped: %s",
-                    stage,
-                    self._names.get(node, f"node {node}"),
-                    reply.error.reason,
-                )
-                continue
-            replies[node] = reply
-        missing = set(targets) - set(replies)
-        if missing:
-            log.warning("secure %s: %d site(s) did not answer", stage, len(missing))
-        return replies
-
-    def _gather(
-        self,
-        stage: str,
-        targets: dict[int, str],
-        request: dict[str, Any] | dict[int, dict[str, Any]],
-        accept: Callable[[int, str, ConfigRecord], None],
-        *,
-        per_node: bool = False,
-    ) -> None:
-        """Send the record fields ``request`` (with ``per_node``: ``request[node]``) to
-        ``targets`` ({node: site}) and pass each answer to ``accept``; a site whose answer
-        the protocol refuses is dropped."""
-        requests = request if per_node else dict.fromkeys(targets, request)
-        for node, reply in self._exchange({n: requests[n] for n in targets}, stage).items():
-            try:
-                accept(node, targets[node], reply.content.config_records[wire.RECORD])
-            except (SecAggError, KeyError, ValueError) as err:
-                log.warning("secure %s: %s refused: %s", stage, targets[node], err)
+    def _evaluates(self) -> bool:
+        return self.inner.fraction_evaluate > 0
 
     def _commitments(self, messages: list[Message]) -> dict[int, bytes]:
         """{node: the digest of its message's work} to commit to at the share stage: one digest
@@ -200,7 +136,7 @@ class SecureAggregation(Strategy):
         digests = {}
         for m in messages:
             if id(m.content) not in by_content:
-                by_content[id(m.content)] = wire.work_digest(m.content)
+                by_content[id(m.content)] = work_digest(m.content)
             digests[m.metadata.dst_node_id] = by_content[id(m.content)]
         if len(set(digests.values())) != 1:
             raise ValueError(
@@ -209,100 +145,10 @@ class SecureAggregation(Strategy):
             )
         return digests
 
-    def _advertise(
-        self, session: ServerSession, by_node: dict[int, Message], early: dict[int, KeyAdvert]
-    ) -> dict[int, str]:
-        """Collect the round keys of the nodes in ``by_node``: those sent ``early`` with
-        the previous round's unmask shares, and by an advertise stage from the rest;
-        {node: site}."""
-        names: dict[int, str] = {}
-
-        def advertised(node: int, _: str, record: ConfigRecord | KeyAdvert) -> None:
-            advert = record if isinstance(record, KeyAdvert) else wire.advert_of(record)
-            session.receive_advert(advert)
-            names[node] = advert.site
-
-        for node in set(early) & set(by_node):
-            try:
-                advertised(node, "", early[node])
-            except (SecAggError, ValueError) as err:
-                log.warning("secure advertise: node %d's early keys refused: %s", node, err)
-        rest = {n: f"node {n}" for n in by_node if n not in names}
-        if rest:
-            request = wire.round_record(session.round_id, "advertise", selected=len(by_node))
-            self._gather("advertise", rest, request, advertised)
-        self._names.update(names)
-        return names
-
-    def _prepare(self, messages: list[Message], server_round: int, kind: str) -> list[Message]:
-        """Run the advertise and share stages with the sampled nodes, then attach to each
-        train / evaluate message the ciphertexts addressed to its site and the cohort's
-        commitments to the work."""
-        self._session = None
-        if not messages:
-            return messages
-        run = str(self._grid.run.run_id) if self._grid is not None else "0"
-        rid = RoundId(run, server_round, kind)
-        digests = self._commitments(messages)
-        session = ServerSession(
-            rid,
-            self.fraction,
-            len(messages),
-            self.roster,
-            self.min_cohort,
-            digests[messages[0].metadata.dst_node_id],
-        )
-        self.transcripts.append(session)
-        by_node = {m.metadata.dst_node_id: m for m in messages}
-        try:
-            names = self._advertise(session, by_node, self._early.pop(rid, {}))
-            self._early.clear()  # keys for any other round are stale
-            adverts = session.broadcast()
-            nodes = {n: s for n, s in names.items() if s in session.adverts}
-            keys = wire.adverts_fields(adverts)
-            requests = {
-                n: wire.round_record(rid, "share", digest=digests[n], **keys) for n in nodes
-            }
-            self._gather(
-                "share",
-                nodes,
-                requests,
-                lambda _, site, record: session.receive_shares(
-                    site, SharedKeys(wire.blobs_of(record), wire.commitment_of(record, site))
-                ),
-                per_node=True,
-            )
-            cohort = session.cohort()
-        except RoundAbandoned as err:
-            log.warning("%s", err)
-            return []
-        self._session = session
-        out = []
-        for node, site in nodes.items():
-            if site not in cohort:
-                continue
-            msg = by_node[node]
-            content = RecordDict(dict(msg.content.items()))
-            ciphertexts, commitments = session.shares_for(site)
-            content[wire.RECORD] = ConfigRecord(
-                wire.round_record(
-                    rid,
-                    "mask",
-                    **wire.blobs_fields(ciphertexts),
-                    **wire.commitments_fields(commitments),
-                )
-            )
-            out.append(
-                Message(content=content, message_type=msg.metadata.message_type, dst_node_id=node)
-            )
-        log.info(
-            "secure %s round %d: %d of %d sites masked", kind, server_round, len(out), len(messages)
-        )
-        return out
-
-    def _refuse(self, site: str, reason: str) -> None:
-        log.warning("secure mask: %s refused: %s", site, reason)
-        self.rejected[site] = reason
+    @property
+    def aggregator(self) -> Strategy:
+        """The strategy whose state persists across rounds (for checkpoints)."""
+        return self.inner
 
     def _expected_arrays(self) -> dict[str, list]:
         """The layout entries a training reply must hold: one per global tensor."""
@@ -311,103 +157,6 @@ class SecureAggregation(Strategy):
         return {
             ARRAYS + key: [list(array.shape), self.frac_bits] for key, array in self._global.items()
         }
-
-    def _reveal(
-        self, replies: Iterable[Message], *, arrays: dict[str, list] | None = None
-    ) -> tuple[dict[str, np.ndarray], int] | None:
-        """Collect masked vectors, run the unmask stage and decode the sums.
-
-        ``arrays`` ({name: [shape, frac_bits]}): the model entries every training reply's
-        layout must hold. Among the replies that hold them, the most common layout wins
-        (ties: the first received); a reply of another layout is refused, so that one site
-        cannot make the others' vectors unusable by answering first.
-        """
-        session, self._session = self._session, None
-        if session is None:
-            return None
-        received: list[tuple[str, np.ndarray, list]] = []
-        for reply in replies:
-            node = reply.metadata.src_node_id
-            site = self._names.get(node, f"node {node}")
-            try:
-                vector, site_layout = wire.masked_of(reply)  # the layout covers the vector
-                if arrays is not None:
-                    got = {n: [s, f] for n, s, f in site_layout if n.startswith(ARRAYS)}
-                    wrong = sorted(n for n in set(got) | set(arrays) if got.get(n) != arrays.get(n))
-                    if wrong:
-                        raise ValueError(
-                            f"layout does not match the global model at {wrong[:5]} "
-                            f"(sent {[got.get(n) for n in wrong[:5]]}, "
-                            f"expected {[arrays.get(n) for n in wrong[:5]]})"
-                        )
-                received.append((site, vector, site_layout))
-            except (SecAggError, KeyError, ValueError, TypeError) as err:
-                self._refuse(site, str(err))
-        counts = Counter(repr(lay) for _, _, lay in received)
-        layout = None
-        if received:
-            usual = max(counts, key=counts.__getitem__)  # first of the most common
-            layout = next(lay for _, _, lay in received if repr(lay) == usual)
-        for site, vector, site_layout in received:
-            try:
-                if site_layout != layout:
-                    raise ValueError(f"site {site!r} sent a vector of another layout")
-                session.receive_masked(site, vector)
-            except (SecAggError, KeyError, ValueError) as err:
-                self._refuse(site, str(err))
-        try:
-            survivors, dropped = session.unmask_request()
-            if session.round_id.kind == "train" and len(survivors) < self.min_sites:
-                raise RoundAbandoned(
-                    f"secure {session.round_id}: {len(survivors)} site(s) left, fewer than "
-                    f"min_sites={self.min_sites}; the sum stays hidden"
-                )
-            nodes = {n: s for n, s in self._names.items() if s in survivors}
-            lists = {"survivors": survivors, "dropped": dropped}
-            self._gather(
-                "consistency",
-                nodes,
-                wire.round_record(session.round_id, "consistency", **lists),
-                lambda _, site, record: session.receive_consistency(
-                    site, wire.field_of(record, "signature", bytes)
-                ),
-            )
-            proof = session.consistency_proof()
-            following = self._next_round(session.round_id)
-            ahead = wire.next_fields(following, session.selected) if following else {}
-            early: dict[int, KeyAdvert] = {}
-
-            def unmasked(node: int, site: str, record: ConfigRecord) -> None:
-                session.receive_unmask(site, wire.blobs_of(record))
-                if following is not None and wire.has_advert(record):
-                    early[node] = wire.advert_of(record)  # verified when that round opens
-
-            self._gather(
-                "unmask",
-                {n: s for n, s in nodes.items() if s in proof},
-                wire.round_record(
-                    session.round_id, "unmask", **lists, **wire.signatures_fields(proof), **ahead
-                ),
-                unmasked,
-            )
-            if following is not None:
-                self._early = {following: early}
-            total = session.result()
-        except RoundAbandoned as err:
-            log.warning("%s", err)
-            return None
-        sums = unpack(total, layout)
-        return sums, len(survivors)
-
-    def _next_round(self, current: RoundId) -> RoundId | None:
-        """The round whose keys the sites send with ``current``'s unmask shares: a
-        round's evaluation follows its training (when the federation evaluates), and the
-        next round's training follows either. None for other secure sums."""
-        if current.kind == "train" and self.inner.fraction_evaluate > 0:
-            return RoundId(current.run, current.round, "evaluate")
-        if current.kind in ("train", "evaluate"):
-            return RoundId(current.run, current.round + 1, "train")
-        return None
 
     # -- training --------------------------------------------------------------------------
     def configure_train(

@@ -51,12 +51,10 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+from cryptography.exceptions import InvalidTag
 
 from mpc.secagg import crypto
-from mpc.secagg.errors import (
-    ConsistencyError,
-    ProtocolViolation,
-)
+from mpc.secagg.errors import ConsistencyError, ProtocolViolation, ShareIntegrityError
 
 PROTOCOL = "primia-secagg/3"
 STAGES = ("advertise", "share", "mask", "consistency", "unmask")
@@ -233,3 +231,51 @@ def _self_mask(seed: bytes, length: int, round_id: RoundId) -> np.ndarray:
 
 def _pair_mask(seed: bytes, length: int, round_id: RoundId) -> np.ndarray:
     return crypto.mask(seed, length, round_id.tag("pair-mask-stream"))
+
+
+def open_share(
+    own_sk: bytes, peer_pk: bytes, round_id: RoundId, me: str, sender: str, blob: bytes
+) -> tuple[bytes, bytes]:
+    """``sender``'s sealed shares for ``me`` (of its self-mask seed, of its mask key),
+    authenticated; :class:`ShareIntegrityError` naming the sender otherwise."""
+    key = _channel_key(own_sk, peer_pk, round_id, me, sender)
+    if not isinstance(blob, bytes) or len(blob) < crypto.NONCE_BYTES:
+        raise ShareIntegrityError(sender, me, "not a sealed ciphertext")
+    try:
+        plain = crypto.open_sealed(key, blob, round_id.tag("share", sender, me))
+    except InvalidTag:
+        raise ShareIntegrityError(sender, me, "failed authentication") from None
+    if len(plain) != 2 * SHARE_BYTES:
+        raise ShareIntegrityError(
+            sender, me, f"{len(plain)} bytes of shares, expected {2 * SHARE_BYTES}"
+        )
+    return plain[:SHARE_BYTES], plain[SHARE_BYTES:]
+
+
+def check_commitments(
+    me: str,
+    digest: bytes,
+    round_id: RoundId,
+    cohort: list[str],
+    commitments: Mapping[str, Commitment],
+    roster: Roster,
+) -> None:
+    """Every site of ``cohort`` signed the ``digest`` that ``me`` signed: else the server
+    sent some of them another model, config or run setup, and ``me``'s input must not
+    join theirs (:class:`ConsistencyError` naming them)."""
+    if sorted(commitments) != cohort:
+        raise ConsistencyError(
+            f"site {me!r}: commitments of {sorted(commitments)} for a cohort of {cohort}; "
+            "refused, nothing released"
+        )
+    for site, commitment in commitments.items():
+        if commitment.site != site:
+            raise ConsistencyError(f"commitment of {commitment.site!r} relayed as {site!r}")
+        roster.check(commitment, round_id)
+    differ = sorted(s for s, c in commitments.items() if c.digest != digest)
+    if differ:
+        raise ConsistencyError(
+            f"round {round_id.round} ({round_id.kind}): sites {differ} signed another round "
+            f"digest than site {me!r} ({digest.hex()[:12]}): they were sent another model, "
+            "config or run setup; round refused, nothing released"
+        )

@@ -1,10 +1,8 @@
 """A site's side of one secure aggregation round (the stages: :mod:`mpc.secagg.protocol`).
 
-Every check against an active server sits here, at the site that holds the secret, since
-the server is the party the checks distrust: the site verifies the round keys and the
-commitments of its cohort, takes its threshold from what it verified, refuses work other
-than the committed, and releases unmask shares only for a survivor list that ``t``
-survivors signed.
+The checks against an active server run here, at the site that holds the secrets: round
+keys and cohort commitments verified, ``t`` from what it verified, only committed work,
+unmask shares only for a survivor list that ``t`` survivors signed.
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from cryptography.exceptions import InvalidTag
 
 from mpc.secagg import crypto, protocol, site_state
 from mpc.secagg.errors import (
@@ -25,7 +22,6 @@ from mpc.secagg.errors import (
 from mpc.secagg.protocol import (
     DEFAULT_MIN_COHORT,
     DIGEST_BYTES,
-    SHARE_BYTES,
     STAGES,
     Commitment,
     KeyAdvert,
@@ -38,6 +34,8 @@ from mpc.secagg.protocol import (
     _mask_seed,
     _pair_mask,
     _self_mask,
+    check_commitments,
+    open_share,
     round_digest,
     survivor_list_bytes,
     threshold_for,
@@ -172,29 +170,6 @@ class SiteSession:
                 f"{self.work.hex()[:12]} the server committed to; refused, nothing released"
             )
 
-    def _check_commitments(
-        self, cohort: list[str], commitments: Mapping[str, Commitment], roster: Roster
-    ) -> None:
-        """Every site of ``cohort`` signed the digest we signed: else the server sent some
-        of them another model, config or run setup, and our input must not join theirs."""
-        if sorted(commitments) != cohort:
-            raise ConsistencyError(
-                f"site {self.name!r}: commitments of {sorted(commitments)} for a cohort of "
-                f"{cohort}; refused, nothing released"
-            )
-        for site, commitment in commitments.items():
-            if commitment.site != site:
-                raise ConsistencyError(f"commitment of {commitment.site!r} relayed as {site!r}")
-            roster.check(commitment, self.round_id)
-        differ = sorted(s for s, c in commitments.items() if c.digest != self.digest)
-        if differ:
-            raise ConsistencyError(
-                f"round {self.round_id.round} ({self.round_id.kind}): sites {differ} signed "
-                f"another round digest than site {self.name!r} ({self.digest.hex()[:12]}): "
-                "they were sent another model, config or run setup; round refused, nothing "
-                "released"
-            )
-
     def receive_shares(self, request: MaskShares, roster: Roster) -> None:
         """Check the cohort's commitments, then decrypt and authenticate the shares
         addressed to us; the senders form U2."""
@@ -209,28 +184,20 @@ class SiteSession:
             if sender in self.received:
                 raise ShareIntegrityError(sender, self.name, "replayed: already received")
         if protocol.ACTIVE_SERVER_CHECKS:
-            self._check_commitments(sorted({*ciphertexts, self.name}), commitments, roster)
+            cohort = sorted({*ciphertexts, self.name})
+            check_commitments(self.name, self.digest, self.round_id, cohort, commitments, roster)
         for sender, blob in ciphertexts.items():
-            self.received[sender] = self._open(sender, blob)
+            self.received[sender] = open_share(
+                self.channel_sk,
+                self.peers[sender].channel_pk,
+                self.round_id,
+                self.name,
+                sender,
+                blob,
+            )
         self.cohort = sorted(self.received)
         if len(self.cohort) < self.threshold:
             raise RoundAbandoned(f"{len(self.cohort)} sites shared keys; {self.threshold} needed")
-
-    def _open(self, sender: str, blob: bytes) -> tuple[bytes, bytes]:
-        key = _channel_key(
-            self.channel_sk, self.peers[sender].channel_pk, self.round_id, self.name, sender
-        )
-        if not isinstance(blob, bytes) or len(blob) < crypto.NONCE_BYTES:
-            raise ShareIntegrityError(sender, self.name, "not a sealed ciphertext")
-        try:
-            plain = crypto.open_sealed(key, blob, self.round_id.tag("share", sender, self.name))
-        except InvalidTag:
-            raise ShareIntegrityError(sender, self.name, "failed authentication") from None
-        if len(plain) != 2 * SHARE_BYTES:
-            raise ShareIntegrityError(
-                sender, self.name, f"{len(plain)} bytes of shares, expected {2 * SHARE_BYTES}"
-            )
-        return plain[:SHARE_BYTES], plain[SHARE_BYTES:]
 
     def masked_input(self, x: np.ndarray) -> np.ndarray:
         """``x`` (uint64, fixed point) plus our self mask and the pairwise masks."""

@@ -16,14 +16,13 @@ the field, so that the server drops that one site and the round goes on.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mpc.secagg.fixedpoint import check_layout
 from mpc.secagg.protocol import Commitment, KeyAdvert, MalformedMessage, RoundId
@@ -213,48 +212,6 @@ def signatures_fields(signatures: dict[str, bytes]) -> dict:
 
 def signatures_of(record: Mapping[str, Any]) -> dict[str, bytes]:
     return _named_bytes(record, "signers", "list-signatures")
-
-
-# -- what the round asks a site to work on -------------------------------------------------
-def _canonical_value(value) -> list:
-    """A record value as JSON with its type, exact for floats (hex) and bytes (hex)."""
-    if isinstance(value, list):
-        return ["list", [_canonical_value(v) for v in value]]
-    if isinstance(value, bytes):
-        return ["bytes", value.hex()]
-    if isinstance(value, float):
-        return ["float", value.hex()]
-    return [type(value).__name__, value]
-
-
-def work_digest(content: Any) -> bytes:
-    """SHA-256 of everything a message asks a site to work on, secure-aggregation record
-    excluded: every array record (tensors in name order, each as dtype, shape and its
-    little-endian C-order bytes) and every config and metric record (keys in order, values
-    with their types). Two messages hash alike only if a site would compute alike on them."""
-    h = hashlib.sha256(b"primia-work/1")
-    for name in sorted(content.array_records):
-        h.update(json.dumps(["arrays", name]).encode())
-        record = content.array_records[name]
-        for key in sorted(record):
-            array = np.ascontiguousarray(record[key].numpy())
-            little = array.astype(array.dtype.newbyteorder("<"), copy=False)
-            h.update(json.dumps([key, little.dtype.str, list(little.shape)]).encode())
-            h.update(little.tobytes())
-    for kind, records in (("config", content.config_records), ("metric", content.metric_records)):
-        for name in sorted(records):
-            if name == RECORD:
-                continue
-            items = sorted(records[name].items())
-            h.update(
-                json.dumps([kind, name, [[k, _canonical_value(v)] for k, v in items]]).encode()
-            )
-    return h.digest()
-
-
-def setup_digest(cfg: DictConfig) -> bytes:
-    """SHA-256 of a site's composed run config: sites of one round must run alike."""
-    return hashlib.sha256(OmegaConf.to_yaml(cfg).encode()).digest()
 
 
 def blobs_fields(blobs: dict[str, bytes]) -> dict:

@@ -109,6 +109,13 @@ class NoPrivacy:
 
     name: str = "none"
 
+    def secure_options(self, secure: bool) -> dict:
+        """Secure aggregation's settings this option needs (none)."""
+        return {}
+
+    def check_network(self, model, in_shape: tuple[int, ...]) -> None:
+        """Any network trains without DP."""
+
 
 @dataclass(frozen=True)
 class LocalDP:
@@ -151,6 +158,21 @@ class LocalDP:
             )
         if not self.calibration_clip > 0:
             raise ValueError(f"privacy.calibration_clip={self.calibration_clip} must be positive")
+
+    def secure_options(self, secure: bool) -> dict:
+        """Secure aggregation's settings this option needs (none: each site's DP-SGD
+        holds without it)."""
+        return {}
+
+    def check_network(self, model, in_shape: tuple[int, ...]) -> None:
+        """A network Opacus cannot train, or whose feature calibration alone spends the
+        budget, fails before the first round, not at the sites."""
+        from task.calibration import has_calibration
+        from task.privacy.dpsgd import check_per_example_gradients
+
+        check_per_example_gradients(model, in_shape)
+        if has_calibration(model):
+            self.calibration_history()
 
     def calibration_sigma(self) -> float:
         """σ of the feature moments' release: given, or spending ``calibration_share`` of
@@ -224,6 +246,20 @@ class CentralDP:
             raise ValueError(f"privacy.clip_norm={self.clip_norm} must be positive")
         if int(self.min_sites) != self.min_sites or self.min_sites < 1:
             raise ValueError(f"privacy.min_sites={self.min_sites} must be a positive integer")
+
+    def secure_options(self, secure: bool) -> dict:
+        """Secure aggregation's settings: it is required (each site adds only its share of
+        the noise, so the server must never see an update in the clear), and a sum of
+        fewer than ``min_sites`` sites stays hidden."""
+        if not secure:
+            raise ValueError(
+                "privacy=central_dp needs secure=smpc: each site adds only its share of the "
+                "noise, so the server must never see an update in the clear"
+            )
+        return {"min_sites": self.min_sites}
+
+    def check_network(self, model, in_shape: tuple[int, ...]) -> None:
+        """Any network: the noise goes on the whole update."""
 
     def noise_for(self, num_rounds: int) -> float:
         """σ on the sum: given, or calibrated so ``num_rounds`` rounds spend ``epsilon``."""

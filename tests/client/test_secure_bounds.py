@@ -24,7 +24,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from hydra.utils import instantiate
 
 from client.secure import make_secure
-from mpc.secagg import wire
+from mpc.secagg import wire, work
 from mpc.secagg.identity import write_identities
 from strategies.checkpointed import CheckpointedStrategy
 from task.config import compose_config
@@ -50,7 +50,7 @@ def _one_setup(monkeypatch):
     """Sites here hold different bounds in their configs, to play a site that skips its
     check. Such a site would sign the run setup's digest the others sign (it lies about
     nothing else), so every site signs the same one here."""
-    monkeypatch.setattr(wire, "setup_digest", lambda cfg: bytes(32))
+    monkeypatch.setattr(work, "setup_digest", lambda cfg: bytes(32))
 
 
 @pytest.fixture(scope="module")

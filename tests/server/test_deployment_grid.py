@@ -12,7 +12,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.transport import unpack_mod, unpacked_content
-from mpc.secagg.wire import work_digest
+from mpc.secagg.work import work_digest
 from server.deployment_grid import DeploymentGrid, packed, packed_content
 from task.transport import LAYOUTS, PACKED
 

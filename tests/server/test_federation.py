@@ -8,8 +8,8 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from server.federation import RoundRecorder, check_selection
-from strategies.checkpointed import RoundRecord
+from server.recorder import RoundRecorder, check_selection
+from strategies.round_record import RoundRecord
 from task.checkpoint import load
 from task.config import compose_config
 from task.constants import CHECKPOINT_BEST, CHECKPOINT_LAST, PNEUMONIAMNIST_CLASSES

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.privacy import FederationPrivacy
-from strategies.checkpointed import RoundRecord
+from strategies.round_record import RoundRecord
 from task.config import compose_config
 from task.privacy import Accountant, CentralDP, LocalDP, NoPrivacy
 from tests.task.privacy.test_accountant import _reference

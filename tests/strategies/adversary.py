@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
-from mpc.secagg import crypto, wire
+from mpc.secagg import crypto, wire, work
 from mpc.secagg.fixedpoint import unpack
 from mpc.secagg.protocol import (
     RoundId,
@@ -79,7 +79,7 @@ class InconsistentModel(SecureAggregation):
         return self._prepare(forged, server_round, "train")
 
     def _commitments(self, messages):
-        digests = {m.metadata.dst_node_id: wire.work_digest(m.content) for m in messages}
+        digests = {m.metadata.dst_node_id: work.work_digest(m.content) for m in messages}
         if self.commit_each:
             return digests
         return dict.fromkeys(digests, digests[self.target])
@@ -142,7 +142,7 @@ def _key_stages(grid, rid, messages, claimed):
     share = wire.round_record(
         rid,
         "share",
-        digest=wire.work_digest(messages[0].content),
+        digest=work.work_digest(messages[0].content),
         **wire.adverts_fields([adverts[n] for n in sorted(adverts, key=names.get)]),
     )
     replies = _send(grid, {n: _query(n, share) for n in names})

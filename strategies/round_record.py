@@ -1,0 +1,95 @@
+"""What one federated round produced, per site and pooled, as the coordinator records it.
+
+The strategy wrapper fills a :class:`RoundRecord` from the replies of each round; the
+server's recorder writes it to the history, the dashboard and the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import Message, MetricRecord
+
+from task.constants import SITE_RECORD
+
+log = logging.getLogger(__name__)
+
+
+def site_name(msg: Message) -> str:
+    record = msg.content.config_records.get(SITE_RECORD)
+    if record is not None and "name" in record:
+        return str(record["name"])
+    return f"node-{msg.metadata.src_node_id}"
+
+
+def plain(metrics: MetricRecord | None) -> dict[str, Any]:
+    return {} if metrics is None else {k: v for k, v in metrics.items()}
+
+
+def public_site_facts(msg: Message) -> dict[str, Any]:
+    """What the site record says besides the site's name (its ε under local DP)."""
+    record = msg.content.config_records.get(SITE_RECORD)
+    return {} if record is None else {k: v for k, v in record.items() if k != "name"}
+
+
+class FederationEnded(Exception):
+    """Raised by a ``should_stop`` check: the federation ends before its last round."""
+
+
+@dataclass
+class RoundRecord:
+    """What one round produced, for the history, the dashboard and the checkpoint."""
+
+    round: int
+    train: dict[str, Any] = field(default_factory=dict)
+    evaluate: dict[str, Any] = field(default_factory=dict)
+    sites: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=lambda: {"train": 0, "evaluate": 0})
+    #: The reasons of the round's failed training replies, as the sites gave them.
+    train_errors: list[str] = field(default_factory=list)
+    #: Training replies refused before aggregation: {site: reason}.
+    rejected: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "train": self.train,
+            "evaluate": self.evaluate,
+            "sites": self.sites,
+            "failures": self.failures,
+            "rejected": self.rejected,
+        }
+
+
+def record_replies(
+    replies: list[Message],
+    valid: list[Message],
+    kind: str,
+    record: RoundRecord,
+    norms: dict[int, float],
+) -> None:
+    """Count and log the failed ``replies``; file each ``valid`` reply's metrics (and its
+    update norm, by ``id(msg)`` in ``norms``) and public site facts under its site."""
+    for msg in replies:
+        if msg.has_error():
+            record.failures[kind] += 1
+            if kind == "train":
+                record.train_errors.append(str(msg.error.reason))
+            log.warning(
+                "round %d %s: node %d failed: %s",
+                record.round,
+                kind,
+                msg.metadata.src_node_id,
+                msg.error.reason,
+            )
+    for msg in valid:
+        metrics = next(iter(msg.content.metric_records.values()), None)
+        site = record.sites.setdefault(site_name(msg), {})
+        site[kind] = plain(metrics)
+        if id(msg) in norms:  # plaintext only: what to set federation.max_update_norm by
+            site[kind]["update-norm"] = norms[id(msg)]
+        facts = public_site_facts(msg)
+        if facts:
+            site["privacy"] = facts
