@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 
 demo: setup
 	$(PY) -m scripts.train secure=smpc logger=none hydra.run.dir=outputs/demo
-	$(PY) -m scripts.encrypted_demo --checkpoint outputs/demo/best.pt
+	$(PY) -m scripts.encrypted_demo --checkpoint outputs/demo/final.pt
 
 test: setup
 	$(PY) -m pytest -p no:cacheprovider --durations=25

@@ -36,6 +36,15 @@ _OLD_REGISTRATION = "torch.onnx._internal.registration"
 _NEW_REGISTRATION = "torch.onnx._internal.torchscript_exporter.registration"
 
 APPLIED: list[str] = []
+# CrypTen's own code warns on every model conversion (ONNX weights read as a read-only
+# array) and every encrypted forward (list indexing numpy deprecates): internal to it,
+# nothing a user can act on, and they drown the diagnosis table. Only CrypTen's modules.
+warnings.filterwarnings(
+    "ignore", message="The given NumPy array is not writable", module=r"crypten\."
+)
+warnings.filterwarnings(
+    "ignore", message="Using a non-tuple sequence for multidimensional", module=r"crypten\."
+)
 
 
 def _alias_onnx_registration() -> None:

@@ -17,6 +17,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from scripts.user_errors import one_line_errors
 from task.audit.report import write_report
 from task.audit.run import run_audit
 from task.config import register_resolvers
@@ -27,6 +28,7 @@ register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="audit")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)

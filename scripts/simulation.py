@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ from scripts.sim_engine import message_polling
 from server.identities import provision_identities
 from server.server_app import make_server_app
 from task.constants import METRICS_FILE, SIM_PULL_INTERVAL
+
+# Ray tells, once per run, how a future version will treat accelerator variables when a
+# worker asks for no GPU: nothing to act on in a simulation that sets num_gpus itself.
+warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
 
 
 def flower_logs_once(name: str = "flwr") -> None:

@@ -2,7 +2,7 @@
 
 Runs ``federation.num_sites`` simulated hospitals with Flower and writes ``metrics.json``,
 ``history.json``, plots and checkpoints to the Hydra run directory. Returns the pooled
-validation MCC of the best round, which Hydra sweepers maximise.
+validation MCC of the tested round, which Hydra sweepers maximise.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from scripts.simulation import simulate
+from scripts.user_errors import one_line_errors
 from task.config import register_resolvers
 from task.constants import EXPERT_READERS
 
@@ -21,12 +22,13 @@ register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@one_line_errors
 def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     metrics = simulate(cfg, list(hc.overrides.task), Path(hc.runtime.output_dir))
     test = metrics["test"]
     print(
-        f"\nFederated ({cfg.federation.num_sites} sites, best round {metrics['best_round']}): "
+        f"\nFederated ({cfg.federation.num_sites} sites, tested round {metrics['tested_round']}): "
         f"test AUC {test['auc']:.3f} (95% CI {test['auc_ci']['low']:.3f}-"
         f"{test['auc_ci']['high']:.3f})  ACC {test['accuracy']:.3f}  MCC {test['mcc']:.3f}\n"
         f"Expert readers (PriMIA study): ACC {EXPERT_READERS['accuracy']:.3f}  "

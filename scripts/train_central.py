@@ -14,6 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from scripts.user_errors import one_line_errors
 from task.central import run
 from task.config import register_resolvers
 
@@ -21,6 +22,7 @@ register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train_central")
+@one_line_errors
 def main(cfg: DictConfig) -> float:
     metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
     return float(metrics["val"]["mcc"])

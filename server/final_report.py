@@ -62,8 +62,7 @@ def final_report(
         xlabel="round",
     )
     logger.finish({f"test/{k}": test[k] for k in ("auc", "accuracy", "mcc")})
-    log.info(comparison_line(test))
-    print(comparison_line(test), flush=True)
+    log.info(comparison_line(test))  # the entry point prints its own summary
     return metrics
 
 

@@ -20,10 +20,17 @@ from server.privacy import FederationPrivacy
 from strategies.round_record import RoundRecord
 from task import checkpoint
 from task.central import inference_config
-from task.constants import CHECKPOINT_BEST, CHECKPOINT_LAST, HISTORY_FILE, SELECTIONS
+from task.constants import (
+    CHECKPOINT_BEST,
+    CHECKPOINT_LAST,
+    HISTORY_FILE,
+    PROGRESS_LOGGER,
+    SELECTIONS,
+)
 from task.report import write_json
 
 log = logging.getLogger(__name__)
+progress = logging.getLogger(PROGRESS_LOGGER)
 
 
 def flat_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -98,7 +105,7 @@ class RoundRecorder:
         self._checkpoint(record.round, weights, validated, strategy_state, improved)
         write_json(self.history, self.run_dir / HISTORY_FILE)
         self._dashboard(entry)
-        log.info(
+        progress.info(
             "round %d: pooled val %s (best round %d, MCC %.4f); failures %s",
             record.round,
             {k: round(v, 4) for k, v in entry["evaluate"].items() if isinstance(v, float)},

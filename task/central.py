@@ -25,7 +25,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from task import checkpoint
 from task.config import compose_config
-from task.constants import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LAST, SELECTIONS
+from task.constants import (
+    CHECKPOINT_BEST,
+    CHECKPOINT_FINAL,
+    CHECKPOINT_LAST,
+    PROGRESS_LOGGER,
+    SELECTIONS,
+)
 from task.data.splits import DataSplits
 from task.engine import class_weights, mean_loss, predict, train_epoch
 from task.metrics import clinical_metrics
@@ -33,6 +39,7 @@ from task.models import build_model, count_parameters
 from task.report import comparison_line, write_run_outputs
 
 log = logging.getLogger(__name__)
+progress = logging.getLogger(PROGRESS_LOGGER)
 
 
 @dataclass
@@ -163,7 +170,7 @@ def fit(
         history = list(state["history"])
         start_epoch = state["epoch"] + 1
         best_mcc, best_epoch, stale = state["best_mcc"], state["best_epoch"], state["stale"]
-        log.info("resumed from %s at epoch %d (best MCC %.4f)", resume, start_epoch, best_mcc)
+        progress.info("resumed from %s at epoch %d (best MCC %.4f)", resume, start_epoch, best_mcc)
 
     for epoch in range(start_epoch, settings.epochs + 1):
         t0 = time.perf_counter()
@@ -198,7 +205,7 @@ def fit(
         history.append(row)
         if logger is not None:
             logger.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-        log.info(
+        progress.info(
             "epoch %d: loss %.4f  val AUC %.4f ACC %.4f MCC %.4f  (%.0f img/s)",
             epoch,
             row["train_loss"],
@@ -240,7 +247,7 @@ def fit(
         checkpoint.save_atomic(state, run_dir / CHECKPOINT_LAST)
         patience = settings.early_stopping_patience
         if patience is not None and stale >= patience:
-            log.info("early stopping at epoch %d: no MCC gain for %d epochs", epoch, stale)
+            progress.info("early stopping at epoch %d: no MCC gain for %d epochs", epoch, stale)
             break
     return history
 
@@ -322,7 +329,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         xlabel="epoch",
     )
     logger.finish({f"test/{k}": metrics["test"][k] for k in ("auc", "accuracy", "mcc")})
-    log.info(comparison_line(metrics["test"]))
+    progress.info(comparison_line(metrics["test"]))
     if splits.report.n_skipped:
         log.warning("data: %s", splits.report.summary())
     return metrics

@@ -8,6 +8,7 @@ or as one flat ``overrides`` string in Flower's run config (deployment).
 from __future__ import annotations
 
 import shlex
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,6 +17,13 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from task.constants import REPO_ROOT
+
+# Hydra imports every installed sweeper plugin when it composes; Optuna's (used only by
+# the hparams_search sweeps) warns about a SQLAlchemy 2.0 rename on import, in every site
+# process of a run.
+warnings.filterwarnings(
+    "ignore", message=r"The ``declarative_base\(\)`` function", module=r"optuna\."
+)
 
 #: Flat run-config keys the Flower apps read.
 RUN_CONFIG_OVERRIDES = "overrides"

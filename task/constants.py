@@ -66,3 +66,8 @@ NORM_MEAN, NORM_STD = "norm-mean", "norm-std"
 #: ``InMemoryGrid`` default: 0.1). Each look is a lookup in memory; the wait is paid after
 #: the last reply of every exchange, twice a round.
 SIM_PULL_INTERVAL = 0.01
+
+#: Logger of the lines a person follows a run by (one per round or epoch): the console
+#: shows it at INFO where Hydra's config (conf/hydra/default.yaml) sends the rest to the
+#: run directory's log only.
+PROGRESS_LOGGER = "primia.progress"

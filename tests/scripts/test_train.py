@@ -67,6 +67,17 @@ def straight(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     return run_dir, _run(_cmd(run_dir))
 
 
+def _check_console(console: str, run_dir: Path, rounds: int) -> None:
+    """What a person reads: one line per round, no line twice, no INFO log line, no
+    third-party warning (the Flower deprecation notice of run_simulation aside, issue 28);
+    the run directory's log keeps the INFO lines."""
+    lines = [line for line in console.splitlines() if line.strip()]
+    assert len([line for line in lines if line.startswith("round ")]) == rounds
+    assert len(lines) == len(set(lines)), [line for line in lines if lines.count(line) > 1]
+    assert not [line for line in lines if "][INFO]" in line or "Warning:" in line], lines
+    assert "[flwr][INFO]" in (run_dir / "train.log").read_text()
+
+
 def test_simulation_writes_metrics_history_and_reveals_only_totals(straight) -> None:
     run_dir, proc = straight
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -88,6 +99,7 @@ def test_simulation_writes_metrics_history_and_reveals_only_totals(straight) -> 
         assert (run_dir / name).is_file()
     assert list((run_dir / "wandb").glob("offline-run-*"))
     assert "Expert readers" in proc.stdout
+    _check_console(proc.stdout + proc.stderr, run_dir, rounds=3)
     # Each site's audit log verifies and holds every reply it sent, in one run, in order.
     run_ids = set()
     for site in ("site-0", "site-1", "site-2"):
