@@ -37,7 +37,8 @@ from mpc.inference.party import (
 from task.config import compose_config
 from task.constants import IMAGE_SUFFIXES
 from task.data.errors import BadFileError, printable
-from task.data.files import ImageReader, is_image_file
+from task.data.files import ImageReader
+from task.data.listing import is_image_file
 from task.data.preprocess import preprocess_one
 
 

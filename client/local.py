@@ -18,11 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from client.run_config import composed, run_config, run_source
 from task.config import with_normalisation
-from task.constants import NORM_MEAN, NORM_STD, SITE_RECORD
+from task.constants import DECLINE_RECORD, NORM_MEAN, NORM_STD, SITE_RECORD
 from task.federated import intensity_moments, local_evaluate, local_train
 from task.models import build_model
-from task.privacy import BudgetExhausted, LocalDP, privacy_of
+from task.privacy import BudgetExhausted, privacy_of
 from task.privacy.ledger import SiteLedger
+from task.privacy.settings import BUDGET_DECLINE
 from task.sites import Site, load_site, site_state_dir
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def _prepared(
     the first message and reused.
 
     Why: rendering the whole config to YAML (the key of :func:`task.sites.load_site`'s
-    cache and of :func:`_network`'s) cost about 10 ms a message, six messages a round.
+    cache and of :func:`_network`'s) is paid on every message otherwise.
     """
     cfg = composed(*source)
     if normalisation is not None:
@@ -81,9 +82,8 @@ def _network(model_yaml: str, in_shape: tuple[int, int, int], n_classes: int):
     """The site's network, built once per process and then only loaded with each message's
     weights and buffers (its whole state).
 
-    Why: building it (instantiation, weight initialisation, the shape dry run) ran six times
-    a round in a simulation; reusing it took the default's 36 plaintext rounds from 122.6 s
-    to 118.7 s (about 20 ms a message).
+    Why: building it (instantiation, weight initialisation, the shape dry run) would run on
+    every message; only the weights change between them.
     """
     return build_model(OmegaConf.create(model_yaml), in_shape, n_classes)
 
@@ -108,6 +108,17 @@ def _reply(
     return Message(content=content, reply_to=msg)
 
 
+def _declined(msg: Message, site: Site, reason: str, detail: str) -> Message:
+    """The reply of a site that declines the round: no update, no counts, its reason."""
+    content = RecordDict(
+        {
+            DECLINE_RECORD: ConfigRecord({"reason": reason, "detail": detail}),
+            SITE_RECORD: ConfigRecord({"name": site.name}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
 def train(msg: Message, context: Context, overrides: Sequence[str] | None) -> Message:
     """Train on the site's split from the message's global model."""
     cfg, site, model = _setup(msg, context, overrides)
@@ -115,7 +126,7 @@ def train(msg: Message, context: Context, overrides: Sequence[str] | None) -> Me
     privacy = privacy_of(cfg)
     ledger = (
         SiteLedger(privacy, site_state_dir(cfg, context.node_config), site.name)
-        if isinstance(privacy, LocalDP)
+        if privacy.site_accounting
         else None
     )
     try:
@@ -128,8 +139,8 @@ def train(msg: Message, context: Context, overrides: Sequence[str] | None) -> Me
             ledger=ledger,
         )
     except BudgetExhausted as err:
-        log.warning("%s", err)  # the error reply carries the same words to the server
-        raise
+        log.warning("%s", err)
+        return _declined(msg, site, BUDGET_DECLINE, str(err))
     metrics = {"num-examples": result.num_examples, "lr": result.lr}
     if result.loss is not None:  # None under local DP: no mechanism accounts for it
         metrics["loss"] = result.loss

@@ -35,7 +35,7 @@ from mpc.secagg.fixedpoint import bound, pack
 from mpc.secagg.identity import load_identity_file, load_roster
 from mpc.secagg.protocol import DEFAULT_MIN_COHORT, MaskShares, RoundId
 from mpc.secagg.site import SiteSession
-from task.constants import SITE_LEVEL_METRICS, SITE_RECORD
+from task.constants import DECLINE_RECORD, SITE_LEVEL_METRICS, SITE_RECORD
 from task.node import site_name
 from task.update_check import (
     UpdateRejected,
@@ -253,8 +253,8 @@ def make_secure(
         shares = MaskShares(wire.blobs_of(request), wire.commitments_of(request))
         session.receive_shares(shares, load_roster(_roster_path(cfg, node)))
         reply = call_next(msg, context)
-        if reply.has_error():
-            return reply
+        if reply.has_error() or DECLINE_RECORD in reply.content.config_records:
+            return reply  # a decline carries no update or count: nothing to mask
         allowed = site_policy(node, default_policy).share_site_metrics
         allowed = allowed or bool(node.get(SHARE_SITE_METRICS, False))
         masked = _masked_reply(msg, reply, session, cfg, site_name(node), allowed)

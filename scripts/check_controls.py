@@ -52,8 +52,8 @@ MUTATIONS = (
     Mutation(
         "central DP: the site's clipping and noise",
         "task/federated.py",
-        "        clip_and_noise(\n",
-        "        (lambda *a, **k: None)(\n",
+        "    clip_and_noise(\n",
+        "    (lambda *a, **k: None)(\n",
         ("tests/task/test_federated.py", "tests/task/privacy"),
     ),
     Mutation(

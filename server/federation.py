@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from mpc.secagg.wire import secure_enabled
 from server.final_report import final_report
 from server.normalisation import federation_intensity
-from server.privacy import FederationPrivacy
+from server.privacy import FederationPrivacy, federation_privacy
 from server.recorder import RoundRecorder, check_selection
 from strategies.checkpointed import CheckpointedStrategy
 from task import checkpoint
@@ -73,7 +73,7 @@ def settings(cfg: DictConfig) -> RunSettings:
     kind = privacy_of(cfg)
     uses_bf16(cfg)
     selection = check_selection(cfg.federation.selection)
-    privacy = FederationPrivacy(kind, cfg, state.get("privacy") if state else None)
+    privacy = federation_privacy(kind, cfg, state.get("privacy") if state else None)
     return RunSettings(run_dir, state, start_round, privacy, selection)
 
 

@@ -1,10 +1,12 @@
 """The coordinator's view of privacy: ε per round, and when the federation must end.
 
-Under local DP the sites account for themselves and report ε, σ and the rounds their
+One class per privacy option, chosen by the option's name (:func:`federation_privacy`):
+under local DP the sites account for themselves and report ε, σ and the rounds their
 budget still allows, in the clear; the server records them and ends the federation when
 fewer than ``federation.min_train_sites`` sites can still train. Under central DP the
 server accounts the noise on each revealed sum (its own ledger, saved in ``last.pt``) and
-ends the federation before a round that would pass the budget.
+ends the federation before a round that would pass the budget. Without DP it records
+nothing.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ from typing import Any
 from omegaconf import DictConfig
 
 from strategies.round_record import RoundRecord
-from task.privacy import Accountant, CentralDP, LocalDP, NoPrivacy, Privacy
-from task.privacy.settings import BUDGET_EXHAUSTED
+from task.privacy import Accountant, Privacy
+from task.privacy.settings import BUDGET_DECLINE
 
 log = logging.getLogger(__name__)
 
 
 class FederationPrivacy:
-    """Privacy bookkeeping of one federation, restored from a checkpoint's ``state``."""
+    """Privacy bookkeeping of one federation, restored from a checkpoint's ``state``;
+    this base class is ``privacy=none``'s: nothing to account, nothing to stop for."""
+
+    enabled = False
 
     def __init__(self, privacy: Privacy, cfg: DictConfig, state: dict[str, Any] | None) -> None:
         self.privacy = privacy
@@ -32,15 +37,87 @@ class FederationPrivacy:
         self.min_train_sites = int(fed.min_train_sites)
         state = state or {}
         self.site_reports: dict[str, dict[str, Any]] = dict(state.get("sites", {}))
-        # Sites that refused the last round for their budget (an error reply has no name).
+        # Sites that declined the last round for their budget.
         self.refusals = int(state.get("refusals", 0))
         self._history = [tuple(h) for h in state.get("history", [])]
-        if privacy.name == "local_dp" and fed.secure_normalisation:
+
+    def after_round(self, record: RoundRecord) -> dict[str, Any]:
+        """Account the finished round; returns its ``privacy`` entry for the history."""
+        return {}
+
+    def should_stop(self, server_round: int) -> str | None:
+        """Why round ``server_round`` must not run, or None."""
+        return None
+
+    def _history_state(self) -> list[tuple]:
+        return self._history
+
+    def state(self) -> dict[str, Any]:
+        """What the checkpoint keeps (restored by the constructor)."""
+        return {
+            "sites": self.site_reports,
+            "refusals": self.refusals,
+            "history": [list(h) for h in self._history_state()],
+        }
+
+    def summary(self, stopped: str | None) -> dict[str, Any]:
+        """The ``privacy`` entry of ``metrics.json``."""
+        return {"mode": self.privacy.name, "stopped_early": stopped}
+
+
+class LocalDPFederation(FederationPrivacy):
+    """``privacy=local_dp``: the sites' own reports, and the end of the federation when too
+    few sites have budget left."""
+
+    enabled = True
+
+    def __init__(self, privacy: Privacy, cfg: DictConfig, state: dict[str, Any] | None) -> None:
+        super().__init__(privacy, cfg, state)
+        if cfg.federation.secure_normalisation:
             raise ValueError(
                 "federation.secure_normalisation=true sends each site's intensity moments "
                 "without DP, outside privacy=local_dp's guarantee; the sites refuse it"
             )
-        if isinstance(privacy, CentralDP) and privacy.min_sites > self.num_sites:
+
+    def after_round(self, record: RoundRecord) -> dict[str, Any]:
+        self.refusals = sum(reason == BUDGET_DECLINE for reason in record.declined.values())
+        for site, kinds in record.sites.items():
+            if "privacy" in kinds:
+                self.site_reports[site] = dict(kinds["privacy"])
+        return {"sites": {s: r["epsilon"] for s, r in sorted(self.site_reports.items())}}
+
+    def should_stop(self, server_round: int) -> str | None:
+        exhausted = sorted(s for s, r in self.site_reports.items() if r["rounds-left"] < 1)
+        spent = max(len(exhausted), self.refusals)
+        able = self.num_sites - spent
+        if spent and able < self.min_train_sites:
+            return (
+                f"{spent} site(s) have spent their privacy budget (ε ≤ "
+                f"{self.privacy.epsilon}; reported spent: {exhausted}, refused the last "
+                f"round: {self.refusals}); {able} site(s) could still train, fewer than "
+                f"federation.min_train_sites={self.min_train_sites}"
+            )
+        return None
+
+    def summary(self, stopped: str | None) -> dict[str, Any]:
+        reports = sorted(self.site_reports.items())
+        return super().summary(stopped) | {
+            "delta": self.privacy.delta,
+            "budget": self.privacy.epsilon,
+            "sites": {s: r["epsilon"] for s, r in reports},
+            "noise_multipliers": {s: r["noise-multiplier"] for s, r in reports},
+        }
+
+
+class CentralDPFederation(FederationPrivacy):
+    """``privacy=central_dp``: the server's own accountant of the noise on each revealed
+    sum, and the end of the federation before a round that would pass the budget."""
+
+    enabled = True
+
+    def __init__(self, privacy: Privacy, cfg: DictConfig, state: dict[str, Any] | None) -> None:
+        super().__init__(privacy, cfg, state)
+        if privacy.min_sites > self.num_sites:
             raise ValueError(
                 f"privacy.min_sites={privacy.min_sites} exceeds federation.num_sites="
                 f"{self.num_sites}: no sum could ever be revealed"
@@ -48,37 +125,8 @@ class FederationPrivacy:
 
     @cached_property
     def accountant(self) -> Accountant:
-        """The central-DP accountant, built on first use: only central DP steps it, and
-        building it imports Opacus (about 1 s), which a federation without DP skips."""
+        """Built on first use: building it imports Opacus (about 1 s)."""
         return Accountant(self._history)
-
-    @property
-    def enabled(self) -> bool:
-        return not isinstance(self.privacy, NoPrivacy)
-
-    def after_round(self, record: RoundRecord) -> dict[str, Any]:
-        """Account the finished round; returns its ``privacy`` entry for the history."""
-        if isinstance(self.privacy, LocalDP):
-            self.refusals = sum(BUDGET_EXHAUSTED in reason for reason in record.train_errors)
-            for site, kinds in record.sites.items():
-                if "privacy" in kinds:
-                    self.site_reports[site] = dict(kinds["privacy"])
-            return {"sites": {s: r["epsilon"] for s, r in sorted(self.site_reports.items())}}
-        if isinstance(self.privacy, CentralDP):
-            n_sites = record.train.get("secure-sites")
-            if n_sites:  # a sum was revealed this round
-                sigma = self.privacy.effective_noise(self.num_rounds, int(n_sites))
-                self.accountant.step(sigma, 1.0, 1)
-                log.info(
-                    "central DP round %d: sum of %d sites, σ=%.3f; ε=%.3f at δ=%g",
-                    record.round,
-                    n_sites,
-                    sigma,
-                    self.epsilon,
-                    self.privacy.delta,
-                )
-            return {"epsilon": self.epsilon, "delta": self.privacy.delta, "rounds": self.spent}
-        return {}
 
     @property
     def epsilon(self) -> float:
@@ -88,57 +136,58 @@ class FederationPrivacy:
     def spent(self) -> int:
         return self.accountant.steps
 
+    def after_round(self, record: RoundRecord) -> dict[str, Any]:
+        n_sites = record.train.get("secure-sites")
+        if n_sites:  # a sum was revealed this round
+            sigma = self.privacy.effective_noise(self.num_rounds, int(n_sites))
+            self.accountant.step(sigma, 1.0, 1)
+            log.info(
+                "central DP round %d: sum of %d sites, σ=%.3f; ε=%.3f at δ=%g",
+                record.round,
+                n_sites,
+                sigma,
+                self.epsilon,
+                self.privacy.delta,
+            )
+        return {"epsilon": self.epsilon, "delta": self.privacy.delta, "rounds": self.spent}
+
     def should_stop(self, server_round: int) -> str | None:
-        """Why round ``server_round`` must not run, or None."""
-        if isinstance(self.privacy, LocalDP):
-            exhausted = sorted(s for s, r in self.site_reports.items() if r["rounds-left"] < 1)
-            spent = max(len(exhausted), self.refusals)
-            able = self.num_sites - spent
-            if spent and able < self.min_train_sites:
-                return (
-                    f"{spent} site(s) have spent their privacy budget (ε ≤ "
-                    f"{self.privacy.epsilon}; reported spent: {exhausted}, refused the last "
-                    f"round: {self.refusals}); {able} site(s) could still train, fewer than "
-                    f"federation.min_train_sites={self.min_train_sites}"
-                )
-        if isinstance(self.privacy, CentralDP) and self.privacy.epsilon is not None:
-            sigma = self.privacy.noise_for(self.num_rounds)
-            after = self.accountant.epsilon_after(self.privacy.delta, sigma, 1.0, 1)
-            if after > self.privacy.epsilon:
-                return (
-                    f"central DP budget: round {server_round} would take ε from "
-                    f"{self.epsilon:.3f} to {after:.3f} > {self.privacy.epsilon}"
-                )
+        if self.privacy.epsilon is None:
+            return None
+        sigma = self.privacy.noise_for(self.num_rounds)
+        after = self.accountant.epsilon_after(self.privacy.delta, sigma, 1.0, 1)
+        if after > self.privacy.epsilon:
+            return (
+                f"central DP budget: round {server_round} would take ε from "
+                f"{self.epsilon:.3f} to {after:.3f} > {self.privacy.epsilon}"
+            )
         return None
 
-    def state(self) -> dict[str, Any]:
-        """What the checkpoint keeps (restored by the constructor)."""
-        return {
-            "sites": self.site_reports,
-            "refusals": self.refusals,
-            # Only central DP steps the accountant; otherwise the history is as loaded.
-            "history": [
-                list(h)
-                for h in (
-                    self.accountant.history
-                    if isinstance(self.privacy, CentralDP)
-                    else self._history
-                )
-            ],
-        }
+    def _history_state(self) -> list[tuple]:
+        return self.accountant.history
 
     def summary(self, stopped: str | None) -> dict[str, Any]:
-        """The ``privacy`` entry of ``metrics.json``."""
-        out: dict[str, Any] = {"mode": self.privacy.name, "stopped_early": stopped}
-        if isinstance(self.privacy, LocalDP):
-            out["delta"], out["budget"] = self.privacy.delta, self.privacy.epsilon
-            out["sites"] = {s: r["epsilon"] for s, r in sorted(self.site_reports.items())}
-            out["noise_multipliers"] = {
-                s: r["noise-multiplier"] for s, r in sorted(self.site_reports.items())
-            }
-        elif isinstance(self.privacy, CentralDP):
-            out["delta"], out["budget"] = self.privacy.delta, self.privacy.epsilon
-            out["epsilon"] = self.epsilon
-            out["noise_multiplier"] = self.privacy.noise_for(self.num_rounds)
-            out["rounds_accounted"] = self.spent
-        return out
+        return super().summary(stopped) | {
+            "delta": self.privacy.delta,
+            "budget": self.privacy.epsilon,
+            "epsilon": self.epsilon,
+            "noise_multiplier": self.privacy.noise_for(self.num_rounds),
+            "rounds_accounted": self.spent,
+        }
+
+
+#: The coordinator's bookkeeping of each privacy option, by the option's name.
+TRACKERS: dict[str, type[FederationPrivacy]] = {
+    "none": FederationPrivacy,
+    "local_dp": LocalDPFederation,
+    "central_dp": CentralDPFederation,
+}
+
+
+def federation_privacy(
+    privacy: Privacy, cfg: DictConfig, state: dict[str, Any] | None
+) -> FederationPrivacy:
+    """The bookkeeping of ``privacy`` for this federation, restored from ``state``."""
+    if privacy.name not in TRACKERS:
+        raise ValueError(f"privacy option {privacy.name!r} has no coordinator bookkeeping")
+    return TRACKERS[privacy.name](privacy, cfg, state)

@@ -38,7 +38,9 @@ from flwr.serverapp.strategy import Result, Strategy
 from strategies.round_record import (
     FederationEnded,
     RoundRecord,
+    decline_of,
     plain,
+    record_declines,
     record_replies,
     site_name,
 )
@@ -114,7 +116,9 @@ class CheckpointedStrategy(Strategy):
         """The replies without an error, in site-name order (screened when training in
         the clear); each is filed in ``record``."""
         replies = list(replies)
-        valid = sorted((m for m in replies if not m.has_error()), key=site_name)
+        answered = sorted((m for m in replies if not m.has_error()), key=site_name)
+        record_declines([m for m in answered if decline_of(m)], kind, record)
+        valid = [m for m in answered if not decline_of(m)]
         norms: dict[int, float] = {}
         if kind == "train" and self.screen is not None:
             weight_key = getattr(self.inner, "weighted_by_key", "num-examples")

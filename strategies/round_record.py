@@ -12,7 +12,7 @@ from typing import Any
 
 from flwr.app import Message, MetricRecord
 
-from task.constants import SITE_RECORD
+from task.constants import DECLINE_RECORD, SITE_RECORD
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ class RoundRecord:
     train_errors: list[str] = field(default_factory=list)
     #: Training replies refused before aggregation: {site: reason}.
     rejected: dict[str, str] = field(default_factory=dict)
+    #: Sites that declined the round (no update sent): {site: reason code}.
+    declined: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,7 +62,25 @@ class RoundRecord:
             "sites": self.sites,
             "failures": self.failures,
             "rejected": self.rejected,
+            "declined": self.declined,
         }
+
+
+def decline_of(msg: Message) -> str | None:
+    """The reason code of a reply that declines the round, or None."""
+    record = msg.content.config_records.get(DECLINE_RECORD)
+    return None if record is None else str(record.get("reason", "unknown"))
+
+
+def record_declines(declines: list[Message], kind: str, record: RoundRecord) -> None:
+    """File each declining reply's reason under its site, with a warning naming it."""
+    for msg in declines:
+        reason = decline_of(msg)
+        record.declined[site_name(msg)] = reason
+        detail = msg.content.config_records[DECLINE_RECORD].get("detail", "")
+        log.warning(
+            "round %d %s: %s declined (%s): %s", record.round, kind, site_name(msg), reason, detail
+        )
 
 
 def record_replies(

@@ -1,9 +1,8 @@
 """The server's moving average of the global model over rounds (Polyak averaging).
 
-Why: the federation tests the round with the best pooled validation MCC, and on the few
-hundred validation images the MCC of single rounds swings by about ±0.02, so a mid-run
-round could win over converged ones (bench_federated, IID: round 12 chosen, test AUC 0.961,
-while round 36 scored 0.973). An exponential moving average of the aggregated models moves
+Why: on the few hundred validation images the MCC of single rounds swings from round to
+round, so a rule that picks a round by it could pick a mid-run round over converged ones
+(docs/results-history.md). An exponential moving average of the aggregated models moves
 smoothly from round to round, as the centralised loop's EMA of its weights does; the sites
 validate it and the server tests it. Training goes on from the plain aggregate, so the
 average adds nothing to the messages and needs nothing from the sites: it is computed from

@@ -20,7 +20,7 @@ PNEUMONIAMNIST_MD5 = "28209eda62fecd6e6a2d98b1501bb15f"
 #: Class names of PneumoniaMNIST, in label order.
 PNEUMONIAMNIST_CLASSES = ("normal", "pneumonia")
 
-#: Image file suffixes read by :mod:`task.data.files`, lower case.
+#: Image file suffixes read by :mod:`task.data.files` (listed by task.data.listing), lower case.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".nii", ".nii.gz")
 
 #: Policies for a file that cannot be used.
@@ -50,6 +50,10 @@ SELECTIONS = ("val_mcc", "last")
 
 #: Reply record (a ConfigRecord beside arrays and metrics) that names the replying site.
 SITE_RECORD = "site"
+#: Reply record of a site that declines a round's work it can do no harm by skipping (its
+#: privacy budget spent): ``{"reason": code, "detail": words}``, sent instead of an update.
+#: A decline is an answer, not a failure: the coordinator counts it by its code.
+DECLINE_RECORD = "declined"
 
 #: Bins of the per-class histograms of the positive-class score that sites report, so that
 #: a federation AUC can be computed from summed counts (secure aggregation reveals sums).

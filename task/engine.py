@@ -40,10 +40,9 @@ def train_epoch(
     ``mu/2 * ||w - w_global||^2`` against ``global_params``. ``on_step`` runs after every
     optimizer step (for example to update an exponential moving average of the weights).
     ``channels_last`` trains image batches in the channels-last memory layout, which
-    oneDNN's CPU convolutions run faster (small_resnet at 28 px, batch 64, 2 cores: 113 ->
-    81 ms a step); the model is returned to the default layout afterwards, so what is
-    saved or sent is unchanged in form. ``bf16`` runs the forward pass under CPU autocast
-    to bfloat16 (weights, optimizer and loss stay float32; 81 -> 57 ms a step there).
+    oneDNN's CPU convolutions run faster; the model is returned to the default layout
+    afterwards, so what is saved or sent is unchanged in form. ``bf16`` runs the forward
+    pass under CPU autocast to bfloat16 (weights, optimizer and loss stay float32).
     """
     layout = torch.channels_last if channels_last else torch.contiguous_format
     if channels_last:

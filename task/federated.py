@@ -22,7 +22,7 @@ from task.data.splits import Split
 from task.engine import class_weights, mean_loss, predict, train_epoch
 from task.metrics import clinical_metrics
 from task.pooling import confusion_counts, score_histogram
-from task.privacy import CentralDP, LocalDP, privacy_of
+from task.privacy import LocalDP, privacy_of
 from task.privacy.dpsgd import secret_generator, train_private
 from task.privacy.ledger import SiteLedger, plan_round
 from task.privacy.update_noise import clip_and_noise
@@ -89,27 +89,40 @@ def local_train(
     training; with ``privacy=central_dp`` the update is clipped and noised afterwards.
     """
     privacy = privacy_of(cfg)
-    if isinstance(privacy, LocalDP):
-        if ledger is None:
-            raise ValueError("privacy=local_dp: local_train needs the site's privacy ledger")
-        if proximal_mu:
-            raise ValueError("privacy=local_dp does not support FedProx's proximal term")
-        return _local_train_dp(model, site, cfg, server_round, privacy, ledger)
-    global_state = (
-        {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if isinstance(privacy, CentralDP)
-        else None
-    )
+    return _TRAINERS[privacy.name](model, site, cfg, server_round, privacy, proximal_mu, ledger)
+
+
+def _train_plain(model, site, cfg, server_round, privacy, proximal_mu, ledger) -> LocalResult:
+    """``privacy=none``: the round's local training as it is."""
+    return _local_train_plain(model, site, cfg, server_round, proximal_mu)
+
+
+def _train_local_dp(model, site, cfg, server_round, privacy, proximal_mu, ledger) -> LocalResult:
+    """``privacy=local_dp``: DP-SGD, accounted in the site's ledger."""
+    if ledger is None:
+        raise ValueError("privacy=local_dp: local_train needs the site's privacy ledger")
+    if proximal_mu:
+        raise ValueError("privacy=local_dp does not support FedProx's proximal term")
+    return _local_train_dp(model, site, cfg, server_round, privacy, ledger)
+
+
+def _train_central_dp(model, site, cfg, server_round, privacy, proximal_mu, ledger):
+    """``privacy=central_dp``: the update clipped and noised after training, with a weight
+    of 1 (site-level sensitivity needs weights that do not depend on the data)."""
+    global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     result = _local_train_plain(model, site, cfg, server_round, proximal_mu)
-    if isinstance(privacy, CentralDP):
-        clip_and_noise(
-            model,
-            global_state,
-            clip_norm=privacy.clip_norm,
-            noise_std=privacy.site_noise_std(int(cfg.federation.num_rounds)),
-        )
-        result.num_examples = 1
+    clip_and_noise(
+        model,
+        global_state,
+        clip_norm=privacy.clip_norm,
+        noise_std=privacy.site_noise_std(int(cfg.federation.num_rounds)),
+    )
+    result.num_examples = 1
     return result
+
+
+#: A site's round of local training under each privacy option, by the option's name.
+_TRAINERS = {"none": _train_plain, "local_dp": _train_local_dp, "central_dp": _train_central_dp}
 
 
 def _round_setup(model: torch.nn.Module, site: Site, cfg: DictConfig, server_round: int):

@@ -1,11 +1,11 @@
 """ScatterNet features with a linear head: the network for DP-SGD (``model=dp_scatternet``).
 
 Why: DP-SGD adds noise to every trained weight, so a network that must *learn* its features
-from 1 500 images per site under ε = 3 loses most of its signal (a 25 k-parameter CNN reached
-test AUC 0.92). A wavelet scattering transform (Mallat, 2012; Bruna and Mallat, 2013) gives
-fixed, translation- and deformation-stable features with no parameters to train, and DP-SGD
-only has to learn a linear classifier on them: Tramer and Boneh ("Differentially Private
-Learning Needs Better Features (or Much More Data)", ICLR 2021) found ScatterNet + linear
+from a site's images under ε = 3 loses most of its signal (docs/results-history.md). A
+wavelet scattering transform (Mallat, 2012; Bruna and Mallat, 2013) gives fixed,
+translation- and deformation-stable features with no parameters to train, and DP-SGD only
+has to learn a linear classifier on them: Tramer and Boneh ("Differentially Private Learning
+Needs Better Features (or Much More Data)", ICLR 2021) found ScatterNet + linear
 beats end-to-end CNNs at every ε they tried on small data.
 
 The transform is Kymatio's (``Scattering2D``, J = 2, L = 8: 81 channels per input channel at

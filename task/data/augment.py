@@ -2,8 +2,8 @@
 ``RandAdjustContrast``, ``RandScaleIntensity``, ``RandAffine`` and ``RandFlip``.
 
 Why: MONAI's array transforms take one image at a time, and at PneumoniaMNIST's 28 px the
-per-image Python work, not the arithmetic, is the cost: 8.4 s per epoch of 4708 images on
-2 cores, as long as training the network itself. Here every image still gets its own
+per-image Python work, not the arithmetic, is the cost, as much as training the network
+itself (docs/results-history.md). Here every image still gets its own
 random parameters, drawn as MONAI draws them, but the arithmetic runs once per batch:
 intensity changes as tensor expressions, the affine through MONAI's batched
 :class:`~monai.networks.layers.AffineTransform` with matrices from MONAI's own

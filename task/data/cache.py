@@ -43,13 +43,13 @@ from typing import Any
 import numpy as np
 
 from task.data.errors import LoadReport
-from task.data.files import is_image_file
+from task.data.listing import is_image_file
 from task.data.splits import DataSplits, Split
 
 log = logging.getLogger(__name__)
 
 #: Bumped when the layout of an entry or the meaning of its key changes (2: the images
-#: of a split in file-name order, see task.data.files.scan_folder).
+#: of a split in file-name order, see task.data.listing.scan_folder).
 CACHE_FORMAT = 2
 MANIFEST, FILE_INDEX = "manifest.json", "files.json"
 ENTRY_PREFIX, TMP_PREFIX = "entry-", ".tmp-"
@@ -76,7 +76,7 @@ def _library_versions() -> dict[str, str]:
 
 def site_image_files(root: Path) -> list[Path]:
     """The image files a folder site is read from: ``root/<class folder>/**``, in the order
-    and by the rule of :func:`task.data.files.scan_folder` (class folders outside the class
+    and by the rule of :func:`task.data.listing.scan_folder` (class folders outside the class
     list included: under ``on_bad_file: skip`` they are listed in the load report)."""
     subdirs = sorted(p for p in root.iterdir() if p.is_dir())
     return [

@@ -6,7 +6,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from task.data.errors import BadFileError, LoadReport, check_policy
-from task.data.files import ImageReader, Record, load_records, read_csv, scan_folder
+from task.data.files import ImageReader, load_records
+from task.data.listing import Record, read_csv, scan_folder
 from task.data.splits import DataSplits, Split
 
 

@@ -21,11 +21,10 @@ from task.data.preprocess import no_metadata
 class WithoutMetadata(Randomizable):
     """Runs a per-image MONAI transform with MONAI's metadata tracking off.
 
-    Why: see :func:`~task.data.preprocess.no_metadata`; augmenting PneumoniaMNIST's 4708
-    training images per image took 12.8 s per epoch with tracking and 8.4 s without
-    (2 cores). The switch is restored after each image. Seeding is unchanged in kind: the
-    loader's dataset reseeds this transform per image, and this passes the seed on to the
-    wrapped one.
+    Why: see :func:`~task.data.preprocess.no_metadata`; per-image augmentation spends
+    much of its time tracking metadata nobody reads. The switch is restored after each
+    image. Seeding is unchanged in kind: the loader's dataset reseeds this transform per
+    image, and this passes the seed on to the wrapped one.
     """
 
     def __init__(self, transform: Callable) -> None:
@@ -114,8 +113,8 @@ class Split:
 
         A per-image transform runs in MONAI's ``ArrayDataset``. Without one, or with a
         :class:`~task.data.augment.BatchAugment`, the batches come straight from the tensors:
-        MONAI's per-item dataset machinery cost 0.38 ms an image (0.6 s of a site's 3 s
-        round), the tensors' own indexing next to nothing.
+        MONAI's per-item dataset machinery costs far more per image than the tensors' own
+        indexing, a sizeable share of a site's round.
         """
         read_only = not self.images.flags.writeable  # memory-mapped from the site's cache
         if augment is not None and not isinstance(augment, BatchAugment):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -19,8 +20,10 @@ from omegaconf import DictConfig
 EPSILON_TOLERANCE = 0.01
 
 
-#: Words every budget refusal carries, so that the server recognises one in an error reply.
+#: Words every budget refusal carries (for a person reading the logs).
 BUDGET_EXHAUSTED = "privacy budget exhausted"
+#: The reason code of a site's decline for its budget (task.constants.DECLINE_RECORD).
+BUDGET_DECLINE = "privacy-budget"
 
 
 class BudgetExhausted(RuntimeError):
@@ -108,6 +111,8 @@ class NoPrivacy:
     """``privacy=none``: no formal guarantee (secure aggregation still hides updates)."""
 
     name: str = "none"
+    #: Whether each site keeps its own privacy ledger (local DP: it accounts for itself).
+    site_accounting: ClassVar[bool] = False
 
     def secure_options(self, secure: bool) -> dict:
         """Secure aggregation's settings this option needs (none)."""
@@ -145,6 +150,7 @@ class LocalDP:
     calibration_share: float = 0.72
     calibration_clip: float = 2.0
     name: str = "local_dp"
+    site_accounting: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _check_common(self.epsilon, self.delta, self.noise_multiplier)
@@ -239,6 +245,7 @@ class CentralDP:
     clip_norm: float = 1.0
     min_sites: int = 2
     name: str = "central_dp"
+    site_accounting: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         _check_common(self.epsilon, self.delta, self.noise_multiplier)

@@ -9,10 +9,10 @@ from flwr.supercore.task_identity import TaskIdentity
 from client.client_app import make_client_app
 from client.local import _network
 from task.config import compose_config
-from task.constants import SITE_RECORD
+from task.constants import DECLINE_RECORD, SITE_RECORD
 from task.models import build_model
-from task.privacy import BudgetExhausted
 from task.privacy.ledger import LEDGER_FILE
+from task.privacy.settings import BUDGET_DECLINE
 from task.sites import load_site
 
 # The plaintext handlers; secure aggregation around them is tested in tests/strategies.
@@ -110,10 +110,15 @@ def test_local_dp_site_reports_epsilon_keeps_its_ledger_and_enforces_its_budget(
     sigma = reply.content[SITE_RECORD]["noise-multiplier"]
     # the same noise, with a budget the two rounds have just reached
     spent = [*overrides, f"privacy.noise_multiplier={sigma}", f"privacy.epsilon={eps[1]}"]
-    with pytest.raises(BudgetExhausted, match="site site-0: privacy budget exhausted"):
-        make_client_app(spent)(
-            _message(MessageType.TRAIN, ArrayRecord(model.state_dict())), _context(node)
-        )
+    declined = make_client_app(spent)(
+        _message(MessageType.TRAIN, ArrayRecord(model.state_dict())), _context(node)
+    )
+    # An answer, not a failure: the reason travels as a field, and no update or count.
+    assert not declined.has_error()
+    record = declined.content.config_records[DECLINE_RECORD]
+    assert record["reason"] == BUDGET_DECLINE
+    assert "site site-0: privacy budget exhausted" in record["detail"]
+    assert not declined.content.array_records and not declined.content.metric_records
     reply = make_client_app(spent)(
         _message(MessageType.EVALUATE, ArrayRecord(model.state_dict())), _context(node)
     )

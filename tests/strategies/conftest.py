@@ -16,7 +16,7 @@ from flwr.app import (
 )
 from flwr.supercore.task_identity import TaskIdentity
 
-from task.constants import SITE_RECORD
+from task.constants import DECLINE_RECORD, SITE_RECORD
 
 
 @pytest.fixture(autouse=True)
@@ -62,3 +62,14 @@ def eval_reply(node: int, site: str, confusion: list[int], auc: float, loss: flo
 
 def error_reply(node: int) -> Message:
     return Message(Error(code=1, reason="site crashed"), reply_to=_request(node))
+
+
+def declined_reply(node: int, site: str, reason: str = "privacy-budget") -> Message:
+    """A site's answer that declines the round (as client.local sends for its budget)."""
+    content = RecordDict(
+        {
+            DECLINE_RECORD: ConfigRecord({"reason": reason, "detail": f"site {site}: spent"}),
+            SITE_RECORD: ConfigRecord({"name": site}),
+        }
+    )
+    return Message(content=content, reply_to=_request(node))

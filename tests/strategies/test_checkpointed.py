@@ -11,7 +11,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg
 
 from strategies.checkpointed import CheckpointedStrategy
 from strategies.metrics import pooled_evaluate_metrics
-from tests.strategies.conftest import error_reply, eval_reply, train_reply
+from tests.strategies.conftest import declined_reply, error_reply, eval_reply, train_reply
 
 RNG = np.random.default_rng(0)
 SITES = {
@@ -52,6 +52,20 @@ def test_fedavg_weights_by_examples_independent_of_reply_order() -> None:
     expected = sum(w["w"] * n for w, n in SITES.values()) / total
     np.testing.assert_allclose(a["w"].numpy(), expected, rtol=1e-6)
     assert np.array_equal(a["w"].numpy(), b["w"].numpy())  # bit-identical
+
+
+def test_a_declining_site_is_recorded_by_its_reason_not_as_a_failure() -> None:
+    """A site that declines (its privacy budget spent) answers: filed by its reason code,
+    neither a failure nor a rejected update, and the others' updates are aggregated."""
+    wrapped = _configured(CheckpointedStrategy(FedAvg()))
+    replies = [*_replies(["site-0", "site-1", "site-2"])[:2], declined_reply(33, "site-2")]
+    arrays, _ = wrapped.aggregate_train(1, replies)
+    record = wrapped._current(1)
+    assert record.declined == {"site-2": "privacy-budget"}
+    assert record.failures["train"] == 0 and not record.rejected
+    kept = {k: SITES[k] for k in ("site-0", "site-1")}
+    expected = sum(w["w"] * n for w, n in kept.values()) / sum(n for _, n in kept.values())
+    np.testing.assert_allclose(arrays["w"].numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_failed_site_is_counted_and_round_goes_on() -> None:

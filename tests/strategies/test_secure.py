@@ -158,6 +158,32 @@ def test_the_next_rounds_keys_ride_on_the_unmask_reply(roster):
     assert Counter(grid.delivered)["advertise"] == 3
 
 
+def test_a_site_that_declines_sends_nothing_in_the_clear_and_is_filed(roster, tmp_path):
+    """Under secure aggregation a site whose privacy budget cannot pay for the round
+    answers with its reason only: no update or count leaves it, masked or in the clear,
+    and the coordinator files the decline by its code (not by an error's words)."""
+    secure, grid, arrays = _setup(
+        roster,
+        "smpc",
+        "privacy=local_dp",
+        "privacy.noise_multiplier=1.0",
+        "privacy.epsilon=0.01",
+    )
+    for node, context in grid.contexts.items():  # each site its own ledger and log
+        context.node_config["state-dir"] = str(tmp_path / str(node))
+    cfg = compose_config([*BASE, "privacy=local_dp"])
+    # DP-SGD trains Opacus's version of the network (GroupNorm for BatchNorm).
+    arrays = ArrayRecord(build_model(cfg.model, (1, 28, 28), 2, dp_compatible=True).state_dict())
+    wrapped = CheckpointedStrategy(secure)
+    replies = grid.send_and_receive(list(wrapped.configure_train(1, arrays, ConfigRecord(), grid)))
+    assert len(replies) == 3 and not any(r.has_error() for r in replies)
+    assert all(not r.content.array_records and not r.content.metric_records for r in replies)
+    assert wrapped.aggregate_train(1, replies) == (None, None)  # nothing to unmask
+    record = wrapped._current(1)
+    assert record.declined == dict.fromkeys(["site-0", "site-1", "site-2"], "privacy-budget")
+    assert record.failures["train"] == 0
+
+
 @pytest.mark.parametrize("stage", InProcessGrid.STAGES)
 def test_a_site_vanishing_at_any_stage_leaves_the_round_complete(roster, stage):
     # A cohort of two is below the default secure.min_cohort (next test): allowed here.

@@ -13,7 +13,13 @@ from monai.utils import set_determinism
 
 from task import checkpoint
 from task.central import TrainSettings, fit
-from task.constants import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LAST, REPO_ROOT
+from task.constants import (
+    CHECKPOINT_BEST,
+    CHECKPOINT_FINAL,
+    CHECKPOINT_LAST,
+    PROGRESS_LOGGER,
+    REPO_ROOT,
+)
 from task.models import build_model
 
 
@@ -102,7 +108,7 @@ def test_early_stopping_stops_after_patience_epochs_without_a_new_best(
         max_steps_per_epoch=1,
         early_stopping_patience=patience,
     )
-    with caplog.at_level(logging.INFO, logger="task.central"):
+    with caplog.at_level(logging.INFO, logger=PROGRESS_LOGGER):  # a line a person follows
         history = fit(model, splits, opt, settings, tmp_path, augment=aug)
     assert [h["epoch"] for h in history] == list(range(1, epochs_run + 1))
     assert [h["val_mcc"] for h in history] == SCRIPTED_MCC[:epochs_run]

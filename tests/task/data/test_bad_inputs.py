@@ -31,8 +31,9 @@ from monai.transforms import Resize
 
 from task.constants import MAX_IMAGE_BYTES
 from task.data.errors import BadFileError, LoadReport
-from task.data.files import ImageReader, read_csv, scan_folder
+from task.data.files import ImageReader
 from task.data.folder import ImageFolderSource
+from task.data.listing import read_csv, scan_folder
 from tests.factories import pattern, write_dicom, write_nifti, write_png
 
 CLASSES = ["normal", "pneumonia"]

@@ -20,7 +20,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from task.data.errors import BadFileError, LoadReport
-from task.data.files import ImageReader, read_csv
+from task.data.files import ImageReader
+from task.data.listing import read_csv
 from tests.factories import pattern, write_dicom, write_jpeg, write_nifti, write_png
 
 CLASSES = ["normal", "pneumonia"]

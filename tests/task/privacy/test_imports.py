@@ -26,11 +26,11 @@ def test_dp_code_still_reaches_opacus_when_it_runs() -> None:
 
 def test_a_federation_without_dp_keeps_its_privacy_books_without_opacus() -> None:
     statement = (
-        "from server.privacy import FederationPrivacy\n"
+        "from server.privacy import federation_privacy\n"
         "from task.config import compose_config\n"
         "from task.privacy import privacy_of\n"
         "cfg = compose_config(['logger=none'])\n"
-        "books = FederationPrivacy(privacy_of(cfg), cfg, None)\n"
+        "books = federation_privacy(privacy_of(cfg), cfg, None)\n"
         "assert books.state()['history'] == [] and books.should_stop(1) is None"
     )
     assert not _imports_opacus(statement)
