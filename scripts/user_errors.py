@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
 from hydra.errors import InstantiationException
 from omegaconf.errors import OmegaConfBaseException
 
-from scripts._cli import BAD_INPUT
+from scripts._cli import fail
 
 #: What a user's input raises: bad values and files (BadFileError and the config checks
 #: are ValueErrors), missing or unreadable paths, and Hydra / OmegaConf config errors.
@@ -49,11 +48,8 @@ def one_line_errors(task: Callable[..., Any]) -> Callable[..., Any]:
         except USER_ERRORS as err:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            print(
-                f"error: {one_line(err)} (HYDRA_FULL_ERROR=1 shows the traceback)",
-                file=sys.stderr,
-                flush=True,
-            )
-            raise SystemExit(BAD_INPUT) from None
+            raise SystemExit(
+                fail(f"{one_line(err)} (HYDRA_FULL_ERROR=1 shows the traceback)")
+            ) from None
 
     return run

@@ -166,5 +166,16 @@ def run_federation(cfg: DictConfig, grid: Grid) -> dict[str, Any]:
     recorder = RoundRecorder(run.run_dir, cfg, logger, run.state, data.classes, stats, run.privacy)
     t_rounds = time.perf_counter()
     strategy = rounds(cfg, grid, run, aggregated, recorder, arrays, round_config)
-    timing = {"rounds_seconds": time.perf_counter() - t_rounds, "t_start": t_start}
-    return final_report(cfg, run, recorder, strategy, model, data, stats, logger, timing)
+    rounds_seconds = time.perf_counter() - t_rounds
+    return final_report(
+        cfg,
+        run,
+        recorder,
+        strategy,
+        model,
+        data,
+        stats,
+        logger,
+        rounds_seconds=rounds_seconds,
+        t_start=t_start,
+    )

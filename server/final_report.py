@@ -30,7 +30,9 @@ def final_report(
     data,
     stats: dict[str, float] | None,
     logger,
-    timing: dict[str, float],
+    *,
+    rounds_seconds: float,
+    t_start: float,
 ) -> dict[str, Any]:
     """Test the round ``run.selection`` names (written as ``final.pt`` for ``last``),
     write the run's outputs and return its metrics."""
@@ -49,8 +51,8 @@ def final_report(
         seed=cfg.seed,
     )
     metrics = _metrics(cfg, run, recorder, strategy, model, test, tested_round, stats)
-    metrics["rounds_seconds"] = timing["rounds_seconds"]
-    metrics["wall_seconds"] = time.perf_counter() - timing["t_start"]
+    metrics["rounds_seconds"] = rounds_seconds
+    metrics["wall_seconds"] = time.perf_counter() - t_start
     metrics = write_run_outputs(
         run.run_dir,
         metrics,

@@ -46,7 +46,7 @@ from strategies.round_record import (
 )
 from strategies.screening import UpdateScreen
 from task import averaging
-from task.update_check import in_model_dtype
+from task.update_check import in_model_dtype, validate_max_norm
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,9 @@ class CheckpointedStrategy(Strategy):
         self.ema_decay = averaging.check_decay(ema_decay)
         self._average: dict[str, np.ndarray] | None = None
         # Masked replies (secure aggregation) hold nothing to look into.
+        bound = validate_max_norm(max_update_norm)  # checked under either aggregation
         masked = getattr(inner, "replies_masked", False)
-        screen = UpdateScreen(max_update_norm)  # checks the bound either way
-        self.screen = None if masked else screen
+        self.screen = None if masked else UpdateScreen(bound)
         self._dtypes: dict[str, np.dtype] = {}
         self.inner = inner
         self.seed = seed
@@ -117,8 +117,11 @@ class CheckpointedStrategy(Strategy):
         the clear); each is filed in ``record``."""
         replies = list(replies)
         answered = sorted((m for m in replies if not m.has_error()), key=site_name)
-        record_declines([m for m in answered if decline_of(m)], kind, record)
-        valid = [m for m in answered if not decline_of(m)]
+        valid: list[Message] = []
+        declines: list[Message] = []
+        for msg in answered:
+            (declines if decline_of(msg) else valid).append(msg)
+        record_declines(declines, kind, record)
         norms: dict[int, float] = {}
         if kind == "train" and self.screen is not None:
             weight_key = getattr(self.inner, "weighted_by_key", "num-examples")

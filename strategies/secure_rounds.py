@@ -102,20 +102,24 @@ class SecureRounds:
         {node: site}."""
         names: dict[int, str] = {}
 
-        def advertised(node: int, _: str, record: ConfigRecord | KeyAdvert) -> None:
-            advert = record if isinstance(record, KeyAdvert) else wire.advert_of(record)
+        def take(node: int, advert: KeyAdvert) -> None:
             session.receive_advert(advert)
             names[node] = advert.site
 
         for node in set(early) & set(by_node):
             try:
-                advertised(node, "", early[node])
+                take(node, early[node])
             except (SecAggError, ValueError) as err:
                 log.warning("secure advertise: node %d's early keys refused: %s", node, err)
         rest = {n: f"node {n}" for n in by_node if n not in names}
         if rest:
             request = wire.round_record(session.round_id, "advertise", selected=len(by_node))
-            self._gather("advertise", rest, request, advertised)
+            self._gather(
+                "advertise",
+                rest,
+                request,
+                lambda node, _, record: take(node, wire.advert_of(record)),
+            )
         self._names.update(names)
         return names
 

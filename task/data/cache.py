@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from task.data.errors import LoadReport
-from task.data.listing import is_image_file
+from task.data.listing import image_files
 from task.data.splits import DataSplits, Split
 
 log = logging.getLogger(__name__)
@@ -75,13 +75,12 @@ def _library_versions() -> dict[str, str]:
 
 
 def site_image_files(root: Path) -> list[Path]:
-    """The image files a folder site is read from: ``root/<class folder>/**``, in the order
-    and by the rule of :func:`task.data.listing.scan_folder` (class folders outside the class
-    list included: under ``on_bad_file: skip`` they are listed in the load report)."""
+    """The image files a folder site is read from: ``root/<class folder>/**``, by the rule
+    of :func:`task.data.listing.scan_folder` (class folders outside the class list included:
+    under ``on_bad_file: skip`` they are listed in the load report), class folder by class
+    folder (the key's order; a split's is scan_folder's)."""
     subdirs = sorted(p for p in root.iterdir() if p.is_dir())
-    return [
-        p for sub in subdirs for p in sorted(sub.rglob("*")) if p.is_file() and is_image_file(p)
-    ]
+    return [p for sub in subdirs for p in image_files(sub)]
 
 
 def _stat_key(stat: os.stat_result) -> list[int]:

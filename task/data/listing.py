@@ -31,7 +31,8 @@ def is_image_file(path: Path) -> bool:
     return any(name.endswith(suffix) for suffix in IMAGE_SUFFIXES)
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
+    """The image files under ``folder`` (any depth), in path order."""
     return [p for p in sorted(folder.rglob("*")) if p.is_file() and is_image_file(p)]
 
 
@@ -59,13 +60,13 @@ def scan_folder(
         )
     for sub in unknown:
         reason = f"in class folder {sub.name!r}, which is not in the class list {list(classes)}"
-        for path in _image_files(sub):
+        for path in image_files(sub):
             report.add_skip(split, BadFileError(path, reason))
     records = [
         Record(path, classes.index(sub.name))
         for sub in subdirs
         if sub.name in classes
-        for path in _image_files(sub)
+        for path in image_files(sub)
     ]
     # In file-name order across the class folders, not class by class: a site written by
     # task.data.export (files named by their index in the data set) then holds its images
