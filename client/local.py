@@ -19,12 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 from client.run_config import composed, run_config, run_source
 from task.config import with_normalisation
 from task.constants import DECLINE_RECORD, NORM_MEAN, NORM_STD, SITE_RECORD
-from task.federated import intensity_moments, local_evaluate, local_train
-from task.models import build_model
+from task.data.sites import Site, load_site, site_state_dir
+from task.federation.local_round import intensity_moments, local_evaluate, local_train
+from task.models.factory import build_model
 from task.privacy import BudgetExhausted, privacy_of
 from task.privacy.ledger import SiteLedger
 from task.privacy.settings import BUDGET_DECLINE
-from task.sites import Site, load_site, site_state_dir
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def _prepared(
     (:func:`client.run_config.run_source`), normalisation and node config, worked out on
     the first message and reused.
 
-    Why: rendering the whole config to YAML (the key of :func:`task.sites.load_site`'s
+    Why: rendering the whole config to YAML (the key of :func:`task.data.sites.load_site`'s
     cache and of :func:`_network`'s) is paid on every message otherwise.
     """
     cfg = composed(*source)

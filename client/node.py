@@ -18,7 +18,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
-from task.node import DATA_PATH, SITE_NAME, STATE_DIR
+from task.federation.node import DATA_PATH, SITE_NAME, STATE_DIR
 
 #: The SuperNode's Runtime API port when none is given (Flower's default).
 RUNTIME_PORT = 9094

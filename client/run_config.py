@@ -23,10 +23,10 @@ import omegaconf
 from flwr.app import Context
 from omegaconf import DictConfig, OmegaConf
 
-from task.atomic import write_text_atomic
 from task.config import compose_config, overrides_from_run_config, register_resolvers
 from task.constants import REPO_ROOT
-from task.node import STATE_DIR
+from task.federation.node import STATE_DIR
+from task.runtime.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ encoding it (:func:`check_before_encoding`): every tensor of the global model wi
 shape and dtype, finite values, an L2 norm of ``weights - global`` within
 ``federation.max_update_norm`` when that is set, a positive example count, and every encoded
 value inside the fixed-point range. A failing update is not clipped: the site refuses to
-send it, raising :class:`~task.update_check.UpdateRejected`, and the server counts
+send it, raising :class:`~task.federation.update_check.UpdateRejected`, and the server counts
 the error reply. (Under ``privacy=central_dp`` the update was clipped to
 ``privacy.clip_norm`` before the noise was added; the bound applies to what is sent, noise
 included.)
@@ -36,8 +36,8 @@ from mpc.secagg.identity import load_identity_file, load_roster
 from mpc.secagg.protocol import DEFAULT_MIN_COHORT, MaskShares, RoundId
 from mpc.secagg.site import SiteSession
 from task.constants import DECLINE_RECORD, SITE_LEVEL_METRICS, SITE_RECORD
-from task.node import site_name
-from task.update_check import (
+from task.federation.node import site_name
+from task.federation.update_check import (
     UpdateRejected,
     check_range,
     check_update,

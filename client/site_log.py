@@ -39,7 +39,7 @@ from omegaconf import DictConfig
 
 from mpc.secagg import wire
 from task.constants import SITE_RECORD
-from task.node import DATA_PATH, STATE_DIR, site_name, site_state_dir
+from task.federation.node import DATA_PATH, STATE_DIR, site_name, site_state_dir
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
-"""A site's ClientApp restores the records the deployed server packed (:mod:`task.transport`).
+"""A site's ClientApp restores the records the deployed server packed.
 
-The outermost mod: everything inside it (the audit log, the policy, secure aggregation's
+The packing is :mod:`task.federation.transport`. The outermost mod: everything inside it (the audit log, the policy, secure aggregation's
 commitment check, the handlers) sees the message as the strategy made it.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
-from task.transport import LAYOUTS, PACKED, unpack
+from task.federation.transport import LAYOUTS, PACKED, unpack
 
 
 def unpacked_content(content: RecordDict) -> RecordDict:

@@ -21,8 +21,8 @@ from scripts.user_errors import one_line_errors
 from task.audit.report import write_report
 from task.audit.run import run_audit
 from task.config import register_resolvers
-from task.machine import machine_facts
-from task.report import write_json
+from task.evaluation.report import write_json
+from task.runtime.machine import machine_facts
 
 register_resolvers()
 

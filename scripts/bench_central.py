@@ -15,11 +15,11 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from task.central import run
 from task.config import register_resolvers
 from task.constants import EXPERT_READERS, REPO_ROOT
-from task.machine import machine_facts
-from task.report import write_benchmark
+from task.evaluation.report import write_benchmark
+from task.runtime.machine import machine_facts
+from task.training.central import run
 
 #: Published and human references on the same 624 test images.
 REFERENCES = {

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from scripts.bench_secagg import _baseline_tree
 from task.constants import REPO_ROOT
-from task.machine import machine_facts
-from task.report import write_benchmark
+from task.evaluation.report import write_benchmark
+from task.runtime.machine import machine_facts
 
 KINDS = {
     "key stage (advertise, share, consistency, unmask)": "import client.client_app",

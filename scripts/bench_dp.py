@@ -21,8 +21,8 @@ from pathlib import Path
 from scripts.bench_federated import _federated
 from scripts.seed_spread import federated_seed, load_data, summarise
 from task.constants import REPO_ROOT
-from task.machine import machine_facts
-from task.report import write_benchmark
+from task.evaluation.report import write_benchmark
+from task.runtime.machine import machine_facts
 
 EPSILONS = (1.0, 3.0, 8.0)
 DELTA = 1e-5

@@ -38,11 +38,11 @@ from client.executor import PROFILE_DIR
 from scripts.deploy_profile import CpuSampler, functions, stages
 from scripts.seed_spread import checkpoint_test, run_seeds
 from scripts.simulation import simulate
-from task.central import run as run_central
 from task.config import compose_config, default_choice
 from task.constants import CHECKPOINT_BEST, CHECKPOINT_LAST, REPO_ROOT
-from task.machine import machine_facts
-from task.report import write_benchmark
+from task.evaluation.report import write_benchmark
+from task.runtime.machine import machine_facts
+from task.training.central import run as run_central
 
 KEYS = ("auc", "accuracy", "mcc")
 

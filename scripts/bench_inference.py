@@ -27,13 +27,13 @@ from client.diagnose import ServiceConnection
 from mpc.inference.fidelity import agreement, plaintext_probabilities, probabilities
 from mpc.inference.model import load_served
 from server.serve_inference import ServiceProcess
-from task.central import brief_checkpoint
 from task.config import default_choice
 from task.constants import REPO_ROOT
 from task.data.pneumoniamnist import load_npz, resolve_path
 from task.data.preprocess import preprocess_array
-from task.machine import machine_facts
-from task.report import write_benchmark
+from task.evaluation.report import write_benchmark
+from task.runtime.machine import machine_facts
+from task.training.central import brief_checkpoint
 
 LATENCY_IMAGES = 8
 BATCH = 32

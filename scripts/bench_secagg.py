@@ -36,9 +36,9 @@ from mpc.secagg.work import work_digest
 from task.config import compose_config
 from task.constants import DATA_ENV_VAR, REPO_ROOT
 from task.data.pneumoniamnist import resolve_path
-from task.machine import machine_facts
-from task.models import build_model, count_parameters
-from task.report import write_benchmark
+from task.evaluation.report import write_benchmark
+from task.models.factory import build_model, count_parameters
+from task.runtime.machine import machine_facts
 
 SITES = (3, 5, 10)
 MODELS = {"default": [], "resnet18": ["model=resnet18"]}

@@ -2,7 +2,7 @@
 
 Writes ``--images`` PneumoniaMNIST training images (the bundled file) as PNGs into a site
 folder ``<class>/<index>.png``, once at 28x28 and once upsampled to 224x224, and times
-:func:`task.sites.folder_site` on it: uncached (decode and preprocess every file, as every
+:func:`task.data.sites.folder_site` on it: uncached (decode and preprocess every file, as every
 message's process did), cold (the same plus writing the cache), warm (a hit: stat check of
 every file, memory-mapped arrays) and warm after the file index is lost (every file hashed
 again). Each warm load then trains one short local round on the read-only arrays, to show
@@ -25,11 +25,11 @@ from task.config import compose_config
 from task.constants import PNEUMONIAMNIST_CLASSES, REPO_ROOT
 from task.data.cache import FILE_INDEX
 from task.data.pneumoniamnist import load_npz, resolve_path, verify_file
-from task.federated import local_train
-from task.machine import machine_facts
-from task.models import build_model
-from task.report import write_benchmark
-from task.sites import folder_site
+from task.data.sites import folder_site
+from task.evaluation.report import write_benchmark
+from task.federation.local_round import local_train
+from task.models.factory import build_model
+from task.runtime.machine import machine_facts
 
 
 def _write_site(root: Path, images: np.ndarray, labels: np.ndarray, side: int) -> int:

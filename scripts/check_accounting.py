@@ -34,10 +34,10 @@ from omegaconf import DictConfig
 
 from task.config import compose_config
 from task.constants import REPO_ROOT
-from task.machine import machine_facts
+from task.evaluation.report import write_benchmark
 from task.privacy import Accountant, LocalDP, privacy_of
 from task.privacy.ledger import plan_round
-from task.report import write_benchmark
+from task.runtime.machine import machine_facts
 
 EPSILONS = (1.0, 3.0, 8.0)
 Entry = tuple[float, float, int]
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"privacy={base.name}: scripts.check_accounting checks local DP")
     sizes = args.n_train
     if sizes is None:
-        from task.sites import partition_site
+        from task.data.sites import partition_site
 
         n = int(cfg.federation.num_sites)
         sizes = [len(partition_site(cfg, i, n).splits.train) for i in range(n)]

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from task.constants import REPO_ROOT
-from task.machine import machine_facts
-from task.report import write_benchmark
+from task.evaluation.report import write_benchmark
+from task.runtime.machine import machine_facts
 
 
 @dataclass(frozen=True)
@@ -51,10 +51,10 @@ MUTATIONS = (
     ),
     Mutation(
         "central DP: the site's clipping and noise",
-        "task/federated.py",
+        "task/federation/local_round.py",
         "    clip_and_noise(\n",
         "    (lambda *a, **k: None)(\n",
-        ("tests/task/test_federated.py", "tests/task/privacy"),
+        ("tests/task/federation/test_local_round.py", "tests/task/privacy"),
     ),
     Mutation(
         "secure aggregation: masking",

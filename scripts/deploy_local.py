@@ -26,7 +26,7 @@ from task.config import compose_config
 from task.constants import DATA_ENV_VAR, METRICS_FILE, REPO_ROOT
 from task.data.export import export_sites
 from task.data.pneumoniamnist import resolve_path
-from task.report import write_json
+from task.evaluation.report import write_json
 
 
 @dataclass

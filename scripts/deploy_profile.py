@@ -35,9 +35,9 @@ STEPS = (
     ("unpack and check FAB", "cli/install.py", "install_from_fab"),
     ("ClientApp (mods and handler)", "clientapp/client_app.py", "__call__"),
     ("run config", "client/run_config.py", "composed"),
-    ("site data (cache)", "task/sites.py", "load_site"),
-    ("local training", "task/federated.py", "local_train"),
-    ("local validation", "task/federated.py", "local_evaluate"),
+    ("site data (cache)", "task/data/sites.py", "load_site"),
+    ("local training", "task/federation/local_round.py", "local_train"),
+    ("local validation", "task/federation/local_round.py", "local_evaluate"),
     ("send reply to SuperNode", "runtime/run_clientapp.py", "push_message"),
 )
 ROLES = (

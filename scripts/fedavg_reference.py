@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from task.config import compose_config
-    from task.reference import fedavg_reference
-    from task.report import write_json
+    from task.evaluation.report import write_json
+    from task.federation.reference import fedavg_reference
 
     import_seconds = time.perf_counter() - T_START
     result = fedavg_reference(compose_config(args.overrides), workers=args.workers)

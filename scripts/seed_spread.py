@@ -25,15 +25,15 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
 from scripts.simulation import simulate
-from task import checkpoint
-from task.central import run as run_central
 from task.config import compose_config
 from task.constants import CHECKPOINT_BEST, CHECKPOINT_LAST
-from task.engine import predict
-from task.machine import machine_facts
-from task.metrics import clinical_metrics
-from task.models import build_model
-from task.report import write_benchmark
+from task.evaluation.metrics import clinical_metrics
+from task.evaluation.report import write_benchmark
+from task.models.factory import build_model
+from task.runtime import checkpoint
+from task.runtime.machine import machine_facts
+from task.training.central import run as run_central
+from task.training.engine import predict
 
 KEYS = ("auc", "accuracy", "mcc")
 PARTITIONS = {"iid": [], "dirichlet_0.5": ["partition=dirichlet", "partition.alpha=0.5"]}

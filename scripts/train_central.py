@@ -15,8 +15,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from scripts.user_errors import one_line_errors
-from task.central import run
 from task.config import register_resolvers
+from task.training.central import run
 
 register_resolvers()
 

@@ -6,7 +6,7 @@ to 3 s after its last site has answered. This grid keeps Flower's own, and repla
 that loop with the same one built on the grid's public ``push_messages`` and
 ``pull_messages`` and a shorter wait.
 
-It also sends each multi-array record as one array and a layout (:mod:`task.transport`):
+It also sends each multi-array record as one array and a layout (:mod:`task.federation.transport`):
 Flower would make each tensor an object that every site fetches in a request of its own.
 The sites' ClientApp restores the record before anything reads it
 (:mod:`client.transport`).
@@ -21,7 +21,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from task.transport import LAYOUTS, PACKED, pack
+from task.federation.transport import LAYOUTS, PACKED, pack
 
 #: Seconds between looks for replies in a deployment (a pull is one small request).
 DEPLOY_PULL_INTERVAL = 0.1

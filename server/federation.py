@@ -29,12 +29,12 @@ from server.normalisation import federation_intensity
 from server.privacy import FederationPrivacy, federation_privacy
 from server.recorder import RoundRecorder, check_selection
 from strategies.checkpointed import CheckpointedStrategy
-from task import checkpoint
 from task.config import with_normalisation
 from task.constants import CHECKPOINT_LAST, NORM_MEAN, NORM_STD, REPO_ROOT
-from task.federated import uses_bf16
-from task.models import build_model
+from task.federation.local_round import uses_bf16
+from task.models.factory import build_model
 from task.privacy import privacy_of
+from task.runtime import checkpoint
 
 log = logging.getLogger(__name__)
 

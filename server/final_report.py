@@ -11,12 +11,12 @@ from omegaconf import DictConfig
 
 from server.recorder import RoundRecorder, flat_row
 from strategies.checkpointed import CheckpointedStrategy
-from task import checkpoint
 from task.constants import CHECKPOINT_FINAL
-from task.engine import predict
-from task.metrics import clinical_metrics
-from task.models import count_parameters
-from task.report import comparison_line, write_run_outputs
+from task.evaluation.metrics import clinical_metrics
+from task.evaluation.report import comparison_line, write_run_outputs
+from task.models.factory import count_parameters
+from task.runtime import checkpoint
+from task.training.engine import predict
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,6 @@ from omegaconf import DictConfig
 
 from server.privacy import FederationPrivacy
 from strategies.round_record import RoundRecord
-from task import checkpoint
-from task.central import inference_config
 from task.constants import (
     CHECKPOINT_BEST,
     CHECKPOINT_LAST,
@@ -27,7 +25,9 @@ from task.constants import (
     PROGRESS_LOGGER,
     SELECTIONS,
 )
-from task.report import write_json
+from task.evaluation.report import write_json
+from task.runtime import checkpoint
+from task.training.central import inference_config
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger(PROGRESS_LOGGER)

@@ -13,7 +13,7 @@ FedMedian, FedTrimmedAvg, Krum, ...) and adds only what resuming and reporting n
 * the inner strategy's own state (FedOpt's moments and current model) is exported and
   restored with ``state_dict`` / ``load_state_dict``;
 * with ``ema_decay`` set, the sites validate a moving average of the aggregated models
-  over rounds (:mod:`task.averaging`), which ``on_round_end`` receives as the
+  over rounds (:mod:`task.federation.averaging`), which ``on_round_end`` receives as the
   evaluated weights; training goes on from the plain aggregate;
 * with plaintext aggregation, a training reply that must not be aggregated (NaN or Inf,
   a tensor of another shape or dtype, an extra or missing tensor, an update beyond
@@ -45,8 +45,8 @@ from strategies.round_record import (
     site_name,
 )
 from strategies.screening import UpdateScreen
-from task import averaging
-from task.update_check import in_model_dtype, validate_max_norm
+from task.federation import averaging
+from task.federation.update_check import in_model_dtype, validate_max_norm
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class CheckpointedStrategy(Strategy):
         max_update_norm: bound on the L2 norm of a site's update (its weights minus the
             global model's); None: no bound. The other checks on a reply always apply.
         ema_decay: decay of the moving average of the global model that the sites
-            validate (:mod:`task.averaging`); None: they validate the aggregate.
+            validate (:mod:`task.federation.averaging`); None: they validate the aggregate.
     """
 
     def __init__(

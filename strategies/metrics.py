@@ -13,7 +13,7 @@ import math
 import numpy as np
 from flwr.app import MetricRecord, RecordDict
 
-from task.pooling import auc_from_histogram, pooled_metrics
+from task.federation.pooling import auc_from_histogram, pooled_metrics
 
 
 def _from_confusion(confusion: np.ndarray) -> dict:

@@ -2,7 +2,7 @@
 
 A reply is dropped before the inner strategy sees it when it is malformed, NaN or Inf,
 holds a tensor of another shape or dtype or an extra or missing one, carries an update
-beyond ``max_update_norm`` or a bad example count (:mod:`task.update_check`), or metric
+beyond ``max_update_norm`` or a bad example count (:mod:`task.federation.update_check`), or metric
 keys unlike the other sites'. Each is recorded with its reason in the round's
 ``rejected``. Under secure aggregation the replies are masked: the sites check their own
 updates instead.
@@ -16,7 +16,7 @@ import numpy as np
 from flwr.app import Message
 
 from strategies.round_record import RoundRecord, site_name
-from task.update_check import (
+from task.federation.update_check import (
     UpdateRejected,
     check_metrics,
     check_update,
@@ -66,7 +66,7 @@ class UpdateScreen:
     def screen(
         self, valid: list[Message], record: RoundRecord, weight_key: str
     ) -> tuple[list[Message], dict[int, float]]:
-        """The training replies that pass :mod:`task.update_check`, and their update
+        """The training replies that pass :mod:`task.federation.update_check`, and their update
         norms by ``id(msg)``; the others are logged and recorded in ``record.rejected``."""
         kept: list[Message] = []
         norms: dict[int, float] = {}

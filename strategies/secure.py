@@ -48,7 +48,7 @@ from mpc.secagg.protocol import DEFAULT_MIN_COHORT
 from mpc.secagg.work import work_digest
 from strategies.metrics import metrics_from_sums
 from strategies.secure_rounds import SecureRounds
-from task.update_check import (
+from task.federation.update_check import (
     MAX_NORM_KEY,
     in_model_dtype,
     update_norm,

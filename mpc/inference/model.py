@@ -18,7 +18,7 @@ import torch
 from hydra.utils import instantiate
 from torch.fx.experimental.optimization import fuse
 
-from task import checkpoint
+from task.runtime import checkpoint
 
 #: Keys a checkpoint's ``config`` must hold to serve encrypted diagnosis.
 CONFIG_KEYS = ("model", "preprocess", "classes", "resolution", "channels")

@@ -21,20 +21,20 @@ from monai.utils import set_determinism
 from omegaconf import DictConfig
 from torch import nn
 
-from task import checkpoint
 from task.audit import views
 from task.audit.inversion import AttackSettings, dlg, inverting_gradients
 from task.audit.malicious_server import inconsistent_round
 from task.audit.model_inversion import class_representative, nearest_image
 from task.audit.report import save_grid
 from task.audit.scores import prior_ssim, score
-from task.calibration import class_has_calibration
 from task.config import compose_config
-from task.models import build_model
+from task.data.sites import partition_site
+from task.federation.calibration import class_has_calibration
+from task.models.factory import build_model
 from task.privacy import LocalDP
 from task.privacy.dpsgd import secret_generator
 from task.privacy.ledger import plan_round
-from task.sites import partition_site
+from task.runtime import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ def _trained_model(cfg: DictConfig, run_dir: Path, model_option: str) -> tuple[n
     mi = cfg.audit.model_inversion
     path = mi.checkpoint
     if path is None:
-        from task.central import brief_checkpoint
+        from task.training.central import brief_checkpoint
 
         path = brief_checkpoint(model_option, int(mi.brief_steps), run_dir / "brief_training")
     state = checkpoint.load(path)

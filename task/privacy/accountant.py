@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from task.atomic import write_text_atomic
+from task.runtime.atomic import write_text_atomic
 
 #: Format tag of the saved ledger.
 LEDGER_VERSION = 1

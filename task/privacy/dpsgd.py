@@ -24,8 +24,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from task.data.splits import BatchAugmented
-from task.engine import train_epoch
 from task.privacy.accountant import Accountant
+from task.training.engine import train_epoch
 
 if TYPE_CHECKING:
     from opacus.data_loader import DPDataLoader

@@ -134,7 +134,7 @@ class LocalDP:
         max_grad_norm: per-sample gradient clipping bound C.
         calibration_noise: σ of the one Gaussian release of a site's feature moments, for
             networks that standardise with them (``model=dp_scatternet``; see
-            :mod:`task.calibration`); None: the σ whose release alone spends
+            :mod:`task.federation.calibration`); None: the σ whose release alone spends
             ``calibration_share`` of ``epsilon`` (DP-SGD's σ then fits the rest).
         calibration_share: see ``calibration_noise``. The default 0.72 gives σ ≈ 2 at
             ε = 3, the best of the settings probed there (σ 2, 3, 5).
@@ -173,7 +173,7 @@ class LocalDP:
     def check_network(self, model, in_shape: tuple[int, ...]) -> None:
         """A network Opacus cannot train, or whose feature calibration alone spends the
         budget, fails before the first round, not at the sites."""
-        from task.calibration import has_calibration
+        from task.federation.calibration import has_calibration
         from task.privacy.dpsgd import check_per_example_gradients
 
         check_per_example_gradients(model, in_shape)

@@ -10,10 +10,10 @@ from client.client_app import make_client_app
 from client.local import _network
 from task.config import compose_config
 from task.constants import DECLINE_RECORD, SITE_RECORD
-from task.models import build_model
+from task.data.sites import load_site
+from task.models.factory import build_model
 from task.privacy.ledger import LEDGER_FILE
 from task.privacy.settings import BUDGET_DECLINE
-from task.sites import load_site
 
 # The plaintext handlers; secure aggregation around them is tested in tests/strategies.
 OVERRIDES = ["experiment=fed_quick", "secure=none"]

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from client.diagnose import collect_images, read_images
-from task import checkpoint
 from task.data.errors import BadFileError
 from task.data.export import export_test_images
 from task.data.pneumoniamnist import load_npz, resolve_path
 from task.data.preprocess import preprocess_array
+from task.runtime import checkpoint
 from tests.factories import pattern, write_png
 from tests.task.data.test_bad_inputs import CORPUS, build_corpus
 
@@ -58,7 +58,7 @@ def test_a_bad_image_is_refused_by_name_or_skipped_by_choice(tmp_path, trained_c
 
 @pytest.fixture(scope="module")
 def inference_config() -> dict:
-    """What a checkpoint announces (task.central): the default preprocessing, one channel."""
+    """What a checkpoint announces (task.training.central): default preprocessing, one channel."""
     from omegaconf import OmegaConf
 
     from task.config import compose_config

@@ -25,7 +25,7 @@ from client.client_app import make_client_app
 from mpc.secagg.identity import write_identities
 from task.config import compose_config
 from task.constants import REPO_ROOT
-from task.models import build_model
+from task.models.factory import build_model
 from tests.inprocess_grid import InProcessGrid, _stage
 
 BASE = [

@@ -12,7 +12,7 @@ import client.local as local
 from client.client_app import make_client_app
 from client.policy import DEFAULT, PolicyViolation, SitePolicy
 from task.config import compose_config
-from task.models import build_model
+from task.models.factory import build_model
 
 BASE = ["experiment=fed_quick", "logger=none"]
 POLICY = """\

@@ -384,8 +384,8 @@ def test_client_app_logs_its_replies(tmp_path) -> None:
     """The real ClientApp: an evaluate reply lands in <state-dir>/site-log.jsonl."""
     from client.client_app import make_client_app
     from task.config import compose_config
-    from task.models import build_model
-    from task.sites import load_site
+    from task.data.sites import load_site
+    from task.models.factory import build_model
 
     overrides = ["experiment=fed_quick", "secure=none"]
     cfg = compose_config(overrides)

@@ -23,8 +23,8 @@ from scripts.deploy_local import SiteFederation, prepare_sites, start_sites
 from scripts.local_deployment import DeploymentError, LocalDeployment
 from server.pki import make_tls
 from server.processes import descendants, stat_fields
-from task import checkpoint
 from task.constants import REPO_ROOT
+from task.runtime import checkpoint
 from tests.processes import wait_for
 
 pytestmark = pytest.mark.slow

@@ -53,7 +53,7 @@ def test_key_refuses_a_site_name_that_is_no_file_name(tmp_path, capsys, name):
 def test_node_config_keys_are_the_ones_the_client_app_reads():
     from client.policy import POLICY_KEY
     from client.secure import IDENTITY_KEY, ROSTER
-    from task.sites import DATA_PATH, SITE_NAME, STATE_DIR
+    from task.data.sites import DATA_PATH, SITE_NAME, STATE_DIR
 
     assert (node.SITE_NAME, node.DATA_PATH, node.STATE_DIR) == (SITE_NAME, DATA_PATH, STATE_DIR)
     assert (node.POLICY_KEY, node.IDENTITY_KEY, node.ROSTER) == (POLICY_KEY, IDENTITY_KEY, ROSTER)

@@ -17,8 +17,8 @@ from hydra.utils import instantiate
 from client.site_log import LOG_FILE, read_entries, verify
 from task.config import compose_config
 from task.constants import REPO_ROOT
-from task.models import build_model
-from task.reference import fedavg_reference
+from task.federation.reference import fedavg_reference
+from task.models.factory import build_model
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from task import checkpoint
 from task.constants import CHECKPOINT_LAST, REPO_ROOT
+from task.runtime import checkpoint
 
 pytestmark = pytest.mark.slow
 

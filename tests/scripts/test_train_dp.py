@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from task.config import compose_config
+from task.data.sites import partition_site
 from task.privacy.ledger import LEDGER_FILE
-from task.sites import partition_site
 from tests.scripts.test_train import QUICK, _call, _cmd, _run
 from tests.task.privacy.test_accountant import _reference
 

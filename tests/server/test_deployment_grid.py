@@ -14,7 +14,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from client.transport import unpack_mod, unpacked_content
 from mpc.secagg.work import work_digest
 from server.deployment_grid import DeploymentGrid, packed, packed_content
-from task.transport import LAYOUTS, PACKED
+from task.federation.transport import LAYOUTS, PACKED
 
 
 @pytest.fixture(autouse=True)

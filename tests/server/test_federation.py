@@ -10,10 +10,10 @@ from flwr.app import ArrayRecord
 
 from server.recorder import RoundRecorder, check_selection
 from strategies.round_record import RoundRecord
-from task.checkpoint import load
 from task.config import compose_config
 from task.constants import CHECKPOINT_BEST, CHECKPOINT_LAST, PNEUMONIAMNIST_CLASSES
-from task.loggers import NullLogger
+from task.runtime.checkpoint import load
+from task.runtime.loggers import NullLogger
 
 
 def _recorder(run_dir: Path, state: dict | None = None) -> RoundRecorder:

@@ -13,8 +13,8 @@ from mpc.secagg.identity import write_identities
 from server.normalisation import federation_intensity
 from task.config import compose_config
 from task.constants import NORM_MEAN, NORM_STD
-from task.models import build_model
-from task.sites import load_site
+from task.data.sites import load_site
+from task.models.factory import build_model
 from tests.inprocess_grid import NODES, InProcessGrid, masks_off, record_masking
 
 BASE = ["data.limit=240", "logger=none"]

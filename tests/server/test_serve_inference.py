@@ -174,7 +174,7 @@ def test_client_command_diagnoses_png_files(service, trained_checkpoint, tmp_pat
 
 
 def test_unservable_model_stops_the_service_with_its_name(tmp_path, trained_checkpoint) -> None:
-    from task import checkpoint
+    from task.runtime import checkpoint
 
     bad = tmp_path / "weights_only.pt"
     checkpoint.save_atomic({"model": checkpoint.load(trained_checkpoint)["model"]}, bad)

@@ -19,7 +19,7 @@ from client.client_app import make_client_app
 from mpc.secagg import protocol
 from mpc.secagg.identity import write_identities
 from task.config import compose_config
-from task.models import build_model
+from task.models.factory import build_model
 from tests.inprocess_grid import InProcessGrid
 from tests.strategies.adversary import InconsistentModel, _zeros, decoded_weights, equivocate
 

@@ -24,7 +24,7 @@ from strategies.checkpointed import CheckpointedStrategy
 from strategies.metrics import pooled_evaluate_metrics
 from strategies.secure import SecureAggregation
 from task.config import compose_config
-from task.models import build_model
+from task.models.factory import build_model
 from tests.inprocess_grid import InProcessGrid, masks_off, record_masking
 
 BASE = [

@@ -16,7 +16,7 @@ from mpc.inference.model import (
     fold_batchnorm,
     load_served,
 )
-from task import checkpoint
+from task.runtime import checkpoint
 
 
 def test_folded_model_matches_and_has_no_batchnorm(trained_checkpoint) -> None:

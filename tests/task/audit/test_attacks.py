@@ -19,7 +19,7 @@ from task.audit.inversion import AttackSettings, inverting_gradients
 from task.audit.run import federation_sigma
 from task.audit.scores import prior_ssim, score
 from task.config import compose_config
-from task.models import build_model
+from task.models.factory import build_model
 from task.privacy.dpsgd import secret_generator
 
 pytestmark = pytest.mark.slow

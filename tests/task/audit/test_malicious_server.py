@@ -21,7 +21,7 @@ from task.audit.malicious_server import inconsistent_round, server_checks
 from task.audit.run import verdict
 from task.audit.scores import prior_ssim, score
 from task.config import compose_config
-from task.models import build_model
+from task.models.factory import build_model
 
 #: A small attack budget: enough at batch 1 against an exactly isolated gradient.
 SETTINGS = AttackSettings(steps=150)

@@ -292,7 +292,7 @@ def test_a_site_with_bad_files_loads_under_skip_through_load_site(tmp_path: Path
     """The federation path: a deployed site (node config ``data-path``) whose folder holds
     the whole corpus besides its good images trains on the good ones and reports the rest."""
     from task.config import compose_config
-    from task.sites import load_site
+    from task.data.sites import load_site
 
     root = good_site(tmp_path / "site")
     build_corpus(root / "pneumonia")

@@ -21,8 +21,8 @@ from task.config import compose_config
 from task.data import cache as cache_module
 from task.data.cache import ENTRY_PREFIX, SiteDataCache
 from task.data.files import ImageReader
+from task.data.sites import DATA_CACHE_DIR, _cached_site, folder_site, load_site
 from task.data.splits import DataSplits
-from task.sites import DATA_CACHE_DIR, _cached_site, folder_site, load_site
 from tests.factories import pattern, write_dicom, write_png
 
 OVERRIDES = ["experiment=fed_quick", "secure=none", "data=folder", "data.train=unused"]
@@ -254,8 +254,8 @@ def test_load_site_keeps_its_cache_in_the_state_dir_and_trains_on_it(
     """The deployment path: a node config with ``data-path`` and ``state-dir``; a new
     process (the per-process cache cleared) decodes nothing, and the read-only arrays train
     and evaluate without torch's warning about non-writable memory."""
-    from task.federated import local_evaluate, local_train
-    from task.models import build_model
+    from task.federation.local_round import local_evaluate, local_train
+    from task.models.factory import build_model
 
     cfg = compose_config([*OVERRIDES, "data.resolution=16", "data.on_bad_file=skip"])
     node = {"site-name": "st-x", "data-path": str(site), "state-dir": str(tmp_path / "st-x")}
@@ -318,7 +318,7 @@ def test_the_key_covers_file_bytes_paths_and_settings(site, tmp_path) -> None:
 
 def test_a_state_folder_inside_the_image_folder_is_refused_by_name(tmp_path) -> None:
     from task.config import compose_config
-    from task.sites import folder_site
+    from task.data.sites import folder_site
 
     cfg = compose_config(["logger=none"])
     with pytest.raises(ValueError, match=r"state-dir .* lies inside data-path"):

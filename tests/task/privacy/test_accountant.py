@@ -134,8 +134,8 @@ def test_impossible_mechanisms_are_refused(bad) -> None:
 
 
 def test_calibration_after_a_prior_release_spends_the_target_in_total() -> None:
-    # The feature moments' one Gaussian release (task.calibration) comes first; DP-SGD's σ
-    # then leaves room for it, and the two together spend the target per dp-accounting.
+    # The feature moments' one Gaussian release (task.federation.calibration) comes first;
+    # DP-SGD's σ then leaves room for it, and the two together spend the target per dp-accounting.
     prior = ((2.0, 1.0, 1),)
     q, steps = 1 / 6, 6 * 36
     sigma = calibrate(3.0, DELTA, q, steps, prior)

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from task.config import compose_config
-from task.models import build_model
+from task.models.factory import build_model
 from task.privacy import Accountant, dpsgd
 from task.privacy.dpsgd import check_per_example_gradients, steps_per_epoch, train_private
 

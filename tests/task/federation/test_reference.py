@@ -7,8 +7,8 @@ import torch
 from hydra.utils import instantiate
 
 from task.config import compose_config
-from task.models import build_model
-from task.reference import fedavg_reference, parallelism
+from task.federation.reference import fedavg_reference, parallelism
+from task.models.factory import build_model
 
 TINY = [
     "logger=none",

@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from opacus.validators import ModuleValidator
 
 from task.constants import REPO_ROOT
-from task.models import build_model
+from task.models.factory import build_model
 
 
 def _model_cfg(name: str, resolution: int):

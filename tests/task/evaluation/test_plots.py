@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from task.plots import plot_curves
+from task.evaluation.plots import plot_curves
 
 
 def test_a_key_no_row_holds_gets_no_panel(tmp_path) -> None:

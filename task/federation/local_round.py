@@ -17,16 +17,16 @@ from hydra.utils import instantiate
 from monai.utils import set_determinism
 from omegaconf import DictConfig
 
-from task.calibration import has_calibration, site_moments
+from task.data.sites import Site
 from task.data.splits import Split
-from task.engine import class_weights, mean_loss, predict, train_epoch
-from task.metrics import clinical_metrics
-from task.pooling import confusion_counts, score_histogram
+from task.evaluation.metrics import clinical_metrics
+from task.federation.calibration import has_calibration, site_moments
+from task.federation.pooling import confusion_counts, score_histogram
 from task.privacy import LocalDP, privacy_of
 from task.privacy.dpsgd import secret_generator, train_private
 from task.privacy.ledger import SiteLedger, plan_round
 from task.privacy.update_noise import clip_and_noise
-from task.sites import Site
+from task.training.engine import class_weights, mean_loss, predict, train_epoch
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ normalisation"), then classified by one linear layer.
 Per-feature standardisation is what a linear model under DP-SGD needs most: on
 PneumoniaMNIST at ε = 3 (Flower-free probes, 3 seeds) it lifted test AUC from about 0.945
 to 0.96. The moments are buffers, calibrated once by the sites in round 1
-(:mod:`task.calibration`; under local DP a Gaussian mechanism on clipped per-example
+(:mod:`task.federation.calibration`; under local DP a Gaussian mechanism on clipped per-example
 moments, accounted in the site's ledger), then averaged with the model like any weight, so
 under secure aggregation the server sees only their sum. Until calibrated (mean 0, second
 moment 1) the standardisation is the identity.
@@ -147,7 +147,7 @@ class ScatterNetLinear(nn.Module):
         """``(B, F)`` per-example-normalised scattering features, before standardisation.
 
         Each row has squared norm ``F`` (GroupNorm: zero mean, unit variance per group),
-        up to GroupNorm's epsilon: the bound :mod:`task.calibration` clips against."""
+        up to GroupNorm's epsilon: the bound :mod:`task.federation.calibration` clips against."""
         if self.standardise_input:
             x = standardise_images(x)
         return torch.flatten(self.norm(self.scattering(x)), 1)

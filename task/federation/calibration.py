@@ -1,6 +1,6 @@
 """A site's part in calibrating a network that standardises with the federation's moments.
 
-Networks such as :class:`task.scatternet.ScatterNetLinear` standardise each feature with
+Networks such as :class:`task.models.scatternet.ScatterNetLinear` standardise each feature with
 its mean and second moment over the federation's training images. In round 1 each site
 sets them from its own images; the server's weighted average of the sites' models (weights:
 the examples, as for every array) then holds the pooled moments, and from round 2 on the

@@ -22,11 +22,11 @@ import torch
 from monai.utils import set_determinism
 from omegaconf import DictConfig, OmegaConf
 
-from task import averaging
-from task.federated import local_evaluate, local_train, weighted_average
-from task.models import build_model
-from task.pooling import pooled_metrics
-from task.sites import Site, partition_site
+from task.data.sites import Site, partition_site
+from task.federation import averaging
+from task.federation.local_round import local_evaluate, local_train, weighted_average
+from task.federation.pooling import pooled_metrics
+from task.models.factory import build_model
 
 State = dict[str, torch.Tensor]
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 from sklearn.metrics import matthews_corrcoef
 
-from task import federated
 from task.config import compose_config
-from task.federated import local_evaluate, local_train, round_lr, uses_bf16
-from task.models import build_model
-from task.pooling import confusion_counts, pooled_metrics
+from task.data.sites import load_site, partition_site
+from task.federation import local_round
+from task.federation.local_round import local_evaluate, local_train, round_lr, uses_bf16
+from task.federation.pooling import confusion_counts, pooled_metrics
+from task.models.factory import build_model
 from task.privacy import privacy_of
 from task.privacy.update_noise import clip_and_noise
-from task.sites import load_site, partition_site
 
 
 def test_round_lr_schedules() -> None:
@@ -195,7 +195,7 @@ def test_central_dp_check_detects_a_missing_clip_or_noise(
     reports exactly what is missing."""
     off = {"clip": {"clip_norm": 1e9}, "noise": {"noise_std": 0.0}}.get(removed)
     monkeypatch.setattr(
-        federated,
+        local_round,
         "clip_and_noise",
         (lambda *args, **kwargs: None)
         if off is None

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from task import checkpoint
+from task.runtime import checkpoint
 from tests.processes import run_python
 
 
@@ -58,7 +58,7 @@ def test_missing_checkpoint_names_path(tmp_path: Path) -> None:
 
 _SAVE = """
 import signal, sys, torch
-from task import checkpoint
+from task.runtime import checkpoint
 from task.constants import REPO_ROOT
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit: EFBIG, not a kill
 {setup}

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from task.update_check import (
+from task.federation.update_check import (
     UpdateRejected,
     check_metrics,
     check_range,

@@ -11,8 +11,6 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from monai.utils import set_determinism
 
-from task import checkpoint
-from task.central import TrainSettings, fit
 from task.constants import (
     CHECKPOINT_BEST,
     CHECKPOINT_FINAL,
@@ -20,7 +18,9 @@ from task.constants import (
     PROGRESS_LOGGER,
     REPO_ROOT,
 )
-from task.models import build_model
+from task.models.factory import build_model
+from task.runtime import checkpoint
+from task.training.central import TrainSettings, fit
 
 
 def _setup(limit: int = 192):
@@ -94,7 +94,7 @@ def test_early_stopping_stops_after_patience_epochs_without_a_new_best(
     """The validation MCC is scripted (test hook on the metrics ``fit`` reads), so the
     epoch at which the rule must stop is known. ``patience=None`` is the control: the same
     run without early stopping trains every epoch."""
-    from task import central
+    from task.training import central
 
     real, scripted = central.clinical_metrics, iter(SCRIPTED_MCC)
     monkeypatch.setattr(

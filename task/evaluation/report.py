@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from task import plots
 from task.constants import EXPERT_READERS, METRICS_FILE
+from task.evaluation import plots
 
 
 def _json_safe(value: Any) -> Any:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from task.metrics import bootstrap_auc_ci, clinical_metrics
+from task.evaluation.metrics import bootstrap_auc_ci, clinical_metrics
 
 
 def _probs(p1: list[float]) -> np.ndarray:

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from task.data.cache import SiteDataCache
 from task.data.folder import ImageFolderSource
 from task.data.splits import DataSplits, Split
-from task.node import (  # also re-exported: the node config's keys and helpers
+from task.federation.node import (  # also re-exported: the node config's keys and helpers
     DATA_PATH,
     NUM_PARTITIONS,
     PARTITION_ID,

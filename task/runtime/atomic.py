@@ -1,7 +1,7 @@
 """Atomic file writes: a crash or a full disk while writing never damages the last good file.
 
 Torch-free on purpose: a site's key-exchange messages write their state with it, and their
-processes must not pay torch's import (:mod:`task.checkpoint` adds ``torch.save`` on top).
+processes must not pay torch's import (:mod:`task.runtime.checkpoint` adds ``torch.save`` on top).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 What every message of a site needs to know about it: its name and its state folder. The
 key-exchange messages of secure aggregation use only this, so their processes never import
-the data stack (:mod:`task.sites` loads the images).
+the data stack (:mod:`task.data.sites` loads the images).
 """
 
 from __future__ import annotations

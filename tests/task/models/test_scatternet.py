@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from task.calibration import class_has_calibration, has_calibration
 from task.config import compose_config
-from task.models import build_model
+from task.federation.calibration import class_has_calibration, has_calibration
+from task.models.factory import build_model
+from task.models.scatternet import ScatterNetLinear, scatter_channels, standardise_images
 from task.privacy.dpsgd import check_per_example_gradients
-from task.scatternet import ScatterNetLinear, scatter_channels, standardise_images
 
 
 def test_the_filter_bank_stays_out_of_the_state_dict() -> None:
@@ -71,7 +71,7 @@ def test_groupnorm_groups_must_divide_the_channels_and_small_images_are_refused(
 
 def test_the_local_dp_default_builds_and_opacus_can_train_it() -> None:
     cfg = compose_config(["privacy=local_dp"])
-    assert cfg.model._target_ == "task.scatternet.ScatterNetLinear"
+    assert cfg.model._target_ == "task.models.scatternet.ScatterNetLinear"
     assert class_has_calibration(cfg.model._target_)
     assert not class_has_calibration("monai.networks.nets.Classifier")
     model = build_model(cfg.model, (1, 28, 28), 2, dp_compatible=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from task.atomic import write_atomic, write_text_atomic
+from task.runtime.atomic import write_atomic, write_text_atomic
 
 __all__ = ["load", "save_atomic", "write_atomic", "write_text_atomic"]
 

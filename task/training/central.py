@@ -23,7 +23,6 @@ from monai.utils import set_determinism
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from task import checkpoint
 from task.config import compose_config
 from task.constants import (
     CHECKPOINT_BEST,
@@ -33,10 +32,11 @@ from task.constants import (
     SELECTIONS,
 )
 from task.data.splits import DataSplits
-from task.engine import class_weights, mean_loss, predict, train_epoch
-from task.metrics import clinical_metrics
-from task.models import build_model, count_parameters
-from task.report import comparison_line, write_run_outputs
+from task.evaluation.metrics import clinical_metrics
+from task.evaluation.report import comparison_line, write_run_outputs
+from task.models.factory import build_model, count_parameters
+from task.runtime import checkpoint
+from task.training.engine import class_weights, mean_loss, predict, train_epoch
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger(PROGRESS_LOGGER)

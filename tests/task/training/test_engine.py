@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from monai.networks.nets import ResNet
 
-from task.engine import train_epoch
+from task.training.engine import train_epoch
 
 
 def _model() -> torch.nn.Module:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from task.partition import DirichletPartitioner, IIDPartitioner, QuantityPartitioner
+from task.data.partition import DirichletPartitioner, IIDPartitioner, QuantityPartitioner
 
 LABELS = np.array([0] * 300 + [1] * 700)
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from task.calibration import site_moments
-from task.scatternet import ScatterNetLinear
+from task.federation.calibration import site_moments
+from task.models.scatternet import ScatterNetLinear
 
 
 @pytest.fixture(scope="module")

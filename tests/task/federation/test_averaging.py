@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from task import averaging
+from task.federation import averaging
 
 
 def test_first_round_starts_at_the_aggregate_then_decays_with_warm_up() -> None:

@@ -1,0 +1,1 @@
+"""task.evaluation: see the modules."""

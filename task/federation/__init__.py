@@ -1,0 +1,1 @@
+"""task.federation: see the modules."""

@@ -1,0 +1,1 @@
+"""task.models: see the modules."""

@@ -1,0 +1,1 @@
+"""task.runtime: see the modules."""

@@ -1,0 +1,1 @@
+"""task.training: see the modules."""
