@@ -17,6 +17,7 @@ from scripts.simulation import simulate
 from scripts.user_errors import one_line_errors
 from task.config import register_resolvers
 from task.constants import EXPERT_READERS
+from task.federation.settings import check_federated_config, resume_path
 
 register_resolvers()
 
@@ -24,8 +25,12 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @one_line_errors
 def main(cfg: DictConfig) -> float:
+    check_federated_config(cfg)
     hc = HydraConfig.get()
-    metrics = simulate(cfg, list(hc.overrides.task), Path(hc.runtime.output_dir))
+    resume = resume_path(cfg.resume)
+    # A resumed federation goes on in its own run directory (server.federation).
+    run_dir = resume.parent if resume is not None else Path(hc.runtime.output_dir)
+    metrics = simulate(cfg, list(hc.overrides.task), run_dir)
     test = metrics["test"]
     print(
         f"\nFederated ({cfg.federation.num_sites} sites, tested round {metrics['tested_round']}): "

@@ -1,7 +1,7 @@
 """The coordinator's side of a federation (Flower only through the grid and strategy).
 
 :func:`run_federation` reads top-down, as Flower's quickstart ``server_app.py``: the run's
-settings (resuming from the run directory's ``last.pt`` when ``resume=true``), the
+settings (checked once, and resuming from the ``last.pt`` that ``resume`` names), the
 optional secure normalisation, the global model, the aggregation, the rounds, and the
 final report (:mod:`server.final_report`), which tests the round that
 ``federation.selection`` names on the test split, which never leaves the server. Each
@@ -27,11 +27,11 @@ from mpc.secagg.wire import secure_enabled
 from server.final_report import final_report
 from server.normalisation import federation_intensity
 from server.privacy import FederationPrivacy, federation_privacy
-from server.recorder import RoundRecorder, check_selection
+from server.recorder import RoundRecorder
 from strategies.checkpointed import CheckpointedStrategy
 from task.config import with_normalisation
-from task.constants import CHECKPOINT_LAST, NORM_MEAN, NORM_STD, REPO_ROOT
-from task.federation.local_round import uses_bf16
+from task.constants import NORM_MEAN, NORM_STD, REPO_ROOT
+from task.federation.settings import check_federated_config, resume_path
 from task.models.factory import build_model
 from task.privacy import privacy_of
 from task.runtime import checkpoint
@@ -40,6 +40,16 @@ log = logging.getLogger(__name__)
 
 
 def resolve_run_dir(cfg: DictConfig) -> Path:
+    """Where the server writes: ``run_dir``; a resumed run's own directory (its history,
+    checkpoints and the sites' ledgers are there); else a new time-stamped folder."""
+    resume = resume_path(cfg.get("resume"))
+    if resume is not None:
+        if cfg.get("run_dir") and Path(cfg.run_dir).resolve() != resume.parent.resolve():
+            raise ValueError(
+                f"resume={resume} goes on in its own run directory {resume.parent}, "
+                f"not run_dir={cfg.run_dir}"
+            )
+        return resume.parent
     if cfg.get("run_dir"):
         return Path(cfg.run_dir)
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
@@ -59,22 +69,21 @@ class RunSettings:
 
 def settings(cfg: DictConfig) -> RunSettings:
     """The run directory, the checkpoint to resume from, and the checked settings: a bad
-    precision, selection or privacy option fails here, not at the sites' first round."""
+    value fails here, not at the sites' first round."""
+    federation = check_federated_config(cfg)
+    resume = resume_path(cfg.get("resume"))
+    if resume is not None and not resume.is_file():
+        raise FileNotFoundError(f"resume={resume}: no such checkpoint")
     run_dir = resolve_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     state, start_round = None, 1
-    last = run_dir / CHECKPOINT_LAST
-    if cfg.resume and last.is_file():
-        state = checkpoint.load(last)
+    if resume is not None:
+        state = checkpoint.load(resume)
         start_round = state["round"] + 1
         log.info("resuming %s after round %d", run_dir, state["round"])
-    elif cfg.resume:
-        log.info("resume=true but %s has no %s: starting at round 1", run_dir, CHECKPOINT_LAST)
     kind = privacy_of(cfg)
-    uses_bf16(cfg)
-    selection = check_selection(cfg.federation.selection)
     privacy = federation_privacy(kind, cfg, state.get("privacy") if state else None)
-    return RunSettings(run_dir, state, start_round, privacy, selection)
+    return RunSettings(run_dir, state, start_round, privacy, federation.selection)
 
 
 def aggregation(cfg: DictConfig, run: RunSettings):

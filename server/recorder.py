@@ -23,7 +23,6 @@ from task.constants import (
     CHECKPOINT_LAST,
     HISTORY_FILE,
     PROGRESS_LOGGER,
-    SELECTIONS,
 )
 from task.evaluation.report import write_json
 from task.runtime import checkpoint
@@ -41,13 +40,6 @@ def flat_row(record: dict[str, Any]) -> dict[str, Any]:
             if isinstance(value, int | float):
                 row[prefix + key.replace("-", "_")] = value
     return row
-
-
-def check_selection(selection: str) -> str:
-    """``selection`` if it is one of :data:`SELECTIONS`; a ``ValueError`` naming it."""
-    if selection not in SELECTIONS:
-        raise ValueError(f"federation.selection={selection!r} is not one of {SELECTIONS}")
-    return selection
 
 
 class RoundRecorder:
@@ -171,8 +163,8 @@ class RoundRecorder:
 
     def tested(self, selection: str) -> tuple[int, dict[str, Any]]:
         """The round and global weights that ``selection`` tests: the best pooled
-        validation MCC (``val_mcc``) or the last round (``last``)."""
-        check_selection(selection)
+        validation MCC (``val_mcc``) or the last round (``last``); checked when the config
+        was composed (:mod:`task.federation.settings`)."""
         if selection == "last":
             round_, arrays = self.last_round, self.last_arrays
         else:

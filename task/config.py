@@ -17,6 +17,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from task.constants import REPO_ROOT
+from task.federation.settings import check_federated_config
 
 # Hydra imports every installed sweeper plugin when it composes; Optuna's (used only by
 # the hparams_search sweeps) warns about a SQLAlchemy 2.0 rename on import, in every site
@@ -37,12 +38,17 @@ def register_resolvers() -> None:
 
 
 def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` with Hydra overrides; misspelt keys fail here."""
+    """Compose ``conf/<config_name>.yaml`` with Hydra overrides; misspelt keys fail here, and
+    so do bad federation settings (:func:`task.federation.settings.check_federated_config`)."""
     register_resolvers()
     if GlobalHydra.instance().is_initialized():  # inside @hydra.main: reuse its search path
-        return compose(config_name=config_name, overrides=list(overrides))
-    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides))
+        cfg = compose(config_name=config_name, overrides=list(overrides))
+    else:
+        with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=list(overrides))
+    if config_name == "train":
+        check_federated_config(cfg)
+    return cfg
 
 
 def default_choice(group: str, config_name: str = "train") -> str:

@@ -79,7 +79,8 @@ def test_epsilon_grows_per_round_and_survives_a_restart_of_every_process(
     ledgers = {s: run_dir / "sites" / s / LEDGER_FILE for s in rates}
     assert all(p.is_file() for p in ledgers.values())
     # a new server and new sites, continuing the same federation for one more round
-    _run(_cmd(run_dir, *_local("federation.num_rounds=3", "privacy.epsilon=null", "resume=true")))
+    resumed = ("federation.num_rounds=3", "privacy.epsilon=null", f"resume={run_dir / 'last.pt'}")
+    _run(_cmd(run_dir, *_local(*resumed)))
     history = json.loads((run_dir / "history.json").read_text())
     assert [h["round"] for h in history] == [1, 2, 3]
     for site, q in rates.items():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from server.recorder import RoundRecorder, check_selection
+from server.recorder import RoundRecorder
 from strategies.round_record import RoundRecord
 from task.config import compose_config
 from task.constants import CHECKPOINT_BEST, CHECKPOINT_LAST, PNEUMONIAMNIST_CLASSES
@@ -57,12 +57,6 @@ def test_no_round_with_a_validation_mcc_is_refused_by_name(tmp_path: Path) -> No
     assert recorder.tested("last")[0] == 1
     with pytest.raises(RuntimeError, match=r"federation\.selection=val_mcc"):
         recorder.tested("val_mcc")
-
-
-def test_an_unknown_selection_is_refused_by_name() -> None:
-    assert check_selection("last") == "last"
-    with pytest.raises(ValueError, match=r"federation\.selection='best'"):
-        check_selection("best")
 
 
 def test_the_validated_average_is_tested_and_the_global_model_resumed(tmp_path: Path) -> None:
