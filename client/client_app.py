@@ -2,7 +2,7 @@
 
 With ``secure=smpc`` the replies leave the site only masked (:mod:`client.secure`). Every
 reply, masked or not, error or not, is first appended to the site's audit log
-(:mod:`client.site_log`), the outermost mod of every handler.
+(:mod:`client.site_log_mod`), the outermost mod of every handler.
 
 Records in (global arrays, round config), one engine call, records out (arrays, metrics
 with the true number of examples, the site's name). An exception in a handler becomes an
@@ -19,7 +19,7 @@ from flwr.clientapp import ClientApp
 from client.policy import DEFAULT, SitePolicy, make_policy_mod
 from client.run_config import run_config
 from client.secure import make_secure
-from client.site_log import make_site_log_mod
+from client.site_log_mod import make_site_log_mod
 from client.transport import unpack_mod
 
 

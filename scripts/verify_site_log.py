@@ -14,7 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from client.site_log import LOG_FILE, SiteLogError, verify
+from client.site_log import LOG_FILE, SiteLogError
+from client.site_log_verify import verify
 
 
 def _logs(paths: list[Path]) -> list[Path]:

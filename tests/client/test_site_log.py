@@ -27,16 +27,9 @@ from flwr.supercore.task_identity import TaskIdentity
 from omegaconf import OmegaConf
 
 from client import site_log
-from client.site_log import (
-    LOG_FILE,
-    ChainError,
-    SiteLog,
-    SiteLogError,
-    entry_hash,
-    make_site_log_mod,
-    read_entries,
-    verify,
-)
+from client.site_log import LOG_FILE, ChainError, SiteLog, SiteLogError, entry_hash
+from client.site_log_mod import make_site_log_mod
+from client.site_log_verify import read_entries, verify
 
 RUN_ID, SERVER_NODE, SITE_NODE = 11, 1, 5
 #: What the site computes and sends: none of it may appear in the log.
@@ -327,7 +320,7 @@ def test_deployed_site_without_state_dir_refuses_and_test_site_warns(tmp_path, c
     node = {"site-name": "hospital-a", "data-path": str(tmp_path)}
     with pytest.raises(SiteLogError, match="has no 'state-dir'"):
         _app()(_request(MessageType.TRAIN, 1), _context(node))
-    with caplog.at_level(logging.WARNING, logger="client.site_log"):
+    with caplog.at_level(logging.WARNING, logger="client.site_log_mod"):
         reply = _app()(_request(MessageType.TRAIN, 1), _context({"site-name": "in-process"}))
     assert not reply.has_error() and "replies are not logged" in caplog.text
 

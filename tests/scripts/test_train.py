@@ -14,7 +14,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from client.site_log import LOG_FILE, read_entries, verify
+from client.site_log import LOG_FILE
+from client.site_log_verify import read_entries, verify
 from task.config import compose_config
 from task.constants import REPO_ROOT
 from task.federation.reference import fedavg_reference
