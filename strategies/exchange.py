@@ -1,8 +1,9 @@
-"""One key stage of secure aggregation as Flower messages: send, collect, accept.
+"""Secure aggregation's stages as Flower messages: send, collect, accept; and the masking.
 
-Each stage is a ``query.secagg`` message to every node in the stage and its reply. A node
-that fails, or whose answer the protocol refuses, is dropped from the round with a
-warning naming it; the protocol then decides whether enough sites remain.
+Each key stage is a ``query.secagg`` message to every node in the stage and its reply. A
+node that fails, or whose answer the protocol refuses, is dropped from the round with a
+warning naming it; the protocol then decides whether enough sites remain. The masking
+stage rides on the round's train / evaluate message instead (:func:`with_shares`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from flwr.serverapp import Grid
 
 from mpc.secagg import wire
 from mpc.secagg.errors import SecAggError
+from mpc.secagg.server import ServerSession
 
 log = logging.getLogger(__name__)
 
@@ -64,3 +66,17 @@ def accept_each(
             accept(node, targets[node], reply.content.config_records[wire.RECORD])
         except (SecAggError, KeyError, ValueError) as err:
             log.warning("secure %s: %s refused: %s", stage, targets[node], err)
+
+
+def with_shares(msg: Message, session: ServerSession, site: str) -> Message:
+    """``msg`` (the site's train / evaluate message) with the ciphertexts addressed to
+    ``site`` and the cohort's commitments."""
+    content = RecordDict(dict(msg.content.items()))
+    ciphertexts, commitments = session.shares_for(site)
+    fields = wire.blobs_fields(ciphertexts) | wire.commitments_fields(commitments)
+    content[wire.RECORD] = ConfigRecord(wire.round_record(session.round_id, "mask", **fields))
+    return Message(
+        content=content,
+        message_type=msg.metadata.message_type,
+        dst_node_id=msg.metadata.dst_node_id,
+    )

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 
 from mpc.secagg import wire
@@ -150,7 +150,7 @@ class SecureRounds:
             return []
         self._session = session
         out = [
-            _with_shares(by_node[node], session, site)
+            exchange.with_shares(by_node[node], session, site)
             for node, site in nodes.items()
             if site in cohort
         ]
@@ -288,17 +288,3 @@ class SecureRounds:
         if current.kind in ("train", "evaluate"):
             return RoundId(current.run, current.round + 1, "train")
         return None
-
-
-def _with_shares(msg: Message, session: ServerSession, site: str) -> Message:
-    """``msg`` (the site's train / evaluate message) with the ciphertexts addressed to
-    ``site`` and the cohort's commitments."""
-    content = RecordDict(dict(msg.content.items()))
-    ciphertexts, commitments = session.shares_for(site)
-    fields = wire.blobs_fields(ciphertexts) | wire.commitments_fields(commitments)
-    content[wire.RECORD] = ConfigRecord(wire.round_record(session.round_id, "mask", **fields))
-    return Message(
-        content=content,
-        message_type=msg.metadata.message_type,
-        dst_node_id=msg.metadata.dst_node_id,
-    )
