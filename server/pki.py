@@ -75,22 +75,9 @@ def subject_alt_names(hosts: Sequence[str], ips: Sequence[str] = ()) -> list[x50
     return sans
 
 
-def make_tls(
-    folder: Path, hosts: Sequence[str], ips: Sequence[str] = (), *, overwrite: bool = True
-) -> TlsFiles:
-    """A CA and a server certificate for ``hosts`` (DNS names or IP addresses) and ``ips``.
-
-    ``overwrite=False`` refuses (FileExistsError) a folder that already holds a CA: a new
-    CA would silently cut off every hospital that trusts the old one.
-    """
-    sans = subject_alt_names(hosts, ips)
-    for path in (folder / "ca.pem", folder / "ca.key"):
-        if not overwrite and path.exists():
-            raise FileExistsError(f"{path} exists; refusing to replace the CA")
-    folder.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP384R1())
-    ca_cert = (
+def _ca_certificate(ca_key: ec.EllipticCurvePrivateKey, now: dt.datetime) -> x509.Certificate:
+    """The federation's self-signed CA: it may sign server certificates, not other CAs."""
+    return (
         x509.CertificateBuilder()
         .subject_name(_name("PriMIA federation CA"))
         .issuer_name(_name("PriMIA federation CA"))
@@ -115,12 +102,21 @@ def make_tls(
         )
         .sign(ca_key, hashes.SHA384())
     )
-    key = ec.generate_private_key(ec.SECP384R1())
-    cert = (
+
+
+def _server_certificate(
+    key: ec.EllipticCurvePublicKey,
+    sans: list[x509.GeneralName],
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    now: dt.datetime,
+) -> x509.Certificate:
+    """The SuperLink's certificate for ``key``, valid for the addresses in ``sans`` only."""
+    return (
         x509.CertificateBuilder()
         .subject_name(_name(str(sans[0].value)))
         .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
+        .public_key(key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + VALIDITY)
@@ -131,19 +127,42 @@ def make_tls(
         )
         .sign(ca_key, hashes.SHA384())
     )
+
+
+def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """``key`` as unencrypted PKCS#8 PEM (its file's mode 600 protects it)."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def make_tls(
+    folder: Path, hosts: Sequence[str], ips: Sequence[str] = (), *, overwrite: bool = True
+) -> TlsFiles:
+    """A CA and a server certificate for ``hosts`` (DNS names or IP addresses) and ``ips``.
+
+    ``overwrite=False`` refuses (FileExistsError) a folder that already holds a CA: a new
+    CA would silently cut off every hospital that trusts the old one.
+    """
+    sans = subject_alt_names(hosts, ips)
+    for path in (folder / "ca.pem", folder / "ca.key"):
+        if not overwrite and path.exists():
+            raise FileExistsError(f"{path} exists; refusing to replace the CA")
+    folder.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_cert = _ca_certificate(ca_key, now)
+    key = ec.generate_private_key(ec.SECP384R1())
+    cert = _server_certificate(key.public_key(), sans, ca_cert, ca_key, now)
     pem = serialization.Encoding.PEM
     ca_path = folder / "ca.pem"
     ca_path.write_bytes(ca_cert.public_bytes(pem))
-    _write_private(
-        folder / "ca.key",
-        ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-    )
+    _write_private(folder / "ca.key", _pkcs8(ca_key))
     cert_path = folder / "superlink.pem"
     cert_path.write_bytes(cert.public_bytes(pem))
-    key_path = _write_private(
-        folder / "superlink.key",
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-    )
+    key_path = _write_private(folder / "superlink.key", _pkcs8(key))
     return TlsFiles(ca_path, cert_path, key_path)
 
 
