@@ -1,7 +1,8 @@
 """A site's ClientApp restores the records the deployed server packed.
 
-The packing is :mod:`task.federation.transport`. The outermost mod: everything inside it (the audit log, the policy, secure aggregation's
-commitment check, the handlers) sees the message as the strategy made it.
+The packing is :mod:`task.federation.transport`. The outermost mod: everything inside it
+(the audit log, the policy, secure aggregation's commitment check, the handlers) sees the
+message as the strategy made it.
 """
 
 from __future__ import annotations
