@@ -33,6 +33,7 @@ from pathlib import Path
 
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from client.executor import PROFILE_DIR
 from scripts.deploy_profile import CpuSampler, functions, stages
@@ -151,7 +152,7 @@ def _default(c: dict | None, out: Path | None = None) -> dict:
     }
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "bench_federated")
     parser.add_argument("--deploy-rounds", type=int, default=36)
@@ -161,33 +162,16 @@ def main() -> None:
     parser.add_argument(
         "--seeds", type=int, nargs="+", help="the seed spread of the defaults instead"
     )
-    args = parser.parse_args()
-    if args.seeds:
-        run_seeds(args.seeds, args.out / "seeds")
-        return
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.deploy_only:
-        c = deployed_vs_simulated(args.out, args.deploy_rounds, args.profile_rounds)
-        result = {"machine": machine_facts(), "c_deployment": c, "d_default_train": _default(c)}
-        path = args.out / "bench_federated_deploy.json"
-        write_benchmark(result, path, {k: v for k, v in result.items() if k != "machine"})
-        return
-    # Plaintext aggregation: this benchmark measures Flower; scripts.bench_secagg measures
-    # secure aggregation against it.
-    base = ["logger=none", "secure=none"]
-    result: dict = {"machine": machine_facts()}
+    return parser
 
-    iid = _federated(base, args.out / "iid")
-    dirichlet = _federated(
-        [*base, "partition=dirichlet", "partition.alpha=0.5"], args.out / "dirichlet"
-    )
-    cfg = compose_config(base)
-    epochs = cfg.federation.num_rounds * cfg.federation.local_epochs
+
+def _central_config(epochs: int) -> DictConfig:
+    """The centralised baseline's config, ``epochs`` long."""
     GlobalHydra.instance().clear()
     # Same network and optimiser as the federation (conf/train.yaml's; the federation's
     # adamw_federated also lifts the centralised AUC, 0.976 -> 0.978 in a probe), same
     # epochs and seed.
-    central_cfg = compose_config(
+    return compose_config(
         [
             "logger=none",
             f"model={default_choice('model')}",
@@ -197,18 +181,13 @@ def main() -> None:
         ],
         config_name="train_central",
     )
-    t0 = time.perf_counter()
-    central = run_central(central_cfg, args.out / "central")
-    central_wall = time.perf_counter() - t0
-    result["a_accuracy"] = {
-        "central": {"test": _test(central), "epochs": epochs, "wall_seconds": central_wall},
-        "federated_iid": iid,
-        "federated_dirichlet_0.5": dirichlet,
-        "auc_difference_vs_central": {
-            "iid": iid["test"]["auc"] - central["test"]["auc"],
-            "dirichlet": dirichlet["test"]["auc"] - central["test"]["auc"],
-        },
-    }
+
+
+def _other_selection_rule(
+    cfg: DictConfig, central_cfg: DictConfig, out: Path, fed: dict[str, dict], central: dict
+) -> dict:
+    """Each side's test metrics under the other side's rule for choosing its weights;
+    ``fed``: the federated runs by name (``iid``, ``dirichlet``)."""
     # The two sides choose their tested weights by different rules: the federation its
     # round with the best pooled validation MCC (issue 4), the centralised defaults the last
     # epoch (train.selection=last: the small validation split's MCC picks noisily). Each
@@ -218,52 +197,103 @@ def main() -> None:
     data = instantiate(cfg.data).load(preprocess=instantiate(cfg.transforms.preprocess))
     other = {
         "central_best_val_mcc": _checkpoint_test(
-            central_cfg, data, args.out / "central" / CHECKPOINT_BEST, "model"
+            central_cfg, data, out / "central" / CHECKPOINT_BEST, "model"
         ),
         "federated_iid_last_round": _checkpoint_test(
-            cfg, data, args.out / "iid" / CHECKPOINT_LAST, "evaluated_arrays"
+            cfg, data, out / "iid" / CHECKPOINT_LAST, "evaluated_arrays"
         ),
         "federated_dirichlet_0.5_last_round": _checkpoint_test(
-            cfg, data, args.out / "dirichlet" / CHECKPOINT_LAST, "evaluated_arrays"
+            cfg, data, out / "dirichlet" / CHECKPOINT_LAST, "evaluated_arrays"
         ),
     }
     c_best = other["central_best_val_mcc"]["test"]["auc"]
     other["auc_difference_vs_central_same_rule"] = {
-        "val_mcc": {
-            "iid": iid["test"]["auc"] - c_best,
-            "dirichlet": dirichlet["test"]["auc"] - c_best,
-        },
+        "val_mcc": {name: fed[name]["test"]["auc"] - c_best for name in ("iid", "dirichlet")},
         "last": {
             name: other[f"federated_{name}_last_round"]["test"]["auc"] - central["test"]["auc"]
             for name in ("iid", "dirichlet_0.5")
         },
     }
-    result["a_accuracy"]["other_selection_rule"] = other
+    return other
+
+
+def accuracy_vs_central(base: list[str], out: Path) -> dict:
+    """(a): 3 sites IID and Dirichlet(0.5) against the centralised baseline."""
+    iid = _federated(base, out / "iid")
+    dirichlet = _federated([*base, "partition=dirichlet", "partition.alpha=0.5"], out / "dirichlet")
+    cfg = compose_config(base)
+    epochs = cfg.federation.num_rounds * cfg.federation.local_epochs
+    central_cfg = _central_config(epochs)
+    t0 = time.perf_counter()
+    central = run_central(central_cfg, out / "central")
+    central_wall = time.perf_counter() - t0
+    fed = {"iid": iid, "dirichlet": dirichlet}
+    return {
+        "central": {"test": _test(central), "epochs": epochs, "wall_seconds": central_wall},
+        "federated_iid": iid,
+        "federated_dirichlet_0.5": dirichlet,
+        "auc_difference_vs_central": {
+            name: fed[name]["test"]["auc"] - central["test"]["auc"] for name in fed
+        },
+        "other_selection_rule": _other_selection_rule(cfg, central_cfg, out, fed, central),
+    }
+
+
+def flower_overhead(base: list[str], out: Path, flower_seconds: float) -> dict:
+    """(b): Flower's rounds against the same federation without Flower."""
     # Both sides import the loops, load the sites' data and run every round in fresh
     # processes: Flower's rounds_seconds include the site workers' imports and loading (on
     # their first message), the references' seconds too (scripts.fedavg_reference). Two
     # references: the sites as the simulation runs them (cpus // client_cpus at a time,
     # client_cpus threads each, in worker processes), and one site at a time in one
     # process with every thread. The ratio is taken against the faster of the two.
-    as_simulated = _reference(base, args.out / "fedavg_reference.json")
-    one_process = _reference(base, args.out / "fedavg_reference_one_process.json", workers=1)
+    as_simulated = _reference(base, out / "fedavg_reference.json")
+    one_process = _reference(base, out / "fedavg_reference_one_process.json", workers=1)
     fastest = min(as_simulated, one_process, key=lambda r: r["seconds"])
-    result["b_flower_overhead"] = {
-        "flower_rounds_seconds": iid["rounds_seconds"],
+    return {
+        "flower_rounds_seconds": flower_seconds,
         "without_flower_as_simulated": as_simulated,
         "without_flower_one_process": one_process,
         "without_flower_seconds": fastest["seconds"],
-        "ratio": iid["rounds_seconds"] / fastest["seconds"],
-        "ratio_as_simulated": iid["rounds_seconds"] / as_simulated["seconds"],
-        "ratio_one_process": iid["rounds_seconds"] / one_process["seconds"],
+        "ratio": flower_seconds / fastest["seconds"],
+        "ratio_as_simulated": flower_seconds / as_simulated["seconds"],
+        "ratio_one_process": flower_seconds / one_process["seconds"],
     }
+
+
+def _write(result: dict, path: Path) -> None:
+    write_benchmark(result, path, {k: v for k, v in result.items() if k != "machine"})
+
+
+def _everything(args: argparse.Namespace) -> None:
+    """(a) to (d), or (a), (b) and (d) with ``--skip-deploy``: ``bench_federated.json``."""
+    # Plaintext aggregation: this benchmark measures Flower; scripts.bench_secagg measures
+    # secure aggregation against it.
+    base = ["logger=none", "secure=none"]
+    result: dict = {"machine": machine_facts()}
+    result["a_accuracy"] = accuracy_vs_central(base, args.out)
+    iid_seconds = result["a_accuracy"]["federated_iid"]["rounds_seconds"]
+    result["b_flower_overhead"] = flower_overhead(base, args.out, iid_seconds)
     c = None
     if not args.skip_deploy:
         c = deployed_vs_simulated(args.out, args.deploy_rounds, args.profile_rounds)
         result["c_deployment"] = c
     result["d_default_train"] = _default(c, args.out / "default_train")
-    path = args.out / "bench_federated.json"
-    write_benchmark(result, path, {k: v for k, v in result.items() if k != "machine"})
+    _write(result, args.out / "bench_federated.json")
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    if args.seeds:
+        run_seeds(args.seeds, args.out / "seeds")
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.deploy_only:  # (c) and (d) alone
+        c = deployed_vs_simulated(args.out, args.deploy_rounds, args.profile_rounds)
+        result = {"machine": machine_facts(), "c_deployment": c, "d_default_train": _default(c)}
+        _write(result, args.out / "bench_federated_deploy.json")
+    else:
+        _everything(args)
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ def _simulate(overrides: list[str], run_dir: Path, tree: Path = REPO_ROOT) -> di
     }
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "bench_secagg")
     parser.add_argument("--models", nargs="*", default=["default"], choices=list(MODELS))
@@ -154,7 +154,44 @@ def main() -> None:
     parser.add_argument(
         "--baseline", default=None, help="a git commit whose secure=smpc runs beside ours"
     )
-    args = parser.parse_args()
+    return parser
+
+
+def _round_time(name: str, n: int, rounds: int, out: Path, baseline: Path | None) -> dict:
+    """(b) for model ``name`` at ``n`` sites: ``secure=smpc`` against ``secure=none`` (and
+    against the baseline's ``secure=smpc`` when there is one)."""
+    base = [
+        "logger=none",
+        *MODELS[name],
+        f"federation.num_sites={n}",
+        f"federation.num_rounds={rounds}",
+        "metrics.n_bootstrap=50",
+    ]
+    runs = {mode: _simulate([*base, f"secure={mode}"], out / mode) for mode in ("none", "smpc")}
+    plain, secure = (runs[m]["median_round_seconds"] for m in ("none", "smpc"))
+    entry = {**runs, "overhead_fraction": (secure - plain) / plain}
+    if baseline is not None:
+        before = _simulate([*base, "secure=smpc"], out / "smpc_baseline", baseline)
+        old = before["median_round_seconds"]
+        entry |= {
+            "smpc_baseline": before,
+            "baseline_overhead_fraction": (old - plain) / plain,
+            "checks_fraction_of_round": (secure - old) / secure,
+        }
+    return entry
+
+
+def _full_accuracy(out: Path) -> dict:
+    """(c): the default federation with and without secure aggregation."""
+    runs = {
+        mode: _simulate(["logger=none", f"secure={mode}"], out / f"full-{mode}")
+        for mode in ("none", "smpc")
+    }
+    return {**runs, "auc_difference": runs["smpc"]["test"]["auc"] - runs["none"]["test"]["auc"]}
+
+
+def main() -> None:
+    args = _parser().parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict = {"machine": machine_facts(), "baseline": args.baseline}
     baseline = _baseline_tree(args.baseline, args.out) if args.baseline else None
@@ -165,27 +202,7 @@ def main() -> None:
     rounds: dict = {}
     for name in args.models:
         for n in args.sites:
-            base = [
-                "logger=none",
-                *MODELS[name],
-                f"federation.num_sites={n}",
-                f"federation.num_rounds={args.rounds}",
-                "metrics.n_bootstrap=50",
-            ]
-            out = args.out / f"{name}-{n}"
-            runs = {
-                mode: _simulate([*base, f"secure={mode}"], out / mode) for mode in ("none", "smpc")
-            }
-            plain, secure = (runs[m]["median_round_seconds"] for m in ("none", "smpc"))
-            entry = {**runs, "overhead_fraction": (secure - plain) / plain}
-            if baseline is not None:
-                before = _simulate([*base, "secure=smpc"], out / "smpc_baseline", baseline)
-                old = before["median_round_seconds"]
-                entry |= {
-                    "smpc_baseline": before,
-                    "baseline_overhead_fraction": (old - plain) / plain,
-                    "checks_fraction_of_round": (secure - old) / secure,
-                }
+            entry = _round_time(name, n, args.rounds, args.out / f"{name}-{n}", baseline)
             rounds[f"{name}/{n}_sites"] = entry
             print(
                 name,
@@ -196,14 +213,7 @@ def main() -> None:
             )
     result["b_round_time"] = rounds
     if args.full:
-        runs = {
-            mode: _simulate(["logger=none", f"secure={mode}"], args.out / f"full-{mode}")
-            for mode in ("none", "smpc")
-        }
-        result["c_accuracy"] = {
-            **runs,
-            "auc_difference": runs["smpc"]["test"]["auc"] - runs["none"]["test"]["auc"],
-        }
+        result["c_accuracy"] = _full_accuracy(args.out)
     if baseline is not None:
         subprocess.run(
             ["git", "worktree", "remove", "--force", str(baseline)], cwd=REPO_ROOT, check=False

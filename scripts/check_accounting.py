@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from omegaconf import DictConfig
@@ -36,7 +37,7 @@ from task.config import compose_config
 from task.constants import REPO_ROOT
 from task.evaluation.report import write_benchmark
 from task.privacy import Accountant, LocalDP, privacy_of
-from task.privacy.ledger import plan_round
+from task.privacy.ledger import RoundPlan, plan_round
 from task.runtime.machine import machine_facts
 
 EPSILONS = (1.0, 3.0, 8.0)
@@ -102,11 +103,10 @@ def exact_rdp(sigma: float, q: float, order: float) -> float:
     return math.log(total) / (order - 1)
 
 
-def compare(settings: LocalDP, cfg: DictConfig, n_train: int, *, release: bool) -> dict[str, Any]:
-    """One site's planned history at ``settings``, accounted by both, round by round."""
-    _, rdp = _dp_accounting()
+def _plan(settings: LocalDP, cfg: DictConfig, n_train: int, release: bool) -> RoundPlan:
+    """The round a site of ``n_train`` training examples plans at ``settings``."""
     fed = cfg.federation
-    plan = plan_round(
+    return plan_round(
         settings,
         n_train=n_train,
         batch_size=int(cfg.train.batch_size),
@@ -115,8 +115,11 @@ def compare(settings: LocalDP, cfg: DictConfig, n_train: int, *, release: bool) 
         num_rounds=int(fed.num_rounds),
         calibration=release,
     )
-    sigma, q, delta = plan.noise_multiplier, plan.sample_rate, settings.delta
-    prior = list(settings.calibration_history()) if release else []
+
+
+def _accountants(rdp: ModuleType, prior: list[Entry]) -> tuple[Accountant, dict[str, Any]]:
+    """Ours and dp-accounting's (at Opacus's orders and at its own), each having spent
+    ``prior``."""
     opacus_orders = list(Accountant().opacus.DEFAULT_ALPHAS)
     ours = Accountant(prior)
     references = {
@@ -126,8 +129,15 @@ def compare(settings: LocalDP, cfg: DictConfig, n_train: int, *, release: bool) 
     for reference in references.values():
         for entry_sigma, entry_q, steps in prior:
             reference.compose(_event(entry_sigma, entry_q), steps)
-    alone = {"ours": ours.epsilon(delta) if prior else None}
-    alone |= {k: r.get_epsilon(delta) if prior else None for k, r in references.items()}
+    return ours, references
+
+
+def _rounds(
+    plan: RoundPlan, ours: Accountant, references: dict[str, Any], delta: float
+) -> tuple[list[dict[str, float]], set[float]]:
+    """ε after every planned round by each accountant, and the orders dp-accounting left
+    out on the way."""
+    sigma, q = plan.noise_multiplier, plan.sample_rate
     rounds: list[dict[str, float]] = []
     with _excluded_orders() as excluded:
         for _ in range(plan.planned_rounds):
@@ -137,24 +147,44 @@ def compare(settings: LocalDP, cfg: DictConfig, n_train: int, *, release: bool) 
                 reference.compose(_event(sigma, q), plan.steps)
                 row[key] = float(reference.get_epsilon(delta))
             rounds.append(row)
-    # Which side a difference comes from: one step's RDP at the order our ε is reached at.
+    return rounds, excluded
+
+
+def _one_step_rdp(rdp: ModuleType, ours: Accountant, sigma: float, q: float, delta: float) -> dict:
+    """Which side a difference comes from: one step's RDP at the order our ε is reached
+    at, exact and by each accountant."""
     from opacus.accountants.analysis.rdp import compute_rdp
 
     _, order = ours.opacus.get_privacy_spent(delta=delta)
     one = rdp.RdpAccountant(orders=[float(order)])
     one.compose(_event(sigma, q))
-    step_rdp = {
+    return {
         "order": float(order),
         "exact": exact_rdp(sigma, q, float(order)),
         "ours": float(compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=[order])[0]),
         "dp_accounting": float(one._rdp[0]),  # its per-order RDP has no public accessor
     }
 
-    def gap(key: str) -> dict[str, float]:
-        diffs = [r[key] - r["ours"] for r in rounds]
-        worst = max(range(len(diffs)), key=lambda i: abs(diffs[i]))
-        return {"final": diffs[-1], "largest": diffs[worst], "largest_round": worst + 1}
 
+def _gap(rounds: list[dict[str, float]], key: str) -> dict[str, float]:
+    """``key``'s ε minus ours: after the last round, and the largest in magnitude (with
+    its round)."""
+    diffs = [r[key] - r["ours"] for r in rounds]
+    worst = max(range(len(diffs)), key=lambda i: abs(diffs[i]))
+    return {"final": diffs[-1], "largest": diffs[worst], "largest_round": worst + 1}
+
+
+def compare(settings: LocalDP, cfg: DictConfig, n_train: int, *, release: bool) -> dict[str, Any]:
+    """One site's planned history at ``settings``, accounted by both, round by round."""
+    _, rdp = _dp_accounting()
+    plan = _plan(settings, cfg, n_train, release)
+    sigma, q, delta = plan.noise_multiplier, plan.sample_rate, settings.delta
+    prior = list(settings.calibration_history()) if release else []
+    ours, references = _accountants(rdp, prior)
+    alone = {"ours": ours.epsilon(delta) if prior else None}
+    alone |= {k: r.get_epsilon(delta) if prior else None for k, r in references.items()}
+    rounds, excluded = _rounds(plan, ours, references, delta)
+    step_rdp = _one_step_rdp(rdp, ours, sigma, q, delta)
     return {
         "target_epsilon": settings.epsilon,
         "delta": delta,
@@ -170,7 +200,7 @@ def compare(settings: LocalDP, cfg: DictConfig, n_train: int, *, release: bool) 
         "epsilon": rounds[-1],
         # dp-accounting's ε minus ours: after the last round, and the largest in magnitude
         # over the rounds (with its round)
-        "difference": {key: gap(key) for key in references},
+        "difference": {key: _gap(rounds, key) for key in references},
         "optimal_order_rdp_of_one_step": step_rdp,
         "dp_accounting_excluded_orders": sorted(excluded),
         "rounds": rounds,

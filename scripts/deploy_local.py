@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -105,7 +106,7 @@ def start_sites(dep: LocalDeployment, fed: SiteFederation) -> None:
         dep.start_supernode(name, node, key)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -148,8 +149,50 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. strategy=fedprox")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _run(
+    args: argparse.Namespace, fed: SiteFederation
+) -> tuple[subprocess.CompletedProcess, float] | None:
+    """Start the SuperLink and the sites, run the app; returns ``flwr run``'s completed
+    process and its seconds, or None when the deployment failed (after saying so)."""
+    with LocalDeployment(
+        fed.workdir,
+        insecure=args.insecure,
+        tls_dir=args.tls_dir,
+        warm=not args.cold,
+        # The sites share this machine's cores, as the simulation's sites do.
+        site_threads=max(1, (os.cpu_count() or 1) // args.sites),
+    ) as dep:
+        try:
+            dep.start_superlink()
+            start_sites(dep, fed)
+            t0 = time.perf_counter()
+            res = dep.run_app(fed.overrides, timeout=args.timeout)
+            return res, time.perf_counter() - t0
+        except DeploymentError as err:
+            print(f"deployment failed: {err}\nlogs: {fed.workdir / 'logs'}", file=sys.stderr)
+            return None
+
+
+def _summary(args: argparse.Namespace, workdir: Path, metrics: dict, seconds: float) -> dict:
+    """What ``deployment.json`` records and the launcher prints."""
+    return {
+        "workdir": str(workdir),
+        "sites": args.sites,
+        "rounds": metrics["rounds_run"],
+        "flwr_run_seconds": seconds,
+        "seconds_per_round": seconds / metrics["rounds_run"],
+        "secure": metrics.get("secure"),
+        "clientapps": "cold" if args.cold else "warm",
+        "test": {k: metrics["test"][k] for k in ("auc", "accuracy", "mcc")},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.insecure and args.tls_dir is not None:
         parser.error("--insecure and --tls-dir contradict each other")
     if args.tls_dir is not None:  # refuse before anything is written or started
@@ -169,23 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     workdir, run_dir = fed.workdir, fed.run_dir
     if args.insecure:
         print("WARNING: --insecure: no TLS, no SuperNode authentication", file=sys.stderr)
-    with LocalDeployment(
-        workdir,
-        insecure=args.insecure,
-        tls_dir=args.tls_dir,
-        warm=not args.cold,
-        # The sites share this machine's cores, as the simulation's sites do.
-        site_threads=max(1, (os.cpu_count() or 1) // args.sites),
-    ) as dep:
-        try:
-            dep.start_superlink()
-            start_sites(dep, fed)
-            t0 = time.perf_counter()
-            res = dep.run_app(fed.overrides, timeout=args.timeout)
-            seconds = time.perf_counter() - t0
-        except DeploymentError as err:
-            print(f"deployment failed: {err}\nlogs: {workdir / 'logs'}", file=sys.stderr)
-            return 1
+    ran = _run(args, fed)
+    if ran is None:
+        return 1
+    res, seconds = ran
     metrics_path = run_dir / METRICS_FILE
     if res.returncode != 0 or not metrics_path.is_file():
         print(
@@ -194,17 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    metrics = json.loads(metrics_path.read_text())
-    summary = {
-        "workdir": str(workdir),
-        "sites": args.sites,
-        "rounds": metrics["rounds_run"],
-        "flwr_run_seconds": seconds,
-        "seconds_per_round": seconds / metrics["rounds_run"],
-        "secure": metrics.get("secure"),
-        "clientapps": "cold" if args.cold else "warm",
-        "test": {k: metrics["test"][k] for k in ("auc", "accuracy", "mcc")},
-    }
+    summary = _summary(args, workdir, json.loads(metrics_path.read_text()), seconds)
     write_json(summary, workdir / "deployment.json")
     print(json.dumps(summary, indent=2))
     return 0

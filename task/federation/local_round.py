@@ -139,6 +139,27 @@ def _round_setup(model: torch.nn.Module, site: Site, cfg: DictConfig, server_rou
     return lr, optimizer, loss_fn, loader
 
 
+def _release_moments(model: torch.nn.Module, site: Site, privacy: LocalDP, *, sigma: float) -> None:
+    """Set the model's feature moments from the site's training images, released with
+    Gaussian noise ``sigma`` (the ledger has already accounted for the release)."""
+    model.set_moments(
+        *site_moments(
+            model,
+            site.splits.train.images,
+            clip=privacy.calibration_clip,
+            noise_multiplier=sigma,
+            generator=secret_generator(),
+        )
+    )
+    log.info(
+        "site %s: feature moments released once with Gaussian noise σ=%.3f (clip %g·√F), "
+        "accounted in the ledger",
+        site.name,
+        sigma,
+        privacy.calibration_clip,
+    )
+
+
 def _local_train_dp(
     model: torch.nn.Module,
     site: Site,
@@ -167,23 +188,7 @@ def _local_train_dp(
         ledger.accountant.release(*release)
     ledger.check(plan)  # raises BudgetExhausted before touching the data
     if release is not None:
-        sigma = release[0]
-        model.set_moments(
-            *site_moments(
-                model,
-                train.images,
-                clip=privacy.calibration_clip,
-                noise_multiplier=sigma,
-                generator=secret_generator(),
-            )
-        )
-        log.info(
-            "site %s: feature moments released once with Gaussian noise σ=%.3f (clip %g·√F), "
-            "accounted in the ledger",
-            site.name,
-            sigma,
-            privacy.calibration_clip,
-        )
+        _release_moments(model, site, privacy, sigma=release[0])
     lr, optimizer, loss_fn, loader = _round_setup(model, site, cfg, server_round)
     stats = train_private(
         model,

@@ -93,6 +93,65 @@ def parallelism(cfg: DictConfig, cpus: int | None = None) -> tuple[int, int]:
     return max(1, cpus // threads), threads
 
 
+class _Sites:
+    """Calls of a :class:`_SiteWork` method, one per site: in this process when there is
+    one worker, else in ``workers`` spawned processes of ``threads`` threads each."""
+
+    def __init__(self, cfg: DictConfig, workers: int, threads: int) -> None:
+        self.n_sites = int(cfg.federation.num_sites)
+        self.local: _SiteWork | None = None
+        self.pool: ProcessPoolExecutor | None = None
+        if workers == 1:
+            self.local = _SiteWork(cfg)
+        else:
+            self.pool = ProcessPoolExecutor(
+                workers,
+                mp_context=get_context("spawn"),
+                initializer=_start_worker,
+                initargs=(OmegaConf.to_yaml(cfg, resolve=True), threads),
+            )
+
+    def initial_state(self) -> State:
+        if self.pool is None:
+            return self.local.initial_state()
+        return self.pool.submit(_call, "initial_state").result()
+
+    def run(self, method: str, *per_site: list) -> list:
+        """``method`` at every site, with the site's arguments from each of ``per_site``."""
+        if self.pool is None:
+            return [getattr(self.local, method)(*args) for args in zip(*per_site, strict=True)]
+        return list(self.pool.map(_call, [method] * self.n_sites, *per_site))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def _rounds(cfg: DictConfig, sites: _Sites, global_state: State) -> tuple[list, State, State]:
+    """FedAvg's rounds from ``global_state``, each site's validation pooled after each; the
+    history, the last global state and the state validated (its moving average with
+    ``federation.ema_decay``)."""
+    fed = cfg.federation
+    n_sites = int(fed.num_sites)
+    dtypes = {k: v.numpy().dtype for k, v in global_state.items()}
+    decay = averaging.check_decay(fed.ema_decay)
+    average, history = None, []
+    indices = list(range(n_sites))
+    for server_round in range(1, int(fed.num_rounds) + 1):
+        replies = sites.run("train", indices, [global_state] * n_sites, [server_round] * n_sites)
+        global_state = weighted_average([s for s, _ in replies], [n for _, n in replies])
+        validated = global_state
+        if decay is not None:
+            numpy_state = {k: v.numpy() for k, v in global_state.items()}
+            average = averaging.update(average, numpy_state, decay, server_round)
+            cast = averaging.in_dtypes(average, dtypes)
+            validated = {k: torch.from_numpy(v) for k, v in cast.items()}
+        confusion = sum(sites.run("confusion", indices, [validated] * n_sites))
+        k = round(len(confusion) ** 0.5)
+        history.append({"round": server_round, **pooled_metrics(confusion.reshape(k, k))})
+    return history, global_state, validated
+
+
 def fedavg_reference(cfg: DictConfig, workers: int | None = None) -> dict:
     """Run the federation without Flower; returns its timing, history and final states.
 
@@ -101,53 +160,14 @@ def fedavg_reference(cfg: DictConfig, workers: int | None = None) -> dict:
     """
     if workers is not None and workers < 1:
         raise ValueError(f"workers={workers} must be at least 1")
-    fed = cfg.federation
-    n_sites, n_rounds = int(fed.num_sites), int(fed.num_rounds)
     default_workers, threads = parallelism(cfg)
-    workers = min(workers or default_workers, n_sites)
+    workers = min(workers or default_workers, int(cfg.federation.num_sites))
     t0 = time.perf_counter()
-    pool = None
-    if workers == 1:
-        local = _SiteWork(cfg)
-
-        def run(method: str, *per_site: list) -> list:
-            return [getattr(local, method)(*args) for args in zip(*per_site, strict=True)]
-
-    else:
-        cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-        pool = ProcessPoolExecutor(
-            workers,
-            mp_context=get_context("spawn"),
-            initializer=_start_worker,
-            initargs=(cfg_yaml, threads),
-        )
-
-        def run(method: str, *per_site: list) -> list:
-            return list(pool.map(_call, [method] * n_sites, *per_site))
-
+    sites = _Sites(cfg, workers, threads)
     try:
-        global_state = (
-            local.initial_state() if pool is None else pool.submit(_call, "initial_state").result()
-        )
-        dtypes = {k: v.numpy().dtype for k, v in global_state.items()}
-        decay = averaging.check_decay(fed.ema_decay)
-        average, history = None, []
-        sites = list(range(n_sites))
-        for server_round in range(1, n_rounds + 1):
-            replies = run("train", sites, [global_state] * n_sites, [server_round] * n_sites)
-            global_state = weighted_average([s for s, _ in replies], [n for _, n in replies])
-            validated = global_state
-            if decay is not None:
-                numpy_state = {k: v.numpy() for k, v in global_state.items()}
-                average = averaging.update(average, numpy_state, decay, server_round)
-                cast = averaging.in_dtypes(average, dtypes)
-                validated = {k: torch.from_numpy(v) for k, v in cast.items()}
-            confusion = sum(run("confusion", sites, [validated] * n_sites))
-            k = round(len(confusion) ** 0.5)
-            history.append({"round": server_round, **pooled_metrics(confusion.reshape(k, k))})
+        history, global_state, validated = _rounds(cfg, sites, sites.initial_state())
     finally:
-        if pool is not None:
-            pool.shutdown()
+        sites.close()
     return {
         "seconds": time.perf_counter() - t0,
         "workers": workers,
