@@ -194,7 +194,9 @@ def test_a_killed_superlink_and_serverapp_resume_from_the_last_checkpoint(federa
     round_1 = checkpoint.load(run_dir / "last.pt")
     dep.start_superlink()
     wait_for(lambda: dep.connected_nodes() == SITES, 180, "SuperNodes reconnected")
-    resumed = dep.start_app(_overrides(fed, run_dir, f"resume={run_dir / 'last.pt'}", *PLAIN), "resume")
+    resumed = dep.start_app(
+        _overrides(fed, run_dir, f"resume={run_dir / 'last.pt'}", *PLAIN), "resume"
+    )
     assert resumed.wait(timeout=600) == 0, dep.log_tail("resume", 60)
     final = checkpoint.load(run_dir / "last.pt")
     assert final["round"] == ROUNDS

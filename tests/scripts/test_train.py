@@ -144,7 +144,9 @@ def test_killed_server_resumes_to_same_final_weights(straight, tmp_path: Path) -
     assert first["round"] < 3
     # Resumed with PriMIA's selection rule (it does not touch the arithmetic): the round
     # with the best pooled validation MCC is tested.
-    _run(_cmd(killed, "logger=none", f"resume={killed / 'last.pt'}", "federation.selection=val_mcc"))
+    _run(
+        _cmd(killed, "logger=none", f"resume={killed / 'last.pt'}", "federation.selection=val_mcc")
+    )
 
     a = torch.load(straight_dir / "last.pt", weights_only=True)
     b = torch.load(killed / "last.pt", weights_only=True)
