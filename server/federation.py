@@ -90,7 +90,7 @@ def aggregation(cfg: DictConfig, run: RunSettings):
     """The configured strategy, wrapped in secure aggregation with ``secure=smpc`` (the
     server then also checks the revealed mean against the sites' update bound)."""
     secure = secure_enabled(cfg)
-    options = run.privacy.privacy.secure_options(secure)
+    options = run.privacy.option.secure_options(secure)
     if secure:
         options["max_update_norm"] = cfg.federation.max_update_norm
     return instantiate(cfg.secure)(instantiate(cfg.strategy), **options)
@@ -120,7 +120,7 @@ def global_model(cfg: DictConfig, run: RunSettings):
     data = instantiate(cfg.data).load(preprocess=instantiate(cfg.transforms.preprocess))
     dp = run.privacy.enabled
     model = build_model(cfg.model, data.in_shape, len(data.classes), dp_compatible=dp)
-    run.privacy.privacy.check_network(model, data.in_shape)
+    run.privacy.option.check_network(model, data.in_shape)
     if run.state is not None:
         # Through the model, so that the global arrays have its dtypes (checkpoints written
         # before the dtype fix in CheckpointedStrategy hold float64 BatchNorm counters).

@@ -31,7 +31,7 @@ class FederationPrivacy:
     enabled = False
 
     def __init__(self, privacy: Privacy, cfg: DictConfig, state: dict[str, Any] | None) -> None:
-        self.privacy = privacy
+        self.option = privacy  # the option's settings (task.privacy)
         fed = cfg.federation
         self.num_rounds, self.num_sites = int(fed.num_rounds), int(fed.num_sites)
         self.min_train_sites = int(fed.min_train_sites)
@@ -62,7 +62,7 @@ class FederationPrivacy:
 
     def summary(self, stopped: str | None) -> dict[str, Any]:
         """The ``privacy`` entry of ``metrics.json``."""
-        return {"mode": self.privacy.name, "stopped_early": stopped}
+        return {"mode": self.option.name, "stopped_early": stopped}
 
 
 class LocalDPFederation(FederationPrivacy):
@@ -93,7 +93,7 @@ class LocalDPFederation(FederationPrivacy):
         if spent and able < self.min_train_sites:
             return (
                 f"{spent} site(s) have spent their privacy budget (ε ≤ "
-                f"{self.privacy.epsilon}; reported spent: {exhausted}, refused the last "
+                f"{self.option.epsilon}; reported spent: {exhausted}, refused the last "
                 f"round: {self.refusals}); {able} site(s) could still train, fewer than "
                 f"federation.min_train_sites={self.min_train_sites}"
             )
@@ -102,8 +102,8 @@ class LocalDPFederation(FederationPrivacy):
     def summary(self, stopped: str | None) -> dict[str, Any]:
         reports = sorted(self.site_reports.items())
         return super().summary(stopped) | {
-            "delta": self.privacy.delta,
-            "budget": self.privacy.epsilon,
+            "delta": self.option.delta,
+            "budget": self.option.epsilon,
             "sites": {s: r["epsilon"] for s, r in reports},
             "noise_multipliers": {s: r["noise-multiplier"] for s, r in reports},
         }
@@ -130,7 +130,7 @@ class CentralDPFederation(FederationPrivacy):
 
     @property
     def epsilon(self) -> float:
-        return self.accountant.epsilon(self.privacy.delta)
+        return self.accountant.epsilon(self.option.delta)
 
     @property
     def spent(self) -> int:
@@ -139,7 +139,7 @@ class CentralDPFederation(FederationPrivacy):
     def after_round(self, record: RoundRecord) -> dict[str, Any]:
         n_sites = record.train.get("secure-sites")
         if n_sites:  # a sum was revealed this round
-            sigma = self.privacy.effective_noise(self.num_rounds, int(n_sites))
+            sigma = self.option.effective_noise(self.num_rounds, int(n_sites))
             self.accountant.step(sigma, 1.0, 1)
             log.info(
                 "central DP round %d: sum of %d sites, σ=%.3f; ε=%.3f at δ=%g",
@@ -147,19 +147,19 @@ class CentralDPFederation(FederationPrivacy):
                 n_sites,
                 sigma,
                 self.epsilon,
-                self.privacy.delta,
+                self.option.delta,
             )
-        return {"epsilon": self.epsilon, "delta": self.privacy.delta, "rounds": self.spent}
+        return {"epsilon": self.epsilon, "delta": self.option.delta, "rounds": self.spent}
 
     def should_stop(self, server_round: int) -> str | None:
-        if self.privacy.epsilon is None:
+        if self.option.epsilon is None:
             return None
-        sigma = self.privacy.noise_for(self.num_rounds)
-        after = self.accountant.epsilon_after(self.privacy.delta, sigma, 1.0, 1)
-        if after > self.privacy.epsilon:
+        sigma = self.option.noise_for(self.num_rounds)
+        after = self.accountant.epsilon_after(self.option.delta, sigma, 1.0, 1)
+        if after > self.option.epsilon:
             return (
                 f"central DP budget: round {server_round} would take ε from "
-                f"{self.epsilon:.3f} to {after:.3f} > {self.privacy.epsilon}"
+                f"{self.epsilon:.3f} to {after:.3f} > {self.option.epsilon}"
             )
         return None
 
@@ -168,10 +168,10 @@ class CentralDPFederation(FederationPrivacy):
 
     def summary(self, stopped: str | None) -> dict[str, Any]:
         return super().summary(stopped) | {
-            "delta": self.privacy.delta,
-            "budget": self.privacy.epsilon,
+            "delta": self.option.delta,
+            "budget": self.option.epsilon,
             "epsilon": self.epsilon,
-            "noise_multiplier": self.privacy.noise_for(self.num_rounds),
+            "noise_multiplier": self.option.noise_for(self.num_rounds),
             "rounds_accounted": self.spent,
         }
 
