@@ -33,7 +33,7 @@ from task.data.pneumoniamnist import load_npz, resolve_path
 from task.data.preprocess import preprocess_array
 from task.evaluation.report import write_benchmark
 from task.runtime.machine import machine_facts
-from task.training.central import brief_checkpoint
+from task.training.brief import brief_checkpoint
 
 LATENCY_IMAGES = 8
 BATCH = 32

@@ -51,6 +51,6 @@ def trained_checkpoint(tmp_path_factory, pneumoniamnist_path) -> Path:
     """The federated default model (small_cnn) trained briefly (30 steps) by the real
     centralised loop: its ``final.pt`` carries weights, BatchNorm statistics and the
     inference config."""
-    from task.training.central import brief_checkpoint
+    from task.training.brief import brief_checkpoint
 
     return brief_checkpoint("small_cnn", 30, tmp_path_factory.mktemp("trained"))

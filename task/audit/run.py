@@ -267,7 +267,7 @@ def _trained_model(cfg: DictConfig, run_dir: Path, model_option: str) -> tuple[n
     mi = cfg.audit.model_inversion
     path = mi.checkpoint
     if path is None:
-        from task.training.central import brief_checkpoint
+        from task.training.brief import brief_checkpoint
 
         path = brief_checkpoint(model_option, int(mi.brief_steps), run_dir / "brief_training")
     state = checkpoint.load(path)
