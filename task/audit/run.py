@@ -10,7 +10,6 @@ sites' checks against an active server off, then on.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +21,13 @@ from omegaconf import DictConfig
 from torch import nn
 
 from task.audit import views
-from task.audit.inversion import AttackSettings, dlg, inverting_gradients
-from task.audit.malicious_server import inconsistent_round
-from task.audit.model_inversion import class_representative, nearest_image
-from task.audit.report import save_grid
-from task.audit.scores import prior_ssim, score
+from task.audit.entries import (
+    AuditSetup,
+    gradient_entry,
+    malicious_server_entries,
+    model_inversion_entries,
+    verdict,
+)
 from task.config import compose_config
 from task.data.sites import partition_site
 from task.federation.calibration import class_has_calibration
@@ -34,7 +35,9 @@ from task.models.factory import build_model
 from task.privacy import LocalDP
 from task.privacy.dpsgd import secret_generator
 from task.privacy.ledger import plan_round
-from task.runtime import checkpoint
+
+# verdict moved to task.audit.entries; it stays importable from here.
+__all__ = ["MALICIOUS_BATCH", "VIEWS", "federation_sigma", "run_audit", "verdict"]
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +46,8 @@ VIEWS = ("plain", "dp", "secure", "secure_round", "malicious_server")
 #: ``malicious_server`` view runs at this size only.
 MALICIOUS_BATCH = 1
 
-
-def verdict(ssim: float, prior: float, recovered_margin: float, margin: float) -> str:
-    """A plain-language reading of one score against the average image's (``prior``)."""
-    if ssim - prior >= recovered_margin:
-        return "images recovered: recognisably the patients' images, not a generic X-ray"
-    if ssim - prior >= margin:
-        return "partial leak: closer to the patients' images than the average X-ray"
-    return "nothing recovered beyond what the average X-ray already shows"
+#: A site's round images and labels.
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def federation_sigma(dp: DictConfig) -> float:
@@ -71,134 +68,34 @@ def federation_sigma(dp: DictConfig) -> float:
     return plan.noise_multiplier
 
 
-def _to_unit(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    return (x * std + mean).clamp(0, 1)
-
-
 def run_audit(cfg: DictConfig, run_dir: Path, model_option: str) -> dict[str, Any]:
     """Run every configured attack; write grids into ``run_dir``; return the results."""
     a = cfg.audit
-    unknown = set(a.views) - set(VIEWS)
-    if unknown:
-        raise ValueError(f"audit.views has {sorted(unknown)}; choose from {list(VIEWS)}")
-    k, per_site = int(a.secure_sites), int(a.round_images)
-    for b in a.batch_sizes:  # before any attack runs
-        if per_site % int(b):
-            raise ValueError(f"audit.round_images={per_site} is not a multiple of batch {b}")
+    _check(a)
     set_determinism(seed=cfg.seed)
     data = instantiate(cfg.data).load(preprocess=instantiate(cfg.transforms.preprocess))
-    mean, std = float(cfg.transforms.norm_mean), float(cfg.transforms.norm_std)
-    bounds = ((0.0 - mean) / std, (1.0 - mean) / std)
-    n_classes = len(data.classes)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data.in_shape, n_classes)
-    torch.manual_seed(cfg.seed)
-    dp_model = build_model(cfg.model, data.in_shape, n_classes, dp_compatible=True)
+    victims = _victims(cfg, data)
     sigma = federation_sigma(a.dp)
-    settings: AttackSettings = instantiate(a.attack)
+    setup = AuditSetup(
+        mean=float(cfg.transforms.norm_mean),
+        std=float(cfg.transforms.norm_std),
+        settings=instantiate(a.attack),
+        dlg_steps=a.dlg_steps,
+        seed=cfg.seed,
+        run_dir=run_dir,
+        margins=(float(a.recovered_margin), float(a.margin)),
+    )
     rng = np.random.default_rng(cfg.seed)
     images = torch.from_numpy(data.train.images)
     labels = torch.from_numpy(data.train.labels).long()
-    mean_image = _to_unit(images.mean(dim=0, keepdim=True), mean, std)
+    setup.prior_image = setup.unit(images.mean(dim=0, keepdim=True))
     entries: list[dict[str, Any]] = []
     for b in a.batch_sizes:
-        picks = rng.choice(len(images), size=per_site * k, replace=False)
-        # Each site's round images; its first batch is what one-step views train on.
-        rounds = [
-            (
-                images[picks[i * per_site : (i + 1) * per_site]],
-                labels[picks[i * per_site : (i + 1) * per_site]],
-            )
-            for i in range(k)
-        ]
-        batches = [(xs[:b], ys[:b]) for xs, ys in rounds]
-        x, y = batches[0]  # the target site's batch
-        for view in a.views:
-            if view == "malicious_server":
-                if int(b) == MALICIOUS_BATCH:
-                    entries += _malicious_server(
-                        model,
-                        batches,
-                        settings,
-                        bounds,
-                        prior=prior_ssim(mean_image, _to_unit(x, mean, std)),
-                        unit=lambda t: _to_unit(t, mean, std),
-                        run_dir=run_dir,
-                        margins=(float(a.recovered_margin), float(a.margin)),
-                    )
-                else:
-                    log.info("malicious_server runs at batch %d only: skipped", MALICIOUS_BATCH)
-                continue
-            victim = dp_model if view == "dp" else model
-            summed = view in ("secure", "secure_round")
-            if view == "plain":
-                target = views.plain_update(victim, x, y)
-            elif view == "dp":
-                target = views.dp_update(
-                    victim,
-                    x,
-                    y,
-                    noise_multiplier=sigma,
-                    max_grad_norm=float(a.dp.max_grad_norm),
-                    generator=secret_generator(),
-                )
-            elif view == "secure":
-                target = views.secure_sum_update(victim, batches)
-            else:
-                target = views.round_update(victim, rounds, batch_size=int(b), lr=float(a.round_lr))
-            # Against a sum, the strongest attacker reconstructs every site's images (it
-            # knows all labels) and keeps the best matches to the target site's images:
-            # one batch per site, scored against the target site's first batch (for the
-            # round view, against all the images the target site trained on that round).
-            ax, ay = (
-                (torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
-                if summed
-                else (x, y)
-            )
-            if view == "secure_round":
-                truth = _to_unit(rounds[0][0], mean, std)
-            else:
-                truth = _to_unit(x, mean, std)
-            attacks = ["inverting_gradients"] + (["dlg"] if view == "plain" else [])
-            for attack in attacks:
-                t0 = time.perf_counter()
-                if attack == "dlg":
-                    recon = dlg(victim, target, ay, tuple(ax.shape), bounds, a.dlg_steps, cfg.seed)
-                else:
-                    recon = inverting_gradients(
-                        victim, target, ay, tuple(ax.shape), bounds, settings
-                    )
-                seconds = time.perf_counter() - t0
-                s = score(_to_unit(recon, mean, std), truth)
-                s["prior_ssim"] = prior_ssim(mean_image, truth)
-                grid = save_grid(
-                    truth,
-                    _to_unit(recon, mean, std),
-                    run_dir / f"{view}_b{b}_{attack}.png",
-                    title=f"{view}, batch {b}, {attack}: SSIM {s['ssim']:.2f}",
-                )
-                entry = {
-                    "view": view,
-                    "batch_size": int(b),
-                    "attack": attack,
-                    **s,
-                    "seconds": seconds,
-                    "verdict": verdict(
-                        s["ssim"], s["prior_ssim"], float(a.recovered_margin), float(a.margin)
-                    ),
-                    "grid": grid.name,
-                }
-                if view == "dp":
-                    entry |= {"noise_multiplier": sigma, "epsilon": float(a.dp.epsilon)}
-                if summed:
-                    entry["sites_in_sum"] = k
-                if view == "secure_round":
-                    entry["images_per_site"] = per_site
-                log.info("%s", {k: v for k, v in entry.items() if k != "verdict"})
-                entries.append(entry)
+        rounds = _site_rounds(rng, images, labels, int(a.secure_sites), int(a.round_images))
+        entries += _entries_at(setup, a, b, rounds, victims, sigma)
     return {
         "gradient_inversion": entries,
-        "model_inversion": _model_inversion(cfg, run_dir, model_option, data, bounds, mean, std),
+        "model_inversion": model_inversion_entries(setup, cfg, model_option, data),
         "dp": {
             "epsilon": float(a.dp.epsilon),
             "delta": float(a.dp.delta),
@@ -208,116 +105,136 @@ def run_audit(cfg: DictConfig, run_dir: Path, model_option: str) -> dict[str, An
     }
 
 
-def _malicious_server(
-    model, batches, settings, bounds, *, prior, unit, run_dir, margins
+def _check(a: DictConfig) -> None:
+    """Refuse unknown views and batch sizes that do not split a round, before any attack."""
+    unknown = set(a.views) - set(VIEWS)
+    if unknown:
+        raise ValueError(f"audit.views has {sorted(unknown)}; choose from {list(VIEWS)}")
+    per_site = int(a.round_images)
+    for b in a.batch_sizes:
+        if per_site % int(b):
+            raise ValueError(f"audit.round_images={per_site} is not a multiple of batch {b}")
+
+
+def _victims(cfg: DictConfig, data) -> tuple[nn.Module, nn.Module]:
+    """The federation's initial global model and its DP-compatible twin, from one seed."""
+    n_classes = len(data.classes)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, data.in_shape, n_classes)
+    torch.manual_seed(cfg.seed)
+    dp_model = build_model(cfg.model, data.in_shape, n_classes, dp_compatible=True)
+    return model, dp_model
+
+
+def _site_rounds(
+    rng: np.random.Generator, images: torch.Tensor, labels: torch.Tensor, k: int, per_site: int
+) -> list[Batch]:
+    """Each of ``k`` sites' round images, drawn without repeats across sites."""
+    picks = rng.choice(len(images), size=per_site * k, replace=False)
+    return [
+        (
+            images[picks[i * per_site : (i + 1) * per_site]],
+            labels[picks[i * per_site : (i + 1) * per_site]],
+        )
+        for i in range(k)
+    ]
+
+
+def _entries_at(
+    setup: AuditSetup,
+    a: DictConfig,
+    b: int,
+    rounds: list[Batch],
+    victims: tuple[nn.Module, nn.Module],
+    sigma: float,
 ) -> list[dict[str, Any]]:
-    """The model-inconsistency attack on the secure sum of ``batches`` (target first), the
-    sites' checks against an active server off, then on: two entries. ``seconds`` is the
-    inversion's time, ``round_seconds`` the protocol round's."""
-    x, y = batches[0]
-    truth = unit(x)
-    out = []
-    for checks in (False, True):
-        t0 = time.perf_counter()
-        got = inconsistent_round(model, batches, checks=checks)
-        entry: dict[str, Any] = {
-            "view": "malicious_server",
-            "batch_size": len(y),
-            "server_checks": "on" if checks else "off",
-            "sites_in_sum": len(batches),
-            "round_seconds": time.perf_counter() - t0,
-            "masked_inputs_received": got.masked_inputs,
-            "prior_ssim": prior,
-        }
-        if got.target is None:  # nothing to invert
-            entry |= {
-                "attack": None,
-                **dict.fromkeys(("ssim", "psnr", "mse", "ssim_best_per_image"), None),
-                "seconds": None,
-                "refused_by": sorted(got.refusals),
-                "verdict": got.outcome(),
-                "grid": None,
-            }
+    """Every view's entries at batch size ``b``."""
+    # Each site's first batch of its round images is what one-step views train on.
+    batches = [(xs[:b], ys[:b]) for xs, ys in rounds]
+    entries: list[dict[str, Any]] = []
+    for view in a.views:
+        if view != "malicious_server":
+            entries += _view_entries(setup, a, view, b, rounds, batches, victims, sigma)
+        elif int(b) == MALICIOUS_BATCH:
+            entries += [_logged(e) for e in malicious_server_entries(setup, victims[0], batches)]
         else:
-            t0 = time.perf_counter()
-            recon = unit(
-                inverting_gradients(model, got.target, y, tuple(x.shape), bounds, settings)
-            )
-            s = score(recon, truth)
-            grid = save_grid(
-                truth,
-                recon,
-                run_dir / f"malicious_server_checks_off_b{len(y)}.png",
-                title=f"checks off: SSIM {s['ssim']:.2f}",
-            )
-            entry |= {
-                "attack": "inverting_gradients",
-                **s,
-                "seconds": time.perf_counter() - t0,
-                "verdict": verdict(s["ssim"], prior, *margins),
-                "grid": grid.name,
-            }
-        log.info("%s", {k: v for k, v in entry.items() if k != "verdict"})
-        out.append(entry)
-    return out
+            log.info("malicious_server runs at batch %d only: skipped", MALICIOUS_BATCH)
+    return entries
 
 
-def _trained_model(cfg: DictConfig, run_dir: Path, model_option: str) -> tuple[nn.Module, str]:
-    """The model to invert: ``audit.model_inversion.checkpoint``, or a brief training."""
-    mi = cfg.audit.model_inversion
-    path = mi.checkpoint
-    if path is None:
-        from task.training.brief import brief_checkpoint
+def _view_entries(
+    setup: AuditSetup,
+    a: DictConfig,
+    view: str,
+    b: int,
+    rounds: list[Batch],
+    batches: list[Batch],
+    victims: tuple[nn.Module, nn.Module],
+    sigma: float,
+) -> list[dict[str, Any]]:
+    """The update the server sees in ``view``, and each attack on it: one entry each."""
+    x, y = batches[0]  # the target site's batch
+    victim = victims[1] if view == "dp" else victims[0]
+    target = _observed_update(view, victim, a, b, rounds, batches, sigma)
+    # Against a sum, the strongest attacker reconstructs every site's images (it
+    # knows all labels) and keeps the best matches to the target site's images:
+    # one batch per site, scored against the target site's first batch (for the
+    # round view, against all the images the target site trained on that round).
+    summed = view in ("secure", "secure_round")
+    images = (
+        (torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
+        if summed
+        else (x, y)
+    )
+    truth = setup.unit(rounds[0][0] if view == "secure_round" else x)
+    extra = _view_facts(view, a, sigma)
+    attacks = ["inverting_gradients"] + (["dlg"] if view == "plain" else [])
+    return [
+        _logged(gradient_entry(setup, view, b, attack, victim, target, images, truth, extra))
+        for attack in attacks
+    ]
 
-        path = brief_checkpoint(model_option, int(mi.brief_steps), run_dir / "brief_training")
-    state = checkpoint.load(path)
-    config = state.get("config") or {}
-    model = instantiate(config.get("model", cfg.model))
-    if config.get("dp_compatible"):
-        from task.privacy.dpsgd import make_compatible
 
-        model = make_compatible(model)
-    model.load_state_dict(state["model"])
-    return model.eval(), str(path)
-
-
-def _model_inversion(cfg, run_dir, model_option, data, bounds, mean, std) -> list[dict[str, Any]]:
-    mi = cfg.audit.model_inversion
-    model, path = _trained_model(cfg, run_dir, model_option)
-    train_unit = _to_unit(torch.from_numpy(data.train.images), mean, std)
-    labels = data.train.labels
-    out = []
-    for k, name in enumerate(data.classes):
-        t0 = time.perf_counter()
-        recon = class_representative(
-            model, k, (1, *data.in_shape), bounds, steps=int(mi.steps), seed=cfg.seed
+def _observed_update(
+    view: str,
+    victim: nn.Module,
+    a: DictConfig,
+    b: int,
+    rounds: list[Batch],
+    batches: list[Batch],
+    sigma: float,
+) -> list[torch.Tensor]:
+    """What the server observes of the target site in ``view``."""
+    x, y = batches[0]
+    if view == "plain":
+        return views.plain_update(victim, x, y)
+    if view == "dp":
+        return views.dp_update(
+            victim,
+            x,
+            y,
+            noise_multiplier=sigma,
+            max_grad_norm=float(a.dp.max_grad_norm),
+            generator=secret_generator(),
         )
-        recon_unit = _to_unit(recon, mean, std)
-        own = np.flatnonzero(labels == k)
-        i, _ = nearest_image(recon_unit, train_unit[own])
-        nearest = train_unit[own[i] : own[i] + 1]
-        s = score(recon_unit, nearest)
-        s["prior_ssim"] = prior_ssim(train_unit[own].mean(dim=0, keepdim=True), nearest)
-        grid = save_grid(
-            nearest,
-            recon_unit,
-            run_dir / f"model_inversion_{name}.png",
-            title=f"class {name}: nearest training image vs reconstruction, SSIM {s['ssim']:.2f}",
-        )
-        out.append(
-            {
-                "class": name,
-                **s,
-                "nearest_train_index": int(own[i]),
-                "seconds": time.perf_counter() - t0,
-                "checkpoint": path,
-                "grid": grid.name,
-                "verdict": verdict(
-                    s["ssim"],
-                    s["prior_ssim"],
-                    float(cfg.audit.recovered_margin),
-                    float(cfg.audit.margin),
-                ),
-            }
-        )
-    return out
+    if view == "secure":
+        return views.secure_sum_update(victim, batches)
+    return views.round_update(victim, rounds, batch_size=int(b), lr=float(a.round_lr))
+
+
+def _view_facts(view: str, a: DictConfig, sigma: float) -> dict[str, Any]:
+    """What an entry of ``view`` states besides its scores: the noise, or the sum's size."""
+    if view == "dp":
+        return {"noise_multiplier": sigma, "epsilon": float(a.dp.epsilon)}
+    facts: dict[str, Any] = {}
+    if view in ("secure", "secure_round"):
+        facts["sites_in_sum"] = int(a.secure_sites)
+    if view == "secure_round":
+        facts["images_per_site"] = int(a.round_images)
+    return facts
+
+
+def _logged(entry: dict[str, Any]) -> dict[str, Any]:
+    """Log an entry as it is made (the verdict is for the report) and pass it on."""
+    log.info("%s", {k: v for k, v in entry.items() if k != "verdict"})
+    return entry
