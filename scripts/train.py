@@ -17,7 +17,8 @@ from scripts.simulation import simulate
 from scripts.user_errors import one_line_errors
 from task.config import register_resolvers
 from task.constants import EXPERT_READERS
-from task.federation.settings import check_federated_config, resume_path
+from task.federation.settings import check_federated_config
+from task.runtime.run_options import resume_path
 
 register_resolvers()
 

@@ -31,10 +31,11 @@ from server.recorder import RoundRecorder
 from strategies.checkpointed import CheckpointedStrategy
 from task.config import with_normalisation
 from task.constants import NORM_MEAN, NORM_STD, REPO_ROOT
-from task.federation.settings import check_federated_config, resume_path
+from task.federation.settings import check_federated_config
 from task.models.factory import build_model
 from task.privacy import privacy_of
 from task.runtime import checkpoint
+from task.runtime.run_options import resume_path
 
 log = logging.getLogger(__name__)
 

@@ -10,35 +10,15 @@ config too.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from task.constants import SELECTIONS
+from task.runtime.run_options import check_selection, resume_path
 
 #: ``train.precision`` of a site's local training: fp32, or the forward pass in bfloat16.
 PRECISIONS = ("fp32", "bf16")
 LR_SCHEDULES = ("cosine", "constant")
-
-
-def check_selection(selection: str, key: str) -> str:
-    """``selection`` if it is one of :data:`SELECTIONS`; a ``ValueError`` naming ``key``."""
-    if selection not in SELECTIONS:
-        raise ValueError(f"{key}={selection!r} is not one of {SELECTIONS}")
-    return selection
-
-
-def resume_path(value: Any) -> Path | None:
-    """``resume``: the path of a ``last.pt`` to continue from, or null (both entry points)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not str(value).strip():
-        raise ValueError(
-            f"resume={value!r} must be the path of a run's last.pt (or null), "
-            "e.g. resume=outputs/train/<run>/last.pt"
-        )
-    return Path(str(value))
 
 
 def _at_least(name: str, value: float | None, low: float) -> None:

@@ -32,6 +32,7 @@ from task.evaluation.metrics import clinical_metrics
 from task.evaluation.report import comparison_line, write_run_outputs
 from task.models.factory import build_model, count_parameters
 from task.runtime import checkpoint
+from task.runtime.run_options import resume_path
 from task.training.engine import class_weights, mean_loss, predict, train_epoch
 from task.training.resume import Progress, checkpoint_state, restore
 from task.training.settings import TrainSettings
@@ -224,7 +225,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         augment=augment,
         scheduler=scheduler,
         logger=logger,
-        resume=cfg.get("resume"),
+        resume=resume_path(cfg.get("resume")),
         extra_state={"config": inference_config(cfg, splits.classes)},
     )
     metrics, test_labels, test_probs = _evaluate(cfg, model, splits, settings, history, run_dir)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from task.constants import SELECTIONS
+from task.runtime.run_options import check_selection
 
 
 @dataclass
@@ -35,8 +35,7 @@ class TrainSettings:
             raise ValueError(f"train.epochs={self.epochs} must be at least 1")
         if self.batch_size < 1:
             raise ValueError(f"train.batch_size={self.batch_size} must be at least 1")
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"train.selection={self.selection!r} is not one of {SELECTIONS}")
+        check_selection(self.selection, "train.selection")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay={self.ema_decay} must be in (0, 1) or null")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:

@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 
 from server.federation import resolve_run_dir, settings
 from task.config import compose_config
-from task.federation.settings import FederationSettings, check_federated_config, resume_path
+from task.federation.settings import FederationSettings, check_federated_config
+from task.runtime.run_options import resume_path
 
 
 def test_the_default_config_passes_and_its_settings_are_those_of_the_yaml() -> None:
