@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from scripts.fedavg_reference import main
-from tests.task.test_reference import TINY
+from tests.task.federation.test_reference import TINY
 
 
 def test_writes_the_timing_and_the_last_round(tmp_path: Path) -> None:
