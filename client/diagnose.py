@@ -1,6 +1,7 @@
 """The data owner's encrypted diagnosis client.
 
 ``python -m client.diagnose IMAGE_OR_FOLDER... --service HOST:PORT [--json OUT] [overrides]``
+(``client.credentials=DIR``: this hospital's data-owner certificate, key and the CA)
 
 Reads PNG, JPEG, DICOM or NIfTI files (or every such file under a folder), applies exactly
 the preprocessing the model was trained with (announced by the service, from the
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -24,16 +26,14 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from mpc.channel import tls
+from mpc.channel.certs import DATA_OWNER, MODEL_OWNER, PartyCredentials
+from mpc.channel.session import Endpoints
 from mpc.inference import wire
 from mpc.inference.fidelity import probabilities
 from mpc.inference.model import check_targets
-from mpc.inference.party import (
-    PartyError,
-    PreparedParty,
-    Session,
-    prepare_data_owner,
-    run_data_owner,
-)
+from mpc.inference.party import Channel, Session, prepare_data_owner, run_data_owner
+from mpc.inference.process import PartyError, PreparedParty
 from task.config import compose_config
 from task.constants import IMAGE_SUFFIXES
 from task.data.errors import BadFileError, printable
@@ -92,19 +92,27 @@ class ServiceConnection:
     checked to name only MONAI networks and transforms before anything is built from it.
     """
 
-    def __init__(self, address: str, timeout: float = 900.0) -> None:
+    def __init__(
+        self, address: str, creds: PartyCredentials | None, timeout: float = 900.0
+    ) -> None:
         self.host, self.port = wire.parse_address(address)
+        self.creds = creds  # None: --insecure
         self.timeout = timeout
         self.sock: socket.socket | None = None
         self.hello: dict[str, Any] = {}
 
     def __enter__(self) -> ServiceConnection:
         try:
-            self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            raw = socket.create_connection((self.host, self.port), timeout=self.timeout)
         except OSError as err:
             raise ConnectionError(
                 f"cannot reach the service at {self.host}:{self.port}: {err}"
             ) from err
+        try:
+            self.sock = tls.secure_client(raw, self.creds, self.host, MODEL_OWNER)
+        except (ssl.SSLError, tls.ChannelRefused) as err:
+            raw.close()
+            raise ConnectionError(f"the service at {self.host}:{self.port}: {err}") from err
         self.hello = wire.recv(self.sock, expect="hello")
         wire.check_version(self.hello)
         check_targets(self.hello["config"])
@@ -127,6 +135,17 @@ class ServiceConnection:
             return f"no report ({err})"
         return done.get("message") or done.get("status", "")
 
+    def _session(self, reply: dict[str, Any], n_images: int, batch: int) -> Session:
+        """The session the service announced; no plaintext session over a TLS client."""
+        transport = "plain" if self.creds is None else "tls"
+        if reply.get("transport") != transport:
+            raise wire.ProtocolError(
+                f"the service offers a {reply.get('transport')!r} session; this client "
+                f"speaks {transport!r} only"
+            )
+        endpoints = Endpoints(str(reply["model_owner"]), str(reply["dealer"]))
+        return Session(n_images, batch, transport, str(reply["session_id"]), endpoints)
+
     def run(self, images: np.ndarray, batch: int) -> dict[str, Any]:
         """One encrypted session over ``images`` (preprocessed); returns the logits, the
         per-batch seconds and CrypTen's communication counts at this party."""
@@ -137,7 +156,12 @@ class ServiceConnection:
             "data-owner",
             prepare_data_owner,
             run_data_owner,
-            (self.config, np.ascontiguousarray(images, dtype=np.float32), self.hello["graph"]),
+            (
+                self.config,
+                np.ascontiguousarray(images, dtype=np.float32),
+                self.hello["graph"],
+                Channel(self.creds, timeout=self.timeout),
+            ),
         )
         try:
             party.wait_ready(self.timeout)
@@ -150,9 +174,9 @@ class ServiceConnection:
                     "batch": batch,
                 },
             )
-            reply = wire.recv(self.sock, expect="session")
+            session = self._session(wire.recv(self.sock, expect="session"), len(images), batch)
             t0 = time.perf_counter()
-            party.start(Session(reply["rendezvous"], len(images), batch))
+            party.start(session)
             try:
                 result = party.result(self.timeout)
             except PartyError as err:
@@ -172,10 +196,12 @@ def diagnose(
     settings: DictConfig,
     *,
     skip_bad: bool = False,
+    insecure: bool = False,
 ) -> dict[str, Any]:
     """Encrypted diagnosis of the image files ``inputs`` by the service at ``service``."""
     paths = collect_images(inputs)
-    with ServiceConnection(service, float(settings.timeout)) as conn:
+    creds = tls.credentials(settings.credentials, DATA_OWNER, insecure=insecure)
+    with ServiceConnection(service, creds, float(settings.timeout)) as conn:
         images, kept, skipped = read_images(paths, conn.config, skip_bad=skip_bad)
         result = conn.run(images, int(settings.batch))
     classes = list(conn.config["classes"])
@@ -205,12 +231,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--service", required=True, help="HOST:PORT of the model owner")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--skip-bad", action="store_true", help="report and skip unreadable images")
-    args = parser.parse_args(argv)
+    parser.add_argument("--insecure", action="store_true", help="plain TCP: local experiments")
+    args = parser.parse_intermixed_args(argv)  # overrides may follow the options
     overrides = [a for a in args.inputs if "=" in a and not Path(a).exists()]
     inputs = [a for a in args.inputs if a not in overrides]
     settings = compose_config(overrides, config_name="inference").client
     try:
-        out = diagnose(inputs, args.service, settings, skip_bad=args.skip_bad)
+        out = diagnose(
+            inputs, args.service, settings, skip_bad=args.skip_bad, insecure=args.insecure
+        )
     except (BadFileError, ConnectionError, wire.ProtocolError, PartyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

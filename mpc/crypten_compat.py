@@ -117,9 +117,30 @@ _patch_converter()
 _patch_identity()
 
 
+def use_links(rank: int, links: Any) -> None:
+    """Run this process's next CrypTen session over ``links`` (:mod:`mpc.channel`), the
+    parties' authenticated TLS connections, instead of gloo's plaintext TCP.
+
+    CrypTen picks its communicator class by module attribute at each call, and its TTP
+    provider sets up the dealer's seeds with three ``torch.distributed`` calls of its own:
+    both are swapped here for this process (each party runs in a process of its own).
+    """
+    import crypten.communicator as comm_package
+    from crypten.mpc.provider import ttp_provider
+
+    from mpc.channel.communicator import LinkCommunicator, ttp_client_seed, ttp_server_seeds
+
+    comm_package.DistributedCommunicator = LinkCommunicator
+    ttp_provider.TTPClient._TTPClient__TTPClient._setup_generators = ttp_client_seed
+    ttp_provider.TTPServer._setup_generators = ttp_server_seeds
+    LinkCommunicator.prepare(rank, links)
+    if "link-communicator" not in APPLIED:
+        APPLIED.append("link-communicator")
+
+
 def check_patches() -> list[str]:
     """Return the names of the patches this module applied (empty once upstream is fixed)."""
     return list(APPLIED)
 
 
-__all__ = ["check_patches", "crypten"]
+__all__ = ["check_patches", "crypten", "use_links"]

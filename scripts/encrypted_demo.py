@@ -19,7 +19,7 @@ import numpy as np
 from client.diagnose import collect_images, read_images
 from mpc.inference.fidelity import agreement, plaintext_probabilities
 from mpc.inference.model import load_served
-from server.serve_inference import ServiceProcess
+from scripts.inference_processes import DealerProcess, ServiceProcess, consortium
 from task.constants import REPO_ROOT
 from task.data.export import export_test_images
 
@@ -34,18 +34,22 @@ def main() -> int:
     folder = out / "images"
     export_test_images(folder, args.images)
     report = out / "diagnosis.json"
-    with ServiceProcess(args.checkpoint) as service:
-        print(f"model owner: serving {args.checkpoint} at {service.address}", flush=True)
+    # Three organisations on this machine, each with its own certificate of one consortium.
+    creds = consortium(out / "certificates")
+    with (
+        DealerProcess(creds["dealer"]) as dealer,
+        ServiceProcess(args.checkpoint, dealer.address, creds["model-owner"]) as service,
+    ):
+        print(
+            f"dealer at {dealer.address}; model owner serving {args.checkpoint} at "
+            f"{service.address}; TLS 1.3 with the consortium's certificates",
+            flush=True,
+        )
         client = subprocess.run(
             [
-                sys.executable,
-                "-m",
-                "client.diagnose",
-                str(folder),
-                "--service",
-                service.address,
-                "--json",
-                str(report),
+                *(sys.executable, "-m", "client.diagnose", str(folder)),
+                *("--service", service.address, "--json", str(report)),
+                f"client.credentials={creds['data-owner']}",
             ],
             cwd=REPO_ROOT,
             check=False,

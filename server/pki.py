@@ -10,9 +10,6 @@ coordinator, who registers it; a SuperNode whose key is not registered is refuse
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
-import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +17,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-VALIDITY = dt.timedelta(days=365)
-#: A DNS host name: dot-separated labels of letters, digits and inner hyphens (RFC 1123).
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+from mpc.pki import VALIDITY, ca_certificate, pkcs8, subject_alt_names, subject_name, write_private
 
 
 @dataclass(frozen=True)
@@ -33,75 +26,6 @@ class TlsFiles:
     ca_cert: Path
     server_cert: Path
     server_key: Path
-
-
-def _write_private(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    return path
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "PriMIA on Flower"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-
-
-def subject_alt_names(hosts: Sequence[str], ips: Sequence[str] = ()) -> list[x509.GeneralName]:
-    """The SANs of a server certificate: ``hosts`` are DNS names (an IP address given as a
-    host is taken as one), ``ips`` must be IP addresses. A bad value raises ValueError
-    naming it."""
-    sans: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            if len(host) > 253 or not _HOST_NAME.fullmatch(host):
-                raise ValueError(f"host name {host!r} is not a valid DNS name") from None
-            sans.append(x509.DNSName(host))
-    for ip in ips:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(ip)))
-        except ValueError:
-            raise ValueError(f"IP address {ip!r} is not an IPv4 or IPv6 address") from None
-    if not sans:
-        raise ValueError("a server certificate needs at least one host name or IP address")
-    return sans
-
-
-def _ca_certificate(ca_key: ec.EllipticCurvePrivateKey, now: dt.datetime) -> x509.Certificate:
-    """The federation's self-signed CA: it may sign server certificates, not other CAs."""
-    return (
-        x509.CertificateBuilder()
-        .subject_name(_name("PriMIA federation CA"))
-        .issuer_name(_name("PriMIA federation CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA384())
-    )
 
 
 def _server_certificate(
@@ -114,7 +38,7 @@ def _server_certificate(
     """The SuperLink's certificate for ``key``, valid for the addresses in ``sans`` only."""
     return (
         x509.CertificateBuilder()
-        .subject_name(_name(str(sans[0].value)))
+        .subject_name(subject_name(str(sans[0].value)))
         .issuer_name(ca_cert.subject)
         .public_key(key)
         .serial_number(x509.random_serial_number())
@@ -126,15 +50,6 @@ def _server_certificate(
             x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
         )
         .sign(ca_key, hashes.SHA384())
-    )
-
-
-def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
-    """``key`` as unencrypted PKCS#8 PEM (its file's mode 600 protects it)."""
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
     )
 
 
@@ -153,16 +68,16 @@ def make_tls(
     folder.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
-    ca_cert = _ca_certificate(ca_key, now)
+    ca_cert = ca_certificate(ca_key, now)
     key = ec.generate_private_key(ec.SECP384R1())
     cert = _server_certificate(key.public_key(), sans, ca_cert, ca_key, now)
     pem = serialization.Encoding.PEM
     ca_path = folder / "ca.pem"
     ca_path.write_bytes(ca_cert.public_bytes(pem))
-    _write_private(folder / "ca.key", _pkcs8(ca_key))
+    write_private(folder / "ca.key", pkcs8(ca_key))
     cert_path = folder / "superlink.pem"
     cert_path.write_bytes(cert.public_bytes(pem))
-    key_path = _write_private(folder / "superlink.key", _pkcs8(key))
+    key_path = write_private(folder / "superlink.key", pkcs8(key))
     return TlsFiles(ca_path, cert_path, key_path)
 
 
@@ -176,7 +91,7 @@ def make_node_key(folder: Path, name: str, *, overwrite: bool = True) -> tuple[P
         if not overwrite and path.exists():
             raise FileExistsError(f"{path} exists; refusing to replace the SuperNode key")
     key = ec.generate_private_key(ec.SECP384R1())
-    private = _write_private(
+    private = write_private(
         folder / name,
         key.private_bytes(
             serialization.Encoding.PEM,

@@ -1,13 +1,16 @@
 """The model owner's encrypted-diagnosis service.
 
-``python -m server.serve_inference --model CHECKPOINT [hydra overrides of conf/inference]``
+``python -m server.serve_inference --model CHECKPOINT [--insecure] [overrides of conf/inference]``
 
 Holds a trained checkpoint and serves request after request without restarting: for each
 client it announces the public architecture and preprocessing, then runs one CrypTen
-session (a model-owner party and a dealer, each a separate process, prepared ahead of
-time) in which the client's images and the model's weights are both secret-shared and only
-the client learns the outputs. A session that fails or runs past ``session_timeout`` is
-killed and logged; the service goes on with the next client.
+session (a model-owner party in a process of its own, prepared ahead of time) in which
+the client's images and the model's weights are both secret-shared and only the client
+learns the outputs. The dealer is another organisation's service (:mod:`server.dealer`),
+which the service names to the client. Every connection, the control channel included,
+is mutually authenticated TLS 1.3 with the consortium's certificates; ``--insecure``
+(plain TCP) is for local experiments only. A session that fails or runs past its timeout
+is killed and logged; the service goes on with the next client.
 """
 
 from __future__ import annotations
@@ -16,34 +19,33 @@ import argparse
 import contextlib
 import itertools
 import logging
-import queue
+import secrets
 import signal
 import socket
-import subprocess
+import ssl
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from mpc.channel import tls
+from mpc.channel.certs import DATA_OWNER, MODEL_OWNER, PartyCredentials
+from mpc.channel.session import Endpoints
 from mpc.inference import wire
 from mpc.inference.model import ModelNotServable, Served, load_served
 from mpc.inference.party import (
-    PartyError,
-    PreparedParty,
+    Channel,
     Session,
     convert,
     graph_signature,
-    prepare_dealer,
     prepare_model_owner,
-    run_dealer,
     run_model_owner,
 )
+from mpc.inference.process import PartyError, PreparedParty
 from mpc.parties import free_port
 from task.config import compose_config
-from task.constants import REPO_ROOT
 
 log = logging.getLogger("serve_inference")
 
@@ -60,9 +62,15 @@ class InferenceService:
         settings: the ``service`` node of ``conf/inference.yaml``.
     """
 
-    def __init__(self, checkpoint: str | Path, settings: DictConfig) -> None:
+    def __init__(
+        self, checkpoint: str | Path, settings: DictConfig, creds: PartyCredentials | None
+    ) -> None:
         self.checkpoint = Path(checkpoint)
         self.settings = settings
+        self.creds = creds  # None: --insecure
+        self.transport = "plain" if creds is None else "tls"
+        wire.parse_address(str(settings.dealer))  # a bad dealer address fails at start
+        self.dealer = str(settings.dealer)
         self.served: Served = load_served(self.checkpoint)
         try:
             graph = convert(self.served.model, self.served.input_shape)
@@ -78,14 +86,13 @@ class InferenceService:
             "session_timeout": float(settings.session_timeout),
             "seconds_per_image": float(settings.seconds_per_image),
         }
-        self._spare: tuple[PreparedParty, PreparedParty] | None = None
+        self._spare: PreparedParty | None = None
         self._ids = itertools.count(1)
 
-    def _prepare(self) -> tuple[PreparedParty, PreparedParty]:
-        owner = PreparedParty(
-            "model-owner", prepare_model_owner, run_model_owner, (str(self.checkpoint),)
-        )
-        return owner, PreparedParty("dealer", prepare_dealer, run_dealer)
+    def _prepare(self) -> PreparedParty:
+        channel = Channel(self.creds, str(self.settings.host), float(self.settings.session_timeout))
+        args = (str(self.checkpoint), channel)
+        return PreparedParty("model-owner", prepare_model_owner, run_model_owner, args)
 
     def session_timeout(self, n_images: int) -> float:
         """Seconds a session over ``n_images`` may take."""
@@ -101,16 +108,24 @@ class InferenceService:
         if type(batch) is not int or not 1 <= batch <= self.settings.max_batch:
             raise RequestRefused(f"batch={batch!r} must be 1..{self.settings.max_batch}")
         port = int(self.settings.session_port) or free_port(self.settings.host)
-        return Session(f"tcp://{self.settings.advertise_host}:{port}", n, batch)
+        owner = f"{self.settings.advertise_host}:{port}"
+        return Session(
+            n,
+            batch,
+            transport=self.transport,
+            session_id=secrets.token_hex(16),
+            endpoints=Endpoints(model_owner=owner, dealer=self.dealer),
+        )
 
     def handle(self, conn: socket.socket, peer: str) -> dict[str, Any]:
         """Serve one client; returns the session's record (never images or outputs)."""
         sid = next(self._ids)
         record: dict[str, Any] = {"session": sid, "peer": peer, "status": "error"}
         conn.settimeout(float(self.settings.session_timeout))
-        parties = self._spare or self._prepare()
+        owner = self._spare or self._prepare()
         self._spare = None
         try:
+            _, conn = tls.secure_server(conn, self.creds, [DATA_OWNER])
             wire.send(conn, self.hello)
             try:
                 session = self._check_request(wire.recv(conn, expect="request"))
@@ -118,18 +133,14 @@ class InferenceService:
                 wire.send(conn, {"type": "error", "message": str(err)})
                 raise
             record.update(n_images=session.n_images, batch=session.batch)
-            for party in parties:
-                party.wait_ready(float(self.settings.prepare_timeout))
+            owner.wait_ready(float(self.settings.prepare_timeout))
             t0 = time.perf_counter()
-            for party in parties:
-                party.start(session)
-            wire.send(conn, {"type": "session", "rendezvous": session.rendezvous, "session": sid})
-            owner, dealer = parties
+            owner.start(session)
+            wire.send(conn, session_message(session, sid))
             stats = owner.result(self.session_timeout(session.n_images))
-            dealer.result(30.0)
             record.update(status="ok", wall_seconds=time.perf_counter() - t0, **stats)
             wire.send(conn, {"type": "done", "status": "ok", "message": ""})
-        except (PartyError, wire.ProtocolError, RequestRefused, OSError) as err:
+        except (PartyError, wire.ProtocolError, RequestRefused, OSError, ssl.SSLError) as err:
             # "<party> failed:" and the exception's last line (a traceback follows the first)
             lines = str(err).strip().splitlines() or [type(err).__name__]
             record["error"] = " ".join(dict.fromkeys([lines[0], lines[-1]]))[:400]
@@ -137,9 +148,8 @@ class InferenceService:
                 with contextlib.suppress(OSError):  # unless the client is already gone
                     wire.send(conn, {"type": "done", "status": "error", "message": record["error"]})
         finally:
-            for party in parties:
-                party.kill()
-            # the next session's parties start preparing now, while no one is waiting
+            owner.kill()
+            # the next session's party starts preparing now, while no one is waiting
             self._spare = self._prepare()
         return record
 
@@ -165,26 +175,39 @@ class InferenceService:
                     print(f"session {record['session']}: {record['status']}", flush=True)
             finally:
                 if self._spare is not None:
-                    for party in self._spare:
-                        party.kill()
+                    self._spare.kill()
         return records
+
+
+def session_message(session: Session, sid: int) -> dict[str, Any]:
+    """What the client needs to join: the transport, the session's name and endpoints."""
+    return {
+        "type": "session",
+        "session": sid,
+        "transport": session.transport,
+        "session_id": session.session_id,
+        "model_owner": session.endpoints.model_owner,
+        "dealer": session.endpoints.dealer,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="checkpoint written by training")
     parser.add_argument("--max-sessions", type=int, default=None, help="stop after N sessions")
+    parser.add_argument("--insecure", action="store_true", help="plain TCP: local experiments")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/inference.yaml")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(name)s %(message)s")
     log.setLevel(logging.INFO)
     settings = compose_config(args.overrides, config_name="inference").service
     try:
-        service = InferenceService(args.model, settings)
-    except (ModelNotServable, FileNotFoundError) as err:
+        creds = tls.credentials(settings.credentials, MODEL_OWNER, insecure=args.insecure)
+        service = InferenceService(args.model, settings, creds)
+    except (ModelNotServable, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    # SIGTERM ends the service like Ctrl-C: the prepared party processes are stopped too.
+    # SIGTERM ends the service like Ctrl-C: the prepared party process is stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     service.serve(args.max_sessions)
     return 0
@@ -192,66 +215,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-class ServiceProcess:
-    """``python -m server.serve_inference`` as a child process (for scripts and tests).
-
-    A context manager: starts the service on a free port of 127.0.0.1, waits until it
-    listens, and stops it on exit. ``address`` is its ``HOST:PORT``.
-    """
-
-    def __init__(self, checkpoint: str | Path, overrides: list[str] = (), ready_timeout=300.0):
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.args = [
-            sys.executable,
-            "-m",
-            "server.serve_inference",
-            "--model",
-            str(checkpoint),
-            f"service.port={self.port}",
-            *overrides,
-        ]
-        self.ready_timeout = ready_timeout
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.proc: subprocess.Popen | None = None
-
-    def __enter__(self) -> ServiceProcess:
-        self.proc = subprocess.Popen(
-            self.args,
-            cwd=REPO_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        threading.Thread(target=self._pump, daemon=True).start()
-        deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=1)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            if line.startswith("serving "):
-                return self
-            if line.startswith("error: "):
-                break
-        self.__exit__()
-        raise RuntimeError(f"service {self.args} did not start: {self.tail()}")
-
-    def _pump(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-
-    def tail(self) -> str:
-        return "\n".join(list(self.lines.queue)[-20:])
-
-    def __exit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()

@@ -1,52 +1,52 @@
-"""The three processes of one encrypted-diagnosis session, and how each is started.
+"""The three parties of one encrypted-diagnosis session, and what each computes.
 
-Ranks: 0 is the model owner (hosts the rendezvous, shares the weights), 1 the data owner
-(shares the images, alone learns the logits), 2 the dealer: CrypTen's trusted third party
-(TTP), which hands out the multiplication triples and comparison randomness. CrypTen's
-default provider instead lets party 0 generate all of that randomness (trusted *first*
-party), which would let the model owner unmask the image; the TTP keeps it with a process
-that holds no input. Threat model: semi-honest parties and a dealer that colludes with
-neither (docs/encrypted-diagnosis.md).
+Ranks: 0 is the model owner (shares the weights), 1 the data owner (shares the images,
+alone learns the logits), 2 the dealer: CrypTen's trusted third party (TTP), which hands
+out the multiplication triples and comparison randomness. CrypTen's default provider
+instead lets party 0 generate all of that randomness (trusted *first* party), which would
+let the model owner unmask the image; the TTP keeps it with a party that holds no input.
+Threat model: semi-honest parties and a dealer that colludes with neither
+(docs/encrypted-diagnosis.md).
 
-Every role runs in a spawned process of its own, in two steps: *prepare* (import CrypTen,
-load and convert the model; no network) as soon as the process starts, then *run* when the
-session's rendezvous is known. A service thus keeps a prepared model owner and dealer
-waiting, so a request does not pay for interpreter start-up and model conversion.
+How the parties talk is the session's ``transport``: ``tls``, mutually authenticated TLS
+1.3 between every pair (:mod:`mpc.channel`), with the dealer a service of its own
+(:mod:`server.dealer`); ``plain``, the same links without TLS, for local experiments
+only; or ``gloo``, CrypTen's own plaintext transport, kept as the benchmarks' baseline.
+Each party runs in a process of its own (:mod:`mpc.inference.process`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import multiprocessing as mp
 import os
-import pickle
 import time
-import traceback
-from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 import torch
 
+from mpc.channel.certs import PartyCredentials
+from mpc.channel.session import Endpoints, listen, open_links
+
 MODEL_OWNER, DATA_OWNER, DEALER = 0, 1, 2
+ROLES = ("model-owner", "data-owner", "dealer")
 #: Computing parties; the dealer joins as one extra rank.
 WORLD_SIZE = 2
-
-
-class PartyError(RuntimeError):
-    """A party process failed, died or ran past its session timeout."""
+TRANSPORTS = ("tls", "plain", "gloo")
 
 
 @dataclass(frozen=True)
 class Session:
     """What all parties of one session must agree on (public)."""
 
-    rendezvous: str  # tcp://HOST:PORT, hosted by the model owner
     n_images: int
     batch: int
+    transport: str = "tls"
+    session_id: str = ""  # names the session to the dealer and the model owner's port
+    endpoints: Endpoints | None = None  # tls, plain: where the model owner and dealer listen
+    rendezvous: str = ""  # gloo: tcp://HOST:PORT, hosted by the model owner
 
     def chunks(self) -> list[int]:
         """Sizes of the encrypted batches, the same at every party."""
@@ -54,22 +54,53 @@ class Session:
         return [self.batch] * full + ([rest] if rest else [])
 
 
-def join_session(rank: int, session: Session):
-    """Join the session's process group as ``rank`` with the TTP provider."""
-    os.environ.update(
-        {
-            "DISTRIBUTED_BACKEND": "gloo",
-            "RENDEZVOUS": session.rendezvous,
-            "WORLD_SIZE": str(WORLD_SIZE),
-            "RANK": str(rank),
-            "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
-        }
-    )
-    from mpc.crypten_compat import crypten
+@dataclass(frozen=True)
+class Channel:
+    """One party's own side of the transport: its credentials (None: not TLS) and, for
+    the model owner, the host it listens on (the advertised address may differ)."""
 
+    creds: PartyCredentials | None = None
+    listen_host: str | None = None
+    timeout: float = 120.0
+
+
+def join_session(rank: int, session: Session, channel: Channel = Channel()):
+    """Join the session as ``rank`` with the TTP provider; returns CrypTen (not yet
+    initialised: ``crypten.init()`` connects, or the dealer's ``TTPServer`` does)."""
+    if session.transport not in TRANSPORTS:
+        raise ValueError(f"transport {session.transport!r} is not one of {TRANSPORTS}")
+    if session.transport == "gloo":
+        os.environ.update(
+            {
+                "DISTRIBUTED_BACKEND": "gloo",
+                "RENDEZVOUS": session.rendezvous,
+                "WORLD_SIZE": str(WORLD_SIZE),
+                "RANK": str(rank),
+                "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
+            }
+        )
+    from mpc.crypten_compat import crypten, use_links
+
+    if session.transport != "gloo":
+        creds = channel.creds if session.transport == "tls" else None
+        if session.transport == "tls" and creds is None:
+            raise ValueError(f"the {ROLES[rank]} has no credentials for a TLS session")
+        use_links(rank, _links(rank, session, channel, creds))
     crypten.cfg.mpc.provider = "TTP"
     crypten.cfg.communicator.verbose = True  # count rounds and bytes
     return crypten
+
+
+def _links(rank: int, session: Session, channel: Channel, creds: PartyCredentials | None):
+    listener = None
+    if rank in (MODEL_OWNER, DEALER):  # they listen; the data owner only dials out
+        ends = session.endpoints
+        port = (ends.model_owner if rank == MODEL_OWNER else ends.dealer).rpartition(":")[2]
+        listener = listen(f"{channel.listen_host or '127.0.0.1'}:{port}")
+    with listener or contextlib.nullcontext():
+        return open_links(
+            ROLES[rank], session.session_id, session.endpoints, creds, listener, channel.timeout
+        )
 
 
 def convert(model: torch.nn.Module, shape: tuple[int, ...]):
@@ -107,19 +138,20 @@ def _reset_stats() -> None:
 # --- model owner ---------------------------------------------------------------------
 
 
-def prepare_model_owner(checkpoint: str) -> dict[str, Any]:
+def prepare_model_owner(checkpoint: str, channel: Channel = Channel()) -> dict[str, Any]:
     from mpc.inference.model import load_served
 
     served = load_served(checkpoint)
-    return {"graph": convert(served.model, served.input_shape), "shape": served.input_shape}
+    graph = convert(served.model, served.input_shape)
+    return {"graph": graph, "shape": served.input_shape, "channel": channel}
 
 
 @contextlib.contextmanager
-def encrypted_session(rank: int, session: Session, graph):
+def encrypted_session(rank: int, session: Session, graph, channel: Channel):
     """Join ``session`` as ``rank`` with ``graph`` encrypted from the model owner's weights
     (the other party contributes only placeholders); yields CrypTen and the model-sharing
     traffic, with the counters reset for the inference; leaves the session on exit."""
-    crypten = join_session(rank, session)
+    crypten = join_session(rank, session, channel)
     crypten.init()
     try:
         graph.encrypt(src=MODEL_OWNER)
@@ -151,7 +183,8 @@ def reveal_to_data_owner(y: Any, rank: int) -> torch.Tensor | None:
 
 def run_model_owner(state: dict[str, Any], session: Session) -> dict[str, Any]:
     """Share the weights, take part in the forward passes, learn nothing of the output."""
-    with encrypted_session(MODEL_OWNER, session, state["graph"]) as (crypten, model_stats):
+    graph, channel = state["graph"], state["channel"]
+    with encrypted_session(MODEL_OWNER, session, graph, channel) as (crypten, model_stats):
         t0 = time.perf_counter()
         with torch.no_grad():
             for size in session.chunks():
@@ -168,7 +201,10 @@ def run_model_owner(state: dict[str, Any], session: Session) -> dict[str, Any]:
 
 
 def prepare_data_owner(
-    config: dict[str, Any], images: np.ndarray, signature: str | None = None
+    config: dict[str, Any],
+    images: np.ndarray,
+    signature: str | None = None,
+    channel: Channel = Channel(),
 ) -> dict[str, Any]:
     """Build the public architecture; with ``signature`` (announced by the model owner)
     refuse a graph whose layout differs."""
@@ -184,13 +220,14 @@ def prepare_data_owner(
             "the model graph built here differs from the service's (different torch, CrypTen "
             "or MONAI versions on the two sides?)"
         )
-    return {"graph": graph, "images": torch.from_numpy(images)}
+    return {"graph": graph, "images": torch.from_numpy(images), "channel": channel}
 
 
 def run_data_owner(state: dict[str, Any], session: Session) -> dict[str, Any]:
     """Share the images, take part in the forward passes, learn the logits."""
     # The graph receives shares of weights it cannot read.
-    with encrypted_session(DATA_OWNER, session, state["graph"]) as (crypten, model_stats):
+    graph, channel = state["graph"], state["channel"]
+    with encrypted_session(DATA_OWNER, session, graph, channel) as (crypten, model_stats):
         logits, seconds, start = [], [], 0
         with torch.no_grad():
             for size in session.chunks():
@@ -210,15 +247,15 @@ def run_data_owner(state: dict[str, Any], session: Session) -> dict[str, Any]:
 # --- dealer --------------------------------------------------------------------------
 
 
-def prepare_dealer() -> dict[str, Any]:
+def prepare_dealer(channel: Channel = Channel()) -> dict[str, Any]:
     from mpc.crypten_compat import crypten  # noqa: F401  (import ahead of the session)
 
-    return {}
+    return {"channel": channel}
 
 
 def run_dealer(state: dict[str, Any], session: Session) -> dict[str, Any]:
     """Serve triples and comparison randomness until the model owner ends the session."""
-    crypten = join_session(DEALER, session)
+    crypten = join_session(DEALER, session, state["channel"])
     from crypten.mpc.provider.ttp_provider import TTPServer
 
     try:
@@ -226,74 +263,3 @@ def run_dealer(state: dict[str, Any], session: Session) -> dict[str, Any]:
     finally:
         crypten.uninit()
     return {}
-
-
-# --- processes -----------------------------------------------------------------------
-
-
-def _prepared_main(prepare: Callable, run: Callable, args: tuple, conn: Connection) -> None:
-    # Plain pickle, not the Pipe's: torch would send tensors as shared-memory handles,
-    # which die with this process before the parent reads them.
-    try:
-        state = prepare(*args)
-        conn.send_bytes(pickle.dumps(("ready", None)))
-        session = conn.recv()
-        conn.send_bytes(pickle.dumps(("ok", run(state, session))))
-    except BaseException:  # report any failure to the parent, which decides what to do
-        conn.send_bytes(pickle.dumps(("error", traceback.format_exc())))
-    finally:
-        conn.close()
-
-
-class PreparedParty:
-    """A party in its own spawned process: prepared at once, run on :meth:`start`."""
-
-    def __init__(self, name: str, prepare: Callable, run: Callable, args: tuple = ()) -> None:
-        ctx = mp.get_context("spawn")
-        self.name = name
-        self._conn, child = ctx.Pipe()
-        self.process = ctx.Process(
-            target=_prepared_main, args=(prepare, run, args, child), name=name, daemon=True
-        )
-        self.process.start()
-        child.close()
-        self._ready = False
-
-    def wait_ready(self, timeout: float) -> None:
-        """Block until preparation is done; raise :class:`PartyError` if it failed."""
-        if self._ready:
-            return
-        status, value = self._receive(timeout, "prepare")
-        if status != "ready":
-            raise PartyError(f"{self.name} failed to prepare:\n{value}")
-        self._ready = True
-
-    def start(self, session: Session, timeout: float = 120.0) -> None:
-        self.wait_ready(timeout)
-        self._conn.send(session)
-
-    def result(self, timeout: float) -> Any:
-        """The party's return value; :class:`PartyError` on failure, death or timeout."""
-        status, value = self._receive(timeout, "session")
-        if status != "ok":
-            raise PartyError(f"{self.name} failed:\n{value}")
-        self.process.join(timeout=10)
-        return value
-
-    def _receive(self, timeout: float, stage: str) -> tuple[str, Any]:
-        try:
-            if not self._conn.poll(timeout):
-                self.kill()
-                raise PartyError(f"{self.name} did not finish its {stage} within {timeout:.0f} s")
-            return pickle.loads(self._conn.recv_bytes())
-        except (EOFError, OSError) as err:
-            self.kill()
-            raise PartyError(
-                f"{self.name} died during its {stage} (exit code {self.process.exitcode})"
-            ) from err
-
-    def kill(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(timeout=10)
-        self._conn.close()

@@ -1,8 +1,9 @@
-"""The model-owner service and the data-owner client as real processes over real TCP.
+"""The model-owner service, the dealer and the data-owner client as real processes.
 
-One service process serves most tests of this module in turn, so the tests also check that
-it keeps serving after clients that vanish or misbehave. The secrecy test runs the service
-class in this process instead, to observe its model-owner party from inside.
+Every connection is TLS with the certificates of one test consortium. One service process
+(with one dealer process) serves most tests of this module in turn, so the tests also check
+that it keeps serving after clients that vanish or misbehave. The secrecy test runs the
+service class in this process instead, to observe its model-owner party from inside.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import functools
 import json
 import multiprocessing
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -25,12 +27,16 @@ from hydra.utils import instantiate
 from client import diagnose
 from client.diagnose import ServiceConnection
 from client.diagnose import main as diagnose_main
+from mpc.channel import tls
+from mpc.channel.certs import DATA_OWNER, DEALER, MODEL_OWNER, PartyCredentials
 from mpc.inference import wire
 from mpc.inference.fidelity import agreement, plaintext_probabilities, probabilities
 from mpc.inference.model import load_served
-from mpc.inference.party import PartyError, run_data_owner
+from mpc.inference.party import run_data_owner
+from mpc.inference.process import PartyError
+from scripts.inference_processes import DealerProcess, ServiceProcess, consortium
 from server import serve_inference
-from server.serve_inference import InferenceService, ServiceProcess
+from server.serve_inference import InferenceService
 from task.config import compose_config
 from task.constants import REPO_ROOT
 from task.data.export import export_test_images
@@ -41,10 +47,34 @@ SESSION_TIMEOUT = 30
 
 
 @pytest.fixture(scope="module")
-def service(trained_checkpoint):
-    overrides = [f"service.session_timeout={SESSION_TIMEOUT}", "service.max_images=700"]
-    with ServiceProcess(trained_checkpoint, overrides) as proc:
+def folders(tmp_path_factory) -> dict[str, Path]:
+    return consortium(tmp_path_factory.mktemp("consortium"))
+
+
+@pytest.fixture(scope="module")
+def me(folders) -> PartyCredentials:
+    """The data owner's credentials: what every client of these tests presents."""
+    return PartyCredentials.from_folder(folders[DATA_OWNER], DATA_OWNER)
+
+
+@pytest.fixture(scope="module")
+def dealer(folders):
+    with DealerProcess(folders[DEALER]) as proc:
         yield proc.address
+
+
+@pytest.fixture(scope="module")
+def service(trained_checkpoint, folders, dealer):
+    overrides = [f"service.session_timeout={SESSION_TIMEOUT}", "service.max_images=700"]
+    with ServiceProcess(trained_checkpoint, dealer, folders[MODEL_OWNER], overrides) as proc:
+        yield proc.address
+
+
+def _control(address: str, me: PartyCredentials) -> socket.socket:
+    """A raw control channel to the service, authenticated as the data owner."""
+    host, port = wire.parse_address(address)
+    raw = socket.create_connection((host, port), timeout=60)
+    return tls.secure_client(raw, me, host, MODEL_OWNER)
 
 
 def _test_images(config: dict, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,9 +91,9 @@ def _plaintext_probs(checkpoint: Path, images: np.ndarray) -> np.ndarray:
     return plaintext_probabilities(load_served(checkpoint).model, images)
 
 
-def test_encrypted_diagnosis_matches_plaintext(service, trained_checkpoint) -> None:
+def test_encrypted_diagnosis_matches_plaintext(service, me, trained_checkpoint) -> None:
     address = service
-    with ServiceConnection(address) as conn:
+    with ServiceConnection(address, me) as conn:
         images, _ = _test_images(conn.config, 10)
         result = conn.run(images, batch=4)  # batches of 4, 4 and 2 from one converted graph
     plain = _plaintext_probs(trained_checkpoint, images)
@@ -78,14 +108,17 @@ def test_encrypted_diagnosis_matches_plaintext(service, trained_checkpoint) -> N
 @pytest.mark.parametrize(
     "reveal", ["production", "to-all"], ids=["reveal-to-data-owner", "control-to-all"]
 )
-def test_the_service_never_opens_the_prediction(trained_checkpoint, monkeypatch, reveal) -> None:
+def test_the_service_never_opens_the_prediction(
+    trained_checkpoint, folders, me, dealer, monkeypatch, reveal
+) -> None:
     """Secrecy at the service: its model-owner party opens nothing that is the client's
     logits. The service class (:class:`InferenceService`, its ``handle`` for one client,
-    its spawned model-owner and dealer) runs in this process and a real client connects
-    over TCP; both CrypTen parties are the production functions, observed from inside
-    their processes (``tests/mpc/inference/observe.py``). The control (``to-all``)
-    makes every reveal go to all parties, as a service that forgot ``dst`` would: the
-    model owner's openings then hold the logits, so the check can fail."""
+    its spawned model owner; the dealer is its own service) runs in this process and a
+    real client connects over TLS; both CrypTen parties are the production functions,
+    observed from inside their processes (``tests/mpc/inference/observe.py``). The
+    control (``to-all``) makes every reveal go to all parties, as a service that forgot
+    ``dst`` would: the model owner's openings then hold the logits, so the check can
+    fail."""
     width = 2  # normal, pneumonia
     monkeypatch.setattr(
         serve_inference,
@@ -93,8 +126,9 @@ def test_the_service_never_opens_the_prediction(trained_checkpoint, monkeypatch,
         observer(serve_inference.run_model_owner, width, reveal=reveal),
     )
     monkeypatch.setattr(diagnose, "run_data_owner", observer(run_data_owner, width, reveal=reveal))
-    settings = compose_config([], config_name="inference").service
-    service = InferenceService(trained_checkpoint, settings)
+    settings = compose_config([f"service.dealer={dealer}"], config_name="inference").service
+    owner = PartyCredentials.from_folder(folders[MODEL_OWNER], MODEL_OWNER)
+    service = InferenceService(trained_checkpoint, settings, owner)
     served: dict = {}
     with socket.create_server(("127.0.0.1", 0)) as server:
         address = f"127.0.0.1:{server.getsockname()[1]}"
@@ -107,13 +141,13 @@ def test_the_service_never_opens_the_prediction(trained_checkpoint, monkeypatch,
         thread = threading.Thread(target=serve_one, daemon=True)
         thread.start()
         try:
-            with ServiceConnection(address) as conn:
+            with ServiceConnection(address, me) as conn:
                 images, _ = _test_images(conn.config, 4)
                 result = conn.run(images, batch=4)
             thread.join(timeout=120)
         finally:
-            for party in service._spare or ():  # the next session's, prepared in advance
-                party.kill()
+            if service._spare is not None:  # the next session's, prepared in advance
+                service._spare.kill()
     assert not thread.is_alive()
     record = served["record"]
     assert record["status"] == "ok", record
@@ -128,26 +162,25 @@ def test_the_service_never_opens_the_prediction(trained_checkpoint, monkeypatch,
     assert set(record["result"]) == {"model_sharing", "inference", "seconds"}
 
 
-def test_service_survives_vanished_and_misbehaving_clients(service, trained_checkpoint) -> None:
+def test_service_survives_vanished_and_misbehaving_clients(service, me, trained_checkpoint) -> None:
     address = service
-    host, port = wire.parse_address(address)
     # 1. reads the hello and vanishes
-    with socket.create_connection((host, port), timeout=60) as sock:
+    with _control(address, me) as sock:
         assert wire.recv(sock, expect="hello")["config"]["classes"] == ["normal", "pneumonia"]
     # 2. asks for something the service refuses, and is told what was wrong
-    with socket.create_connection((host, port), timeout=60) as sock:
+    with _control(address, me) as sock:
         wire.recv(sock, expect="hello")
         wire.send(sock, {"type": "request", "version": wire.VERSION, "n_images": 0, "batch": 1})
         with pytest.raises(wire.ProtocolError, match=r"n_images=0 must be 1\.\.700"):
             wire.recv(sock, expect="session")
     # 3. starts a session and never joins it: the service times the session out
-    with socket.create_connection((host, port), timeout=60) as sock:
+    with _control(address, me) as sock:
         wire.recv(sock, expect="hello")
         wire.send(sock, {"type": "request", "version": wire.VERSION, "n_images": 2, "batch": 2})
-        assert wire.recv(sock, expect="session")["rendezvous"].startswith("tcp://127.0.0.1:")
+        assert wire.recv(sock, expect="session")["model_owner"].startswith("127.0.0.1:")
     t0 = time.monotonic()
     # 4. the next client is served correctly once that session has been given up
-    with ServiceConnection(address) as conn:
+    with ServiceConnection(address, me) as conn:
         images, _ = _test_images(conn.config, 3)
         result = conn.run(images, batch=3)
     # it waited for that session's timeout (30 s + 2 s per image) before serving this one
@@ -156,16 +189,18 @@ def test_service_survives_vanished_and_misbehaving_clients(service, trained_chec
     assert np.array_equal(probabilities(result["logits"]).argmax(1), plain.argmax(1))
 
 
-def test_client_command_diagnoses_png_files(service, trained_checkpoint, tmp_path) -> None:
+def test_client_command_diagnoses_png_files(service, me, trained_checkpoint, tmp_path) -> None:
     address = service
     files = export_test_images(tmp_path / "images", 4)
     (tmp_path / "images" / "notes.txt").write_text("not an image")  # ignored: not an image
     out = tmp_path / "diagnosis.json"
-    assert diagnose_main([str(tmp_path / "images"), "--service", address, "--json", str(out)]) == 0
+    mine = f"client.credentials={me.cert.parent}"
+    args = [str(tmp_path / "images"), "--service", address, "--json", str(out), mine]
+    assert diagnose_main(args) == 0
     report = json.loads(out.read_text())
     assert [Path(item["path"]).name for item in report["images"]] == [f.name for f in files]
     # the PNG files, read and preprocessed by the client, give the plaintext model's answers
-    with ServiceConnection(address) as conn:
+    with ServiceConnection(address, me) as conn:
         images, _ = _test_images(conn.config, 4)
     plain = _plaintext_probs(trained_checkpoint, images)
     for item, p in zip(report["images"], plain, strict=True):
@@ -179,7 +214,7 @@ def test_unservable_model_stops_the_service_with_its_name(tmp_path, trained_chec
     bad = tmp_path / "weights_only.pt"
     checkpoint.save_atomic({"model": checkpoint.load(trained_checkpoint)["model"]}, bad)
     proc = subprocess.run(
-        [sys.executable, "-m", "server.serve_inference", "--model", str(bad)],
+        [sys.executable, "-m", "server.serve_inference", "--model", str(bad), "--insecure"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -190,10 +225,10 @@ def test_unservable_model_stops_the_service_with_its_name(tmp_path, trained_chec
 
 
 @pytest.mark.slow
-def test_whole_test_split_agrees_with_plaintext(service, trained_checkpoint) -> None:
+def test_whole_test_split_agrees_with_plaintext(service, me, trained_checkpoint) -> None:
     """Issue acceptance: >= 99.5 % agreement on all 624 PneumoniaMNIST test images."""
     address = service
-    with ServiceConnection(address) as conn:
+    with ServiceConnection(address, me) as conn:
         images, _ = _test_images(conn.config, 10_000)
         result = conn.run(images, batch=32)
     plain = _plaintext_probs(trained_checkpoint, images)
@@ -210,12 +245,15 @@ def _hung_up(sock: socket.socket) -> bool:
     """The peer closed the connection (a reset, when it left our bytes unread)."""
     try:
         return sock.recv(1) == b""
-    except ConnectionResetError:
+    except (ConnectionResetError, ssl.SSLError):  # a TLS peer gone without close_notify
         return True
 
 
-def test_garbage_bytes_are_dropped_and_the_next_client_is_served(service) -> None:
-    host, port = wire.parse_address(service)
+def test_garbage_bytes_are_dropped_and_the_next_client_is_served(service, me) -> None:
+    # a client without TLS is dropped at the handshake
+    with socket.create_connection(wire.parse_address(service), timeout=60) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _hung_up(sock)
     garbage_frames = {
         # a length prefix of 1.2 GB; the service hangs up with our bytes unread, and the
         # reset may overtake its error reply
@@ -224,13 +262,13 @@ def test_garbage_bytes_are_dropped_and_the_next_client_is_served(service) -> Non
         struct.pack("!I", 2) + b"[]": r"peer refused: peer sent '\[\]', not a typed message",
     }
     for garbage, reason in garbage_frames.items():
-        with socket.create_connection((host, port), timeout=60) as sock:
+        with _control(service, me) as sock:
             wire.recv(sock, expect="hello")
             sock.sendall(garbage)
             with pytest.raises(wire.ProtocolError, match=reason):
                 wire.recv(sock, expect="session")
             assert _hung_up(sock)
-    with ServiceConnection(service) as conn:
+    with ServiceConnection(service, me) as conn:
         images, _ = _test_images(conn.config, 2)
         assert conn.run(images, batch=2)["logits"].shape == (2, 2)
 
@@ -254,7 +292,7 @@ def _stall_after_first_batch(signal: str, state: dict, session) -> dict:
 
 
 def test_a_party_killed_mid_inference_is_reported_and_the_service_goes_on(
-    service, monkeypatch, tmp_path
+    service, me, monkeypatch, tmp_path
 ) -> None:
     """Fault: the data owner's CrypTen party dies while the encrypted inference runs. The
     model owner's party notices the lost TCP peer, the service reports the failed session
@@ -268,7 +306,7 @@ def test_a_party_killed_mid_inference_is_reported_and_the_service_goes_on(
     outcome: dict = {}
 
     def run() -> None:
-        with ServiceConnection(service) as conn:
+        with ServiceConnection(service, me) as conn:
             images, _ = _test_images(conn.config, n_images)
             try:
                 conn.run(images, batch=1)  # batches of one: the first is done, others wait
@@ -292,10 +330,10 @@ def test_a_party_killed_mid_inference_is_reported_and_the_service_goes_on(
     # the service's own account: its model-owner party failed, reported well before the
     # session's timeout (30 s + 2 s per image) ran out
     verdict = error.split("service: ", 1)[1]
-    assert verdict.startswith("model-owner failed: RuntimeError"), verdict
-    assert "Connection reset by peer" in verdict or "Connection closed" in verdict, verdict
+    assert verdict.startswith("model-owner failed:"), verdict
+    assert "data-owner closed the connection" in verdict or "reset by peer" in verdict, verdict
     assert time.monotonic() - t0 < SESSION_TIMEOUT + 2 * n_images
     monkeypatch.undo()
-    with ServiceConnection(service) as conn:
+    with ServiceConnection(service, me) as conn:
         images, _ = _test_images(conn.config, 2)
         assert conn.run(images, batch=2)["logits"].shape == (2, 2)

@@ -59,8 +59,12 @@ def observed(run: Callable, reveal: str, width: int, state: dict, session) -> di
 
         return wrapper
 
-    DistributedCommunicator.reduce = spy(DistributedCommunicator.reduce)
-    DistributedCommunicator.all_reduce = spy(DistributedCommunicator.all_reduce)
+    from mpc.channel.communicator import LinkCommunicator
+
+    communicators = (DistributedCommunicator, LinkCommunicator)  # gloo, or the TLS links
+    for cls in communicators:
+        cls.reduce = spy(cls.reduce)
+        cls.all_reduce = spy(cls.all_reduce)
 
     # Beneath CrypTen: the buffer each torch.distributed.reduce leaves in this process,
     # whatever CrypTen then returns (None away from dst). Kept by reference and read at the
@@ -84,15 +88,18 @@ def observed(run: Callable, reveal: str, width: int, state: dict, session) -> di
 
     crypten.cryptensor = recording_cryptensor
 
-    recv = DistributedCommunicator.recv
+    def recv_spy(recv: Callable) -> Callable:
+        @functools.wraps(recv)
+        def wrapper(self, tensor, *args, **kwargs):
+            out = recv(self, tensor, *args, **kwargs)
+            if out.dim() == 2 and out.shape[1] == width:
+                seen["received"].append(out.clone())
+            return out
 
-    def recv_spy(self, tensor, *args, **kwargs):
-        out = recv(self, tensor, *args, **kwargs)
-        if out.dim() == 2 and out.shape[1] == width:
-            seen["received"].append(out.clone())
-        return out
+        return wrapper
 
-    DistributedCommunicator.recv = recv_spy
+    for cls in communicators:
+        cls.recv = recv_spy(cls.recv)
 
     production = party.reveal_to_data_owner
 

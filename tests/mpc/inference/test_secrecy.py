@@ -24,7 +24,6 @@ import torch
 
 from mpc.inference.model import load_served
 from mpc.inference.party import (
-    PreparedParty,
     Session,
     prepare_data_owner,
     prepare_dealer,
@@ -33,6 +32,7 @@ from mpc.inference.party import (
     run_dealer,
     run_model_owner,
 )
+from mpc.inference.process import PreparedParty
 from mpc.parties import free_port
 from tests.mpc.inference.observe import SCALE, decode, leaked, observer
 
@@ -41,7 +41,10 @@ def _session(checkpoint, images: torch.Tensor, *, reveal: str = "production") ->
     """One session over ``images``: what the model owner and the data owner held."""
     served = load_served(checkpoint)
     width = len(served.config["classes"])
-    session = Session(f"tcp://127.0.0.1:{free_port()}", len(images), len(images))
+    # CrypTen's own transport: what each party holds does not depend on how bytes travel
+    # (the channels' own claims are in tests/mpc/channel)
+    rendezvous = f"tcp://127.0.0.1:{free_port()}"
+    session = Session(len(images), len(images), transport="gloo", rendezvous=rendezvous)
     parties = [
         PreparedParty(
             "model-owner",

@@ -1,0 +1,1 @@
+"""Authenticated, encrypted channels between the encrypted-diagnosis parties."""
