@@ -78,6 +78,27 @@ MUTATIONS = (
         ("tests/mpc/secagg/test_protocol.py", "tests/mpc/secagg/test_consistency.py"),
     ),
     Mutation(
+        "encrypted channels: TLS on every connection a party dials",
+        "mpc/channel/tls.py",
+        "    sock = client_context(creds).wrap_socket(raw, server_hostname=host)\n",
+        "    return raw\n",
+        ("tests/mpc/channel",),
+    ),
+    Mutation(
+        "encrypted channels: the listener's role check",
+        "mpc/channel/tls.py",
+        "    if role not in expect:\n        sock.close()\n",
+        "    if False:\n",
+        ("tests/mpc/channel/test_refusals.py",),
+    ),
+    Mutation(
+        "encrypted channels: the dialling party's role check",
+        "mpc/channel/tls.py",
+        "    if got != expect:\n",
+        "    if False:\n",
+        ("tests/mpc/channel/test_refusals.py",),
+    ),
+    Mutation(
         "encrypted diagnosis: the reveal to the data owner only",
         "mpc/inference/party.py",
         "    share = y.share\n",

@@ -26,6 +26,8 @@ _HEADER = struct.Struct("!BQ")
 #: Largest frame accepted: a share of a batch of 224-px images is well below it.
 MAX_FRAME_BYTES = 1 << 34
 _CHUNK = 1 << 20
+#: Frames up to this size are copied behind their header and written in one piece.
+_SMALL = 1 << 16
 
 
 class ChannelError(ConnectionError):
@@ -37,6 +39,9 @@ class Link:
 
     def __init__(self, sock: socket.socket, peer: str) -> None:
         sock.setblocking(False)
+        # The protocol is many short round trips: Nagle's algorithm would hold each small
+        # frame back until the previous one is acknowledged.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock, self.peer = sock, peer
         self.out: deque[memoryview] = deque()
         self.frames: deque[tuple[int, bytearray]] = deque()
@@ -49,9 +54,12 @@ class Link:
 
     def queue(self, tag: int, payload: bytes | bytearray | memoryview) -> None:
         view = memoryview(payload).cast("B")
-        self.out.append(memoryview(_HEADER.pack(tag, view.nbytes)))
-        if view.nbytes:
-            self.out.append(view)
+        header = _HEADER.pack(tag, view.nbytes)
+        if view.nbytes <= _SMALL:  # one write, one TLS record, one packet
+            self.out.append(memoryview(header + view.tobytes()))
+            return
+        self.out.append(memoryview(header))
+        self.out.append(view)
 
     def write(self) -> bool:
         """Write what the socket takes now; True if anything was written."""

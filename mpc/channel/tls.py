@@ -171,11 +171,12 @@ def admit(
     """Authenticate one accepted connection: its role (from its certificate), the session
     it asks to join, and the TLS socket. The caller answers ``joined`` or refuses."""
     raw.settimeout(min(timeout, 30.0))
-    role, sock = secure_server(raw, creds, waiting)
+    role, sock = secure_server(raw, creds, waiting)  # TLS: the certificate's role, checked
     hello = wire.recv(sock, expect="join")
-    role = role if creds is not None else hello.get("role")
-    if role not in waiting:
-        refuse(sock, f"this port waits for {sorted(waiting)}, not for {role!r}")
+    if creds is None:  # insecure: whatever role the peer claims
+        role = hello.get("role")
+        if role not in waiting:
+            refuse(sock, f"this port waits for {sorted(waiting)}, not for {role!r}")
     session = hello.get("session")
     if not isinstance(session, str) or not session:
         refuse(sock, "no session named")

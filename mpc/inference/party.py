@@ -126,7 +126,11 @@ def _stats() -> dict[str, int]:
     import crypten.communicator as comm
 
     s = comm.get().get_communication_stats()
-    return {"rounds": int(s["rounds"]), "bytes": int(s["bytes"])}
+    out = {"rounds": int(s["rounds"]), "bytes": int(s["bytes"])}
+    links = getattr(comm.get(), "links", None)  # the TLS or plain links: bytes on the wire
+    if links is not None:
+        out["wire_bytes"] = sum(links.stats().values())
+    return out
 
 
 def _reset_stats() -> None:
