@@ -165,11 +165,53 @@ def deployment(result: dict) -> str:
     return "\n".join(lines)
 
 
+def inference(result: dict) -> str:
+    """``scripts.bench_inference``: TLS against gloo, and the service path."""
+    lines = [
+        f"`python -m scripts.bench_inference` ({result['machine']['cores']} cores, "
+        f"{result['machine'].get('cpu', 'CPU')}; the three parties on this "
+        "machine, each in a process of its own). Seconds and bytes per image; the bytes are "
+        "CrypTen's count at the data owner, and for TLS also what crossed its sockets.",
+        "",
+        "| model | transport | batch 1: s / image | batch 32: s / image | batch 1: MB / image "
+        "| batch 32: MB / image |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, model in result["models"].items():
+        for transport in ("gloo", "tls"):
+            one, many = (model["transports"][transport][f"batch{b}"] for b in (1, 32))
+            mb = [
+                f.get("wire_bytes_per_image", f["crypten_bytes_per_image"]) / 1e6
+                for f in (one, many)
+            ]
+            lines.append(
+                f"| {name} | {transport} | {one['seconds_per_image']:.3f} | "
+                f"{many['seconds_per_image']:.3f} | {mb[0]:.1f} | {mb[1]:.1f} |"
+            )
+    lines += [
+        "",
+        "TLS over gloo, time per image, and the service path (dealer, service, client over TLS):",
+        "",
+    ]
+    for name, model in result["models"].items():
+        ratio = model["transports"]["ratio_tls_to_gloo"]
+        enc, agree = model["encrypted"], model["agreement"]
+        lines.append(
+            f"- {name}: TLS/gloo {ratio['batch1']:.2f}× at batch 1, {ratio['batch32']:.2f}× at "
+            f"batch 32; through the service {enc['batch1_seconds_per_image']:.2f} s per image at "
+            f"batch 1, {enc['batch32_seconds_per_image']:.3f} at batch 32; encrypted and "
+            f"plaintext agree on {agree['agreement']:.1%} of {agree['images']} images; targets "
+            + ", ".join(f"{k}: {'met' if v else 'missed'}" for k, v in model["targets_met"].items())
+        )
+    return "\n".join(lines)
+
+
 #: section name -> (the benchmark's JSON under outputs/, its renderer)
 SECTIONS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "seed-spread": ("bench_federated/seeds/bench_federated_seeds.json", seed_spread),
     "dp-seed-spread": ("bench_dp_seeds/bench_dp_seeds.json", dp_spread),
     "deployment": ("bench_federated/bench_federated_deploy.json", deployment),
+    "inference": ("bench_inference/bench_inference.json", inference),
 }
 
 

@@ -9,16 +9,37 @@ config too.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
+from numbers import Real
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from task.runtime.run_options import check_selection, resume_path
 
+#: The config key of the update bound, named in every error about it.
+MAX_NORM_KEY = "federation.max_update_norm"
+
 #: ``train.precision`` of a site's local training: fp32, or the forward pass in bfloat16.
 PRECISIONS = ("fp32", "bf16")
 LR_SCHEDULES = ("cosine", "constant")
+
+
+def validate_max_norm(value: object, *, key: str = MAX_NORM_KEY) -> float | None:
+    """The configured bound on an update's L2 norm as a float, or None for no bound.
+
+    A bound that is not a positive finite number is a configuration error, not "no bound":
+    it fails here, naming the value, rather than letting every update through (or none).
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f"{key}={value!r} must be a positive number or null")
+    bound = float(value)
+    if not math.isfinite(bound) or bound <= 0:
+        raise ValueError(f"{key}={value!r} must be a positive finite number or null")
+    return bound
 
 
 def _at_least(name: str, value: float | None, low: float) -> None:
@@ -86,10 +107,10 @@ class FederationSettings:
         _in_open_unit("site_val_fraction", self.site_val_fraction)
         _in_open_unit("ema_decay", self.ema_decay)
         check_selection(self.selection, "federation.selection")
-        for name in ("round_timeout", "max_update_norm", "client_cpus"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"federation.{name}={value} must be positive")
+        for name in ("round_timeout", "client_cpus"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"federation.{name}={getattr(self, name)} must be positive")
+        validate_max_norm(self.max_update_norm)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> FederationSettings:

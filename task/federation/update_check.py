@@ -23,8 +23,7 @@ from typing import Any
 
 import numpy as np
 
-#: The config key of the bound, named in every error about it.
-MAX_NORM_KEY = "federation.max_update_norm"
+from task.federation.settings import MAX_NORM_KEY, validate_max_norm  # noqa: F401 (the checks' bound)
 
 
 class UpdateRejected(ValueError):
@@ -39,22 +38,6 @@ class UpdateRejected(ValueError):
     def __init__(self, site: str, reason: str, *, tensor: str | None = None) -> None:
         self.site, self.reason, self.tensor = site, reason, tensor
         super().__init__(f"update of site {site!r} rejected: {reason}")
-
-
-def validate_max_norm(value: object, *, key: str = MAX_NORM_KEY) -> float | None:
-    """The configured bound on an update's L2 norm as a float, or None for no bound.
-
-    A bound that is not a positive finite number is a configuration error, not "no bound":
-    it fails here, naming the value, rather than letting every update through (or none).
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise ValueError(f"{key}={value!r} must be a positive number or null")
-    bound = float(value)
-    if not math.isfinite(bound) or bound <= 0:
-        raise ValueError(f"{key}={value!r} must be a positive finite number or null")
-    return bound
 
 
 def _is_float(array: np.ndarray) -> bool:

@@ -22,6 +22,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from flwr.supercore.task_identity import TaskIdentity
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from client.secure import make_secure
 from mpc.secagg import wire, work
@@ -59,10 +60,12 @@ def roster(tmp_path_factory):
 
 
 def _cfg(roster, max_norm):
-    bound_override = "null" if max_norm is None else repr(max_norm)
-    return compose_config(
-        ["logger=none", f"secure.roster={roster}", f"federation.max_update_norm={bound_override}"]
-    )
+    """The site's composed config with ``max_norm`` as its bound. Set after composing: a
+    bad bound is refused at composition too (tests/task/federation/test_settings.py), and
+    here the site's own check must hold for a config that reached it."""
+    cfg = compose_config(["logger=none", f"secure.roster={roster}"])
+    OmegaConf.update(cfg, "federation.max_update_norm", max_norm)
+    return cfg
 
 
 def _honest(scale: float = 0.3) -> dict[str, np.ndarray]:
