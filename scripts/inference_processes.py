@@ -83,8 +83,11 @@ class DealerProcess(ReadyProcess):
 
     def __init__(self, credentials: Path | None, extra: list[str] = (), **kwargs) -> None:
         self.address = f"127.0.0.1:{free_port()}"
-        auth = ["--insecure"] if credentials is None else ["--credentials", str(credentials)]
-        args = [sys.executable, "-m", "server.dealer", "--listen", self.address, *auth, *extra]
+        auth = ["--insecure"] if credentials is None else [f"dealer.credentials={credentials}"]
+        args = [
+            *(sys.executable, "-m", "server.dealer", f"dealer.listen={self.address}"),
+            *(*auth, *extra),
+        ]
         super().__init__(args, **kwargs)
 
 

@@ -1,6 +1,7 @@
 """The dealer of encrypted diagnosis, run by a third organisation on its own machine.
 
-``python -m server.dealer --credentials DIR [--listen HOST:PORT] [--max-sessions N]``
+``python -m server.dealer [--insecure] [--max-sessions N] [overrides of conf/inference.yaml]``
+(``dealer.credentials=DIR``, ``dealer.listen=HOST:PORT``)
 
 CrypTen's trusted third party (TTP) hands the two computing parties their correlated
 randomness: multiplication triples, and the masks of comparisons and conversions. It is
@@ -25,13 +26,13 @@ import socket
 import ssl
 import sys
 import time
-from pathlib import Path
 
 from mpc.channel import tls
 from mpc.channel.certs import DATA_OWNER, DEALER, MODEL_OWNER, PartyCredentials
 from mpc.channel.links import Link, Links
 from mpc.channel.session import listen
 from mpc.inference import wire
+from task.config import compose_config
 
 log = logging.getLogger("dealer")
 PARTIES = (MODEL_OWNER, DATA_OWNER)
@@ -124,23 +125,20 @@ class Dealer:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--credentials", type=Path, help="folder with ca.pem, dealer.pem, dealer.key"
-    )
-    parser.add_argument("--listen", default="127.0.0.1:50072", help="HOST:PORT to listen on")
-    parser.add_argument("--session-timeout", type=float, default=600.0)
     parser.add_argument("--max-sessions", type=int, default=None)
-    parser.add_argument("--insecure", action="store_true", help="plain TCP: local experiments only")
+    parser.add_argument("--insecure", action="store_true", help="plain TCP: local experiments")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/inference.yaml")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(name)s %(message)s", level=logging.INFO)
     try:
-        creds = tls.credentials(args.credentials, DEALER, insecure=args.insecure)
-        dealer = Dealer(creds, args.session_timeout)
+        settings = compose_config(args.overrides, config_name="inference").dealer
+        creds = tls.credentials(settings.credentials, DEALER, insecure=args.insecure)
+        dealer = Dealer(creds, float(settings.session_timeout))
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    dealer.serve(args.listen, args.max_sessions)
+    dealer.serve(str(settings.listen), args.max_sessions)
     return 0
 
 

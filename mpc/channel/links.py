@@ -51,6 +51,7 @@ class Link:
         self._filled = 0
         self.bytes_sent = self.bytes_received = 0
         self.ended = False  # the peer closed its end; frames already read stay readable
+        self.watched = 0  # the selector events registered for this socket
 
     def queue(self, tag: int, payload: bytes | bytearray | memoryview) -> None:
         view = memoryview(payload).cast("B")
@@ -121,8 +122,6 @@ class Links:
     def __init__(self, links: dict[int, Link], timeout: float) -> None:
         self.links, self.timeout = links, timeout
         self._selector = selectors.DefaultSelector()
-        for link in links.values():
-            self._selector.register(link.sock, selectors.EVENT_READ, link)
 
     def send(self, peer: int, tag: int, payload: bytes | bytearray | memoryview) -> None:
         """Send one frame; returns once the socket has taken all of it."""
@@ -157,13 +156,14 @@ class Links:
         for link in self.links.values():
             events = 0 if link.ended else selectors.EVENT_READ
             events |= selectors.EVENT_WRITE if link.out else 0
-            watched = link.sock in self._selector.get_map()
-            if events and watched:
-                self._selector.modify(link.sock, events, link)
-            elif events:
-                self._selector.register(link.sock, events, link)
-            elif watched:
-                self._selector.unregister(link.sock)
+            if events != link.watched:  # the selector is told only of changes
+                if not link.watched:
+                    self._selector.register(link.sock, events, link)
+                elif events:
+                    self._selector.modify(link.sock, events, link)
+                else:
+                    self._selector.unregister(link.sock)
+                link.watched = events
         left = deadline - time.monotonic()
         if left <= 0:
             raise ChannelError(f"timed out after {self.timeout:.0f} s {what}")

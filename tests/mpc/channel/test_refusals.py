@@ -119,7 +119,7 @@ def test_control_an_insecure_port_lets_the_plaintext_intruder_in() -> None:
 
 
 def test_the_dealers_port_refuses_four_intruders_and_deals_nothing(ours, theirs) -> None:
-    with DealerProcess(ours[DEALER], ["--session-timeout", "5"]) as dealer:
+    with DealerProcess(ours[DEALER], ["dealer.session_timeout=5"]) as dealer:
         address = wire.parse_address(dealer.address)
         for intrude in _intruders(ours, theirs, DEALER).values():
             with pytest.raises(REFUSED):
