@@ -101,3 +101,48 @@ def pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+
+
+def leaf_certificate(
+    public_key: ec.EllipticCurvePublicKey,
+    common_name: str,
+    sans: list[x509.GeneralName],
+    usages: list[x509.ObjectIdentifier],
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+) -> x509.Certificate:
+    """A certificate the CA signs for ``public_key``: valid for ``sans`` only, for the
+    extended key ``usages`` only, and unable to sign other certificates."""
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject_name(common_name))
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .sign(ca_key, hashes.SHA384())
+    )
+
+
+def write_ca(
+    folder: Path, *, overwrite: bool, name: str = "CA"
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A new CA written to ``folder/ca.pem`` and ``folder/ca.key`` (mode 600).
+
+    ``overwrite=False`` refuses (FileExistsError, naming the file) a folder that already
+    holds one: a new CA would silently cut off everyone who trusts the old one.
+    """
+    for path in (folder / "ca.pem", folder / "ca.key"):
+        if not overwrite and path.exists():
+            raise FileExistsError(f"{path} exists; refusing to replace the {name}")
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    cert = ca_certificate(key, dt.datetime.now(dt.UTC))
+    (folder / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_private(folder / "ca.key", pkcs8(key))
+    return cert, key

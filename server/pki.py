@@ -9,7 +9,6 @@ coordinator, who registers it; a SuperNode whose key is not registered is refuse
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from mpc.pki import VALIDITY, ca_certificate, pkcs8, subject_alt_names, subject_name, write_private
+from mpc.pki import leaf_certificate, pkcs8, subject_alt_names, write_ca, write_private
+
+SERVER_AUTH = x509.oid.ExtendedKeyUsageOID.SERVER_AUTH
 
 
 @dataclass(frozen=True)
@@ -26,31 +27,6 @@ class TlsFiles:
     ca_cert: Path
     server_cert: Path
     server_key: Path
-
-
-def _server_certificate(
-    key: ec.EllipticCurvePublicKey,
-    sans: list[x509.GeneralName],
-    ca_cert: x509.Certificate,
-    ca_key: ec.EllipticCurvePrivateKey,
-    now: dt.datetime,
-) -> x509.Certificate:
-    """The SuperLink's certificate for ``key``, valid for the addresses in ``sans`` only."""
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject_name(str(sans[0].value)))
-        .issuer_name(ca_cert.subject)
-        .public_key(key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + VALIDITY)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .sign(ca_key, hashes.SHA384())
-    )
 
 
 def make_tls(
@@ -62,21 +38,14 @@ def make_tls(
     CA would silently cut off every hospital that trusts the old one.
     """
     sans = subject_alt_names(hosts, ips)
-    for path in (folder / "ca.pem", folder / "ca.key"):
-        if not overwrite and path.exists():
-            raise FileExistsError(f"{path} exists; refusing to replace the CA")
-    folder.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP384R1())
-    ca_cert = ca_certificate(ca_key, now)
+    ca_cert, ca_key = write_ca(folder, overwrite=overwrite)
     key = ec.generate_private_key(ec.SECP384R1())
-    cert = _server_certificate(key.public_key(), sans, ca_cert, ca_key, now)
-    pem = serialization.Encoding.PEM
+    cert = leaf_certificate(
+        key.public_key(), str(sans[0].value), sans, [SERVER_AUTH], ca_cert, ca_key
+    )
     ca_path = folder / "ca.pem"
-    ca_path.write_bytes(ca_cert.public_bytes(pem))
-    write_private(folder / "ca.key", pkcs8(ca_key))
     cert_path = folder / "superlink.pem"
-    cert_path.write_bytes(cert.public_bytes(pem))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path = write_private(folder / "superlink.key", pkcs8(key))
     return TlsFiles(ca_path, cert_path, key_path)
 

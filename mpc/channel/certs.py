@@ -9,7 +9,6 @@ protocol expects at that end of the connection (:mod:`mpc.channel.tls`).
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from mpc.pki import VALIDITY, ca_certificate, pkcs8, subject_alt_names, subject_name, write_private
+from mpc.pki import (
+    leaf_certificate,
+    pkcs8,
+    subject_alt_names,
+    subject_name,
+    write_ca,
+    write_private,
+)
 
 MODEL_OWNER, DATA_OWNER, DEALER = "model-owner", "data-owner", "dealer"
 ROLES = (MODEL_OWNER, DATA_OWNER, DEALER)
@@ -64,15 +70,8 @@ def check_role(role: str) -> str:
 def make_consortium_ca(folder: Path, *, overwrite: bool = False) -> tuple[Path, Path]:
     """``ca.pem`` and ``ca.key`` in ``folder``; an existing CA is kept unless
     ``overwrite``, since a new one would cut off every party that trusts the old."""
-    cert_path, key_path = folder / "ca.pem", folder / "ca.key"
-    if not overwrite and (cert_path.exists() or key_path.exists()):
-        raise FileExistsError(f"{cert_path} exists; refusing to replace the consortium CA")
-    folder.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP384R1())
-    cert = ca_certificate(key, dt.datetime.now(dt.UTC))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    write_private(key_path, pkcs8(key))
-    return cert_path, key_path
+    write_ca(folder, overwrite=overwrite, name="consortium CA")
+    return folder / "ca.pem", folder / "ca.key"
 
 
 def make_party_key(out: Path, role: str) -> tuple[Path, Path]:
@@ -104,20 +103,7 @@ def sign_party(
     ca_cert = x509.load_pem_x509_certificate((ca_folder / "ca.pem").read_bytes())
     ca_key = serialization.load_pem_private_key((ca_folder / "ca.key").read_bytes(), None)
     sans = [x509.UniformResourceIdentifier(ROLE_URI_PREFIX + role), *subject_alt_names(hosts)]
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject_name(f"PriMIA {role}"))
-        .issuer_name(ca_cert.subject)
-        .public_key(csr.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + VALIDITY)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage(_BOTH_ENDS), critical=False)
-        .sign(ca_key, hashes.SHA384())
-    )
+    cert = leaf_certificate(csr.public_key(), f"PriMIA {role}", sans, _BOTH_ENDS, ca_cert, ca_key)
     cert_path.parent.mkdir(parents=True, exist_ok=True)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert_path
