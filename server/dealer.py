@@ -32,6 +32,8 @@ from mpc.channel.certs import DATA_OWNER, DEALER, MODEL_OWNER, PartyCredentials
 from mpc.channel.links import Link, Links
 from mpc.channel.session import listen
 from mpc.inference import wire
+from mpc.inference.party import DEALER as DEALER_RANK
+from mpc.inference.party import deal, join_links
 from task.config import compose_config
 
 log = logging.getLogger("dealer")
@@ -41,14 +43,7 @@ PARTIES = (MODEL_OWNER, DATA_OWNER)
 def serve_session(socks: dict[str, socket.socket], session: str, timeout: float) -> None:
     """One session's TTP, in a process of its own, over the two parties' links."""
     links = Links({rank: Link(socks[role], role) for rank, role in enumerate(PARTIES)}, timeout)
-    from crypten.mpc.provider.ttp_provider import TTPServer
-
-    from mpc.crypten_compat import crypten, use_links
-
-    use_links(2, links)
-    crypten.cfg.mpc.provider = "TTP"
-    TTPServer()  # joins, deals until the model owner ends the session
-    crypten.uninit()
+    deal(join_links(DEALER_RANK, links))
 
 
 class Dealer:

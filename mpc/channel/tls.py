@@ -105,7 +105,7 @@ def connect(
 ) -> socket.socket:
     """Dial the party ``expect`` at ``address``, join ``session`` as ``role``; the socket
     once the listener accepted. ``creds=None`` is the insecure mode."""
-    raw = _dial(address, timeout)
+    raw = dial(address, timeout)
     try:
         sock = secure_client(raw, creds, address[0], expect)
         wire.send(sock, {"type": "join", "session": session, "role": role})
@@ -119,7 +119,8 @@ def connect(
         raise
 
 
-def _dial(address: tuple[str, int], timeout: float) -> socket.socket:
+def dial(address: tuple[str, int], timeout: float) -> socket.socket:
+    """A TCP connection to ``address``, retried while nothing listens there yet."""
     deadline = time.monotonic() + timeout
     while True:  # the listener may still be starting
         try:

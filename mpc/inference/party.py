@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from mpc.channel.certs import PartyCredentials
+from mpc.channel.links import Links
 from mpc.channel.session import Endpoints, listen, open_links
 
 MODEL_OWNER, DATA_OWNER, DEALER = 0, 1, 2
@@ -79,13 +80,25 @@ def join_session(rank: int, session: Session, channel: Channel = Channel()):
                 "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
             }
         )
+        from mpc.crypten_compat import crypten
+
+        return _with_ttp(crypten)
+    creds = channel.creds if session.transport == "tls" else None
+    if session.transport == "tls" and creds is None:
+        raise ValueError(f"the {ROLES[rank]} has no credentials for a TLS session")
+    return join_links(rank, _links(rank, session, channel, creds))
+
+
+def join_links(rank: int, links: Links):
+    """Join as ``rank`` over links already open (the dealer service accepts its own);
+    returns CrypTen with the TTP provider, not yet initialised."""
     from mpc.crypten_compat import crypten, use_links
 
-    if session.transport != "gloo":
-        creds = channel.creds if session.transport == "tls" else None
-        if session.transport == "tls" and creds is None:
-            raise ValueError(f"the {ROLES[rank]} has no credentials for a TLS session")
-        use_links(rank, _links(rank, session, channel, creds))
+    use_links(rank, links)
+    return _with_ttp(crypten)
+
+
+def _with_ttp(crypten):
     crypten.cfg.mpc.provider = "TTP"
     crypten.cfg.communicator.verbose = True  # count rounds and bytes
     return crypten
@@ -259,11 +272,16 @@ def prepare_dealer(channel: Channel = Channel()) -> dict[str, Any]:
 
 def run_dealer(state: dict[str, Any], session: Session) -> dict[str, Any]:
     """Serve triples and comparison randomness until the model owner ends the session."""
-    crypten = join_session(DEALER, session, state["channel"])
+    deal(join_session(DEALER, session, state["channel"]))
+    return {}
+
+
+def deal(crypten):
+    """Deal until the model owner ends the session (CrypTen's ``TTPServer`` joins the
+    session itself); returns the server, whose generators hold the dealer's seeds."""
     from crypten.mpc.provider.ttp_provider import TTPServer
 
     try:
-        TTPServer()  # joins the group and serves until it receives "terminate"
+        return TTPServer()
     finally:
         crypten.uninit()
-    return {}

@@ -8,6 +8,7 @@ import torch
 
 from mpc.channel.certs import DATA_OWNER, DEALER, MODEL_OWNER, PartyCredentials
 from mpc.channel.session import Endpoints, listen, open_links
+from mpc.inference.party import deal, join_links
 
 ROLE_OF_RANK = (MODEL_OWNER, DATA_OWNER, DEALER)
 
@@ -40,15 +41,9 @@ def product_and_relu(
     role = ROLE_OF_RANK[rank]
     listener = listen(listen_at[role]) if role in listen_at else None
     links = open_links(role, session, endpoints, credentials(folders, role), listener, timeout)
-    from mpc.crypten_compat import crypten, use_links
-
-    use_links(rank, links)
-    crypten.cfg.mpc.provider = "TTP"
+    crypten = join_links(rank, links)
     if role == DEALER:
-        from crypten.mpc.provider.ttp_provider import TTPServer
-
-        server = TTPServer()  # deals until the model owner ends the session
-        crypten.uninit()
+        server = deal(crypten)  # deals until the model owner ends the session
         return {"seeds": [_seed_bytes(g.initial_seed()) for g in server.generators]}
     crypten.init()
     try:

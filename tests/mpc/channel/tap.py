@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 from collections.abc import Callable
 
+from mpc.channel import tls
 from mpc.parties import free_port
 
 
@@ -41,7 +41,8 @@ class Tap:
             if self.intercept is not None:
                 threading.Thread(target=self.intercept, args=(client,), daemon=True).start()
                 continue
-            upstream = _dial(self.target)
+            upstream = tls.dial(self.target, 60.0)  # the target may still be starting
+            upstream.settimeout(None)
             for src, dst in ((client, upstream), (upstream, client)):
                 record = bytearray()
                 with self._lock:
@@ -54,18 +55,6 @@ class Tap:
 
     def close(self) -> None:
         self.server.close()
-
-
-def _dial(target: tuple[str, int], timeout: float = 60.0) -> socket.socket:
-    """The target, once it listens (a party may dial the tap before its peer is up)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return socket.create_connection(target)
-        except ConnectionRefusedError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def _relay(src: socket.socket, dst: socket.socket, record: bytearray) -> None:
