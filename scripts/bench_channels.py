@@ -26,7 +26,7 @@ from mpc.inference.party import (
     run_dealer,
     run_model_owner,
 )
-from mpc.inference.process import PreparedParty
+from mpc.inference.process import PreparedParty, run_parties
 from mpc.parties import free_port
 
 #: Targets of the encrypted-channels issue: TLS over gloo, per image.
@@ -69,13 +69,7 @@ def run_session(
             (config, np.ascontiguousarray(images), None, _channel(transport, folders, DATA_OWNER)),
         ),
     ]
-    try:
-        for party in parties:
-            party.start(session, timeout=300)
-        return [party.result(900) for party in parties][2]
-    finally:
-        for party in parties:
-            party.kill()
+    return run_parties(parties, session, start_timeout=300, result_timeout=900)[2]
 
 
 def _figures(result: dict, n: int, batch: int) -> dict:

@@ -86,3 +86,17 @@ class PreparedParty:
             self.process.kill()
         self.process.join(timeout=10)
         self._conn.close()
+
+
+def run_parties(
+    parties: list[PreparedParty], session: Any, *, start_timeout: float, result_timeout: float
+) -> list[Any]:
+    """Start every prepared party on ``session``; their results, in order. Every party's
+    process is ended, whatever happens."""
+    try:
+        for party in parties:
+            party.start(session, timeout=start_timeout)
+        return [party.result(result_timeout) for party in parties]
+    finally:
+        for party in parties:
+            party.kill()

@@ -32,7 +32,7 @@ from mpc.inference.party import (
     run_dealer,
     run_model_owner,
 )
-from mpc.inference.process import PreparedParty
+from mpc.inference.process import PreparedParty, run_parties
 from mpc.parties import free_port
 from tests.mpc.inference.observe import SCALE, decode, leaked, observer
 
@@ -60,13 +60,7 @@ def _session(checkpoint, images: torch.Tensor, *, reveal: str = "production") ->
             (served.config, images.numpy()),
         ),
     ]
-    try:
-        for party in parties:
-            party.start(session, timeout=180)
-        owner, _, data = (party.result(240) for party in parties)
-    finally:
-        for party in parties:
-            party.kill()
+    owner, _, data = run_parties(parties, session, start_timeout=180, result_timeout=240)
     return owner, data
 
 
