@@ -31,8 +31,7 @@ class Endpoints:
 def listen(address: str) -> socket.socket:
     """A listening socket on ``HOST:PORT`` (port 0: any free port)."""
     host, port = parse_address(address) if not address.endswith(":0") else (address[:-2], 0)
-    sock = socket.create_server((host, port), reuse_port=False)
-    return sock
+    return socket.create_server((host, port))
 
 
 def open_links(

@@ -30,6 +30,7 @@ import torch
 from mpc.channel.certs import PartyCredentials
 from mpc.channel.links import Links
 from mpc.channel.session import Endpoints, listen, open_links
+from mpc.inference.wire import parse_address
 
 MODEL_OWNER, DATA_OWNER, DEALER = 0, 1, 2
 ROLES = ("model-owner", "data-owner", "dealer")
@@ -108,7 +109,7 @@ def _links(rank: int, session: Session, channel: Channel, creds: PartyCredential
     listener = None
     if rank in (MODEL_OWNER, DEALER):  # they listen; the data owner only dials out
         ends = session.endpoints
-        port = (ends.model_owner if rank == MODEL_OWNER else ends.dealer).rpartition(":")[2]
+        _, port = parse_address(ends.model_owner if rank == MODEL_OWNER else ends.dealer)
         listener = listen(f"{channel.listen_host or '127.0.0.1'}:{port}")
     with listener or contextlib.nullcontext():
         return open_links(
