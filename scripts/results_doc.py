@@ -206,12 +206,47 @@ def inference(result: dict) -> str:
     return "\n".join(lines)
 
 
+def links(result: dict) -> str:
+    """``scripts.bench_links``: what TLS costs per byte on the parties' links."""
+    best = result["best"]
+    return (
+        f"`python -m scripts.bench_links` ({result['machine']['cores']} cores, "
+        f"{result['machine'].get('cpu', 'CPU')}; two processes exchanging "
+        f"{result['frame_mib']} MiB frames both ways at once). Seconds per GiB sent each way, "
+        "the better of two runs:\n\n"
+        "| link | wall s / GiB | CPU s / GiB (busier end) |\n| --- | --- | --- |\n"
+        + "".join(
+            f"| {k} | {best[k]['wall_s_per_gib']:.2f} | {best[k]['cpu_s_per_gib']:.2f} |\n"
+            for k in ("plain", "tls")
+        )
+        + f"\nTLS adds {result['tls_extra_wall_s_per_gib']:.2f} s per GiB "
+        f"({result['ratio_tls_to_plain']:.2f}× plain); AES-256-GCM alone, encrypting and "
+        f"decrypting one GiB in one thread, takes "
+        f"{result['aes_256_gcm_encrypt_decrypt_s_per_gib']:.2f} s."
+    )
+
+
+def sim_engine(result: dict) -> str:
+    """``scripts.bench_sim_engine``: the simulation patch against Flower's own wait."""
+    best = result["best_seconds_per_round"]
+    return (
+        f"`python -m scripts.bench_sim_engine` (flwr {result['flwr']}, "
+        f"{result['machine']['cores']} cores; `{' '.join(result['overrides'])}`, each figure "
+        f"the better of two alternating runs): {best['patched']:.2f} s per round with "
+        f"`scripts/sim_engine.py`, {best['flower']:.2f} s with Flower's fixed 0.1 s wait "
+        f"({result['ratio_patched_to_flower']:.2f}×); the test AUC is "
+        f"{'the same' if result['same_test_auc'] else 'not the same'} in every run."
+    )
+
+
 #: section name -> (the benchmark's JSON under outputs/, its renderer)
 SECTIONS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "seed-spread": ("bench_federated/seeds/bench_federated_seeds.json", seed_spread),
     "dp-seed-spread": ("bench_dp_seeds/bench_dp_seeds.json", dp_spread),
     "deployment": ("bench_federated/bench_federated_deploy.json", deployment),
     "inference": ("bench_inference/bench_inference.json", inference),
+    "links": ("bench_links/bench_links.json", links),
+    "sim-engine": ("bench_sim_engine/bench_sim_engine.json", sim_engine),
 }
 
 

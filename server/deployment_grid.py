@@ -1,10 +1,10 @@
 """A deployed ServerApp's grid: short waits for replies, and each message's arrays packed.
 
-Flower 1.41's deployment grid (``HttpGrid.send_and_receive``) sleeps a fixed 3 s between
-looks for replies, with no setting: each stage of a secure round (ten a round) so waits up
-to 3 s after its last site has answered. This grid keeps Flower's own, and replaces only
-that loop with the same one built on the grid's public ``push_messages`` and
-``pull_messages`` and a shorter wait.
+Flower's deployment grid (``HttpGrid.send_and_receive``, 1.41 and 1.42 alike) sleeps a
+fixed 3 s between looks for replies, with no setting: each stage of a secure round (ten a
+round) so waits up to 3 s after its last site has answered. This grid keeps Flower's own,
+and replaces only that loop with the same one built on the grid's public
+``push_messages`` and ``pull_messages`` and a shorter wait.
 
 It also sends each multi-array record as one array and a layout (:mod:`task.federation.transport`):
 Flower would make each tensor an object that every site fetches in a request of its own.
