@@ -49,15 +49,27 @@ from task.data.splits import DataSplits, Split
 log = logging.getLogger(__name__)
 
 #: Bumped when the layout of an entry or the meaning of its key changes (2: the images
-#: of a split in file-name order, see task.data.listing.scan_folder).
-CACHE_FORMAT = 2
+#: of a split in file-name order, see task.data.listing.scan_folder; 3: DICOM pixels with
+#: their VOI LUT or window applied, see task.data.dicom).
+CACHE_FORMAT = 3
 MANIFEST, FILE_INDEX = "manifest.json", "files.json"
 ENTRY_PREFIX, TMP_PREFIX = "entry-", ".tmp-"
 SPLITS = ("train", "val", "test")
 #: A temporary folder older than this is a killed writer's, and is removed.
 STALE_TMP_SECONDS = 3600.0
 #: Libraries whose upgrade may change decoded or preprocessed arrays.
-DECODERS = ("numpy", "monai", "pillow", "pydicom", "nibabel", "torch")
+DECODERS = (
+    "numpy",
+    "monai",
+    "pillow",
+    "pydicom",
+    "pylibjpeg",
+    "pylibjpeg-libjpeg",
+    "pylibjpeg-openjpeg",
+    "pylibjpeg-rle",
+    "nibabel",
+    "torch",
+)
 
 
 class CacheEntryError(ValueError):

@@ -1,10 +1,11 @@
 """Reading a site's image files (listed by :mod:`task.data.listing`).
 
-Files are read through MONAI's ``LoadImage`` (PNG and JPEG with PIL, DICOM with pydicom,
-NIfTI with nibabel), always as row-major ``(H, W)`` arrays so that every format and the
-bundled npz agree on orientation. 8- and 16-bit grayscale are kept at full depth (intensity
-scaling happens in the configured preprocessing); DICOM ``MONOCHROME1`` (white = low
-values) is inverted; RGB(A) is turned into one luma channel when the model wants one.
+PNG, JPEG and NIfTI are read through MONAI's ``LoadImage`` (PIL, nibabel); DICOM through
+pydicom, with its modality and VOI transforms (:mod:`task.data.dicom`). Every format comes
+out as row-major ``(C, H, W)`` so that all of them and the bundled npz agree on
+orientation. 8- and 16-bit grayscale are kept at full depth (intensity scaling happens in
+the configured preprocessing); RGB(A) is turned into one luma channel when the model wants
+one.
 
 Every file is read and checked when the data set is built, so a bad file is found before
 training starts, never mid-epoch. Under ``on_bad_file="error"`` the first bad file stops
@@ -20,16 +21,17 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
-from monai.data import NibabelReader, PILReader, PydicomReader
+from monai.data import NibabelReader, PILReader
 from monai.transforms import LoadImage
 from PIL import Image
 
 from task.constants import LUMA_WEIGHTS, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+from task.data import dicom
 from task.data.errors import BadFileError, LoadReport, check_policy
 from task.data.listing import Record
 from task.data.preprocess import preprocess_one
@@ -37,10 +39,25 @@ from task.data.preprocess import preprocess_one
 #: MONAI's GPU-only DICOM plugin: its logger and its warning when it is absent.
 NVIMGCODEC_LOGGER = "monai.data.nvimgcodec_pydicom_plugin"
 NVIMGCODEC_WARNING = "NvImgCodecPydicomReader: nvImageCodec decoder plugin"
+#: Bits per sample of PIL's image modes (what a site's readiness check prints).
+PIL_MODE_BITS = {"1": 1, "L": 8, "LA": 8, "P": 8, "RGB": 8, "RGBA": 8, "I": 32, "F": 32}
 
 
 def _is_dicom(path: Path) -> bool:
     return path.name.lower().endswith((".dcm", ".dicom"))
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What a site's readiness check prints of a file: the image's size, and from its header
+    the bits per sample, photometric interpretation (PIL's mode for PNG and JPEG) and
+    encoding (the DICOM transfer syntax, else the format)."""
+
+    height: int
+    width: int
+    bits: int
+    photometric: str
+    encoding: str
 
 
 class ImageReader:
@@ -64,11 +81,11 @@ class ImageReader:
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
 
-        # One loader per format, chosen by suffix; all three return row-major (H, W).
+        # One loader per format, chosen by suffix; both return row-major (H, W).
         def loader(reader) -> LoadImage:
             # LoadImage also builds MONAI's every reader, among them the GPU-only
             # nvImageCodec DICOM reader, which warns twice per loader that it is unavailable;
-            # this project reads DICOM with pydicom's own decoders (PydicomReader).
+            # this project reads DICOM with pydicom itself (task.data.dicom).
             logging.getLogger(NVIMGCODEC_LOGGER).setLevel(logging.ERROR)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=NVIMGCODEC_WARNING, category=UserWarning)
@@ -77,7 +94,6 @@ class ImageReader:
                 )
 
         self._loaders = {
-            "dicom": loader(PydicomReader(swap_ij=False)),
             "nifti": loader(NibabelReader()),
             "pil": loader(PILReader(reverse_indexing=False)),
         }
@@ -92,6 +108,10 @@ class ImageReader:
         return "pil"
 
     def __call__(self, path: str | Path) -> np.ndarray:
+        return self.read(path)[0]
+
+    def read(self, path: str | Path) -> tuple[np.ndarray, ImageFacts]:
+        """The image as :meth:`__call__` returns it, and its header's facts."""
         path = Path(path)
         if not path.is_file():
             raise BadFileError(path, "file does not exist")
@@ -102,8 +122,13 @@ class ImageReader:
             raise BadFileError(path, f"file of {size} bytes exceeds max_bytes={self.max_bytes}")
         kind = self._kind(path)
         try:
-            monochrome1 = self._check_header(path, kind)
-            image = np.asarray(self._loaders[kind](str(path)), dtype=np.float32)
+            if kind == "dicom":
+                header = dicom.read_header(path)
+                facts = self._dicom_facts(path, header)
+                image = dicom.read_pixels(header)
+            else:
+                facts = self._check_header(path, kind)
+                image = np.asarray(self._loaders[kind](str(path)), dtype=np.float32)
         except BadFileError:
             raise
         except Exception as err:  # any reader failure is a bad file, reported by name
@@ -113,9 +138,7 @@ class ImageReader:
                 f"{str(err).splitlines()[0][:200] if str(err) else ''})",
             ) from err
         image = self._to_2d(path, image)
-        if monochrome1:
-            image = image.max() + image.min() - image
-        return image
+        return image, replace(facts, height=image.shape[1], width=image.shape[2])
 
     def _check_size(self, path: Path, shape: Sequence[int], what: str) -> None:
         if len([s for s in shape if s != 1]) > 2:
@@ -129,44 +152,35 @@ class ImageReader:
                 f"max_pixels={self.max_pixels}",
             )
 
-    def _check_header(self, path: Path, kind: str) -> bool:
-        """Refuse from the header alone a file without pixels, a volume or an image beyond
-        ``max_pixels``; returns whether a DICOM is ``MONOCHROME1``."""
-        if kind == "dicom":
-            return self._check_dicom(path)
+    def _dicom_facts(self, path: Path, header: dicom.DicomHeader) -> ImageFacts:
+        self._check_size(path, (header.rows, header.columns), "DICOM header")
+        return ImageFacts(
+            header.rows,
+            header.columns,
+            header.bits_stored,
+            header.photometric,
+            header.transfer_syntax,
+        )
+
+    def _check_header(self, path: Path, kind: str) -> ImageFacts:
+        """Refuse from the header alone a volume or an image beyond ``max_pixels``."""
         if kind == "nifti":
-            shape = nib.load(str(path)).shape  # the header only; the data stay on disk
+            image = nib.load(str(path))  # the header only; the data stay on disk
+            shape = image.shape
             self._check_size(path, shape[:3], "NIfTI header")
             if math.prod(shape) > 4 * self.max_pixels:
                 raise BadFileError(path, f"NIfTI header declares shape {shape}: too large")
-            return False
+            return ImageFacts(0, 0, image.get_data_dtype().itemsize * 8, "-", "NIfTI")
         with warnings.catch_warnings():  # PIL warns before its own (higher) limit
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             try:
                 with Image.open(path) as image:  # lazy: reads the header only
-                    width, height = image.size
+                    (width, height), mode, fmt = image.size, image.mode, image.format
             except Image.DecompressionBombError as err:
                 raise BadFileError(path, f"exceeds max_pixels={self.max_pixels} ({err})") from err
         self._check_size(path, (height, width), "file header")
-        return False
-
-    def _check_dicom(self, path: Path) -> bool:
-        try:
-            # Values over 1 KB (the pixel data) are located but not read.
-            header = pydicom.dcmread(path, defer_size="1 KB")
-        except Exception as err:  # pydicom raises several types for broken headers
-            raise BadFileError(path, f"not a readable DICOM file ({err})") from err
-        if not any(
-            tag in header for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-        ):
-            raise BadFileError(path, "DICOM file has no pixel data")
-        rows, columns = header.get("Rows"), header.get("Columns")
-        if rows is None or columns is None:
-            raise BadFileError(path, "DICOM file does not say its size (Rows, Columns)")
-        frames = int(header.get("NumberOfFrames") or 1)
-        shape = (int(rows), int(columns)) if frames == 1 else (frames, int(rows), int(columns))
-        self._check_size(path, shape, "DICOM header")
-        return str(header.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+        bits = 16 if mode.startswith("I;16") else PIL_MODE_BITS.get(mode, 0)
+        return ImageFacts(height, width, bits, mode, str(fmt))
 
     def _to_2d(self, path: Path, image: np.ndarray) -> np.ndarray:
         # ensure_channel_first gives (C, *spatial); drop singleton spatial dims (NIfTI z=1).
@@ -196,6 +210,17 @@ class ImageReader:
         return image
 
 
+def load_record(
+    record: Record, reader: ImageReader, preprocess: Callable | None
+) -> tuple[np.ndarray, ImageFacts]:
+    """One file read, checked and preprocessed as training sees it, and its facts."""
+    image, facts = reader.read(record.path)
+    try:
+        return preprocess_one(image, preprocess), facts
+    except Exception as err:  # a transform failing on this image: name the file
+        raise BadFileError(record.path, f"preprocessing failed: {err}") from err
+
+
 def load_records(
     records: Sequence[Record],
     reader: ImageReader,
@@ -209,11 +234,7 @@ def load_records(
     images, labels = [], []
     for record in records:
         try:
-            image = reader(record.path)
-            try:
-                images.append(preprocess_one(image, preprocess))
-            except Exception as err:  # a transform failing on this image: name the file
-                raise BadFileError(record.path, f"preprocessing failed: {err}") from err
+            images.append(load_record(record, reader, preprocess)[0])
             labels.append(record.label)
         except BadFileError as err:
             if policy == "error":

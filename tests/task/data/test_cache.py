@@ -2,7 +2,7 @@
 the same splits and load report; any change of the files or the settings is a miss; a broken
 or half-written entry is never read; the files are private to the site's user.
 
-Each test counts the decoder's calls (a spy on ``ImageReader.__call__``): without the cache
+Each test counts the decoder's calls (a spy on ``ImageReader.read``): without the cache
 every load decodes every file, so the "hit" assertions fail.
 """
 
@@ -55,13 +55,13 @@ def site(tmp_path: Path) -> Path:
 def decodes(monkeypatch) -> list[Path]:
     """The paths the decoder is called on, in order."""
     calls: list[Path] = []
-    real = ImageReader.__call__
+    real = ImageReader.read
 
     def spy(self, path):
         calls.append(Path(path))
         return real(self, path)
 
-    monkeypatch.setattr(ImageReader, "__call__", spy)
+    monkeypatch.setattr(ImageReader, "read", spy)
     return calls
 
 
