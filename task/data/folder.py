@@ -53,16 +53,19 @@ class ImageFolderSource:
         self.limit = limit
         self.reader = ImageReader(channels=channels)
 
-    def _records(self, split: str, report: LoadReport) -> list[Record]:
+    def records(self, split: str, report: LoadReport, policy: str | None = None) -> list[Record]:
+        """The files ``split`` lists. ``policy``: instead of the source's own; the site's
+        readiness check lists under ``"skip"`` to see every problem, not the first."""
         source = Path(self.paths[split])
+        policy = check_policy(policy) if policy is not None else self.policy
         if source.suffix.lower() == ".csv":
-            records = read_csv(source, self.classes, report, self.policy, split)
+            records = read_csv(source, self.classes, report, policy, split)
         else:
-            records = scan_folder(source, self.classes, self.policy, report, split)
+            records = scan_folder(source, self.classes, policy, report, split)
         return records[: self.limit] if self.limit else records
 
     def _load_split(self, split: str, preprocess: Callable | None, report: LoadReport) -> Split:
-        records = self._records(split, report)
+        records = self.records(split, report)
         return Split(*load_records(records, self.reader, preprocess, self.policy, report, split))
 
     def load(self, preprocess: Callable | None = None) -> DataSplits:

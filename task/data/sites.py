@@ -80,6 +80,19 @@ def partition_site(cfg: DictConfig, partition_id: int, num_partitions: int) -> S
     return Site(f"site-{partition_id}", partition_id, splits)
 
 
+def reading_settings(cfg: DictConfig, data_path: str) -> dict[str, Any]:
+    """How a deployed site reads ``data_path``: the run's data config (class list,
+    resolution, channels, ``on_bad_file``) on the site's own folder or CSV. Shared with the
+    site's readiness check (``scripts.check_site``), so that it reads what training reads."""
+    return {
+        "train": data_path,
+        "classes": list(cfg.data.classes),
+        "resolution": cfg.data.resolution,
+        "channels": cfg.data.get("channels", 1),
+        "on_bad_file": cfg.data.get("on_bad_file", "error"),
+    }
+
+
 def folder_site(
     cfg: DictConfig, name: str, index: int, data_path: str, cache_dir: Path | None = None
 ) -> Site:
@@ -90,13 +103,9 @@ def folder_site(
     and each would otherwise decode the whole folder again.
     """
     settings = {
-        "train": data_path,
-        "classes": list(cfg.data.classes),
-        "resolution": cfg.data.resolution,
-        "channels": cfg.data.get("channels", 1),
+        **reading_settings(cfg, data_path),
         "val_fraction": cfg.federation.site_val_fraction,
         "seed": cfg.seed,
-        "on_bad_file": cfg.data.get("on_bad_file", "error"),
     }
     source = ImageFolderSource(**settings)
 

@@ -126,3 +126,16 @@ def test_audit_config_composes_and_builds_its_attack() -> None:
     assert list(cfg.audit.batch_sizes) == [1, 4, 16]
     assert set(cfg.audit.views) == set(VIEWS)  # every view runs by default
     assert all(cfg.audit.round_images % b == 0 for b in cfg.audit.batch_sizes)
+
+
+@pytest.mark.parametrize("data", ["pneumoniamnist", "folder"])
+def test_check_site_config_takes_the_run_data_group(data: str) -> None:
+    """A site checks with the run's data group, whichever it is; folder's own train path
+    is not needed (the site's data_path is read instead)."""
+    from task.data.sites import reading_settings
+
+    cfg = _compose(
+        ["data_path=/data/site", f"data={data}", "data.resolution=32"], name="check_site"
+    )
+    assert reading_settings(cfg, cfg.data_path)["resolution"] == 32
+    instantiate(cfg.transforms.preprocess)
