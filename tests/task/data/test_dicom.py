@@ -190,3 +190,22 @@ def test_rgb_dicom_becomes_luma(tmp_path: Path, reader: ImageReader) -> None:
     out = reader(path)
     assert out.shape == (1, 8, 9)
     np.testing.assert_allclose(out, 0.299 * 100 + 0.587 * 200 + 0.114 * 50, rtol=1e-5)
+
+
+def test_palette_colour_goes_through_its_lookup_table(tmp_path: Path) -> None:
+    index = np.array([[0, 1], [2, 3]], np.uint8)
+    red, green, blue = ([v * 256 for v in values] for values in ([0, 255, 0, 0],
+        [0, 0, 255, 0], [0, 0, 0, 255]))  # fmt: skip
+    path = write_dicom(tmp_path / "palette.dcm", np.zeros((2, 2), np.uint16))
+    ds = pydicom.dcmread(path)
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = index.tobytes()
+    for colour, table in zip(("Red", "Green", "Blue"), (red, green, blue), strict=True):
+        ds.add_new(f"{colour}PaletteColorLookupTableDescriptor", "US", [4, 0, 16])
+        ds.add_new(f"{colour}PaletteColorLookupTableData", "OW", np.array(table, "<u2").tobytes())
+    ds.save_as(path, enforce_file_format=True)
+    out = ImageReader(channels=3)(path)
+    assert out.shape == (3, 2, 2)
+    np.testing.assert_array_equal(out[:, 0, 1], [255 * 256, 0, 0])  # index 1: red
+    np.testing.assert_array_equal(out[:, 1, 1], [0, 0, 255 * 256])  # index 3: blue
