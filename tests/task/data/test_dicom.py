@@ -99,10 +99,8 @@ def test_voi_lut_sequence_is_applied(tmp_path: Path, reader: ImageReader) -> Non
 
 
 def test_monochrome1_is_inverted_after_the_window(tmp_path: Path, reader: ImageReader) -> None:
-    path = _dicom(
-        tmp_path / "m1.dcm", PhotometricInterpretation="MONOCHROME1", WindowCenter=2000,
-        WindowWidth=1000,
-    )  # fmt: skip
+    window = {"WindowCenter": 2000, "WindowWidth": 1000}
+    path = _dicom(tmp_path / "m1.dcm", PhotometricInterpretation="MONOCHROME1", **window)
     windowed = _window(STORED.astype(np.float64), 2000, 1000)
     expected = windowed.max() + windowed.min() - windowed
     np.testing.assert_allclose(reader(path)[0], expected, atol=1e-3)
@@ -194,16 +192,16 @@ def test_rgb_dicom_becomes_luma(tmp_path: Path, reader: ImageReader) -> None:
 
 def test_palette_colour_goes_through_its_lookup_table(tmp_path: Path) -> None:
     index = np.array([[0, 1], [2, 3]], np.uint8)
-    red, green, blue = ([v * 256 for v in values] for values in ([0, 255, 0, 0],
-        [0, 0, 255, 0], [0, 0, 0, 255]))  # fmt: skip
+    tables = {"Red": [0, 255, 0, 0], "Green": [0, 0, 255, 0], "Blue": [0, 0, 0, 255]}
     path = write_dicom(tmp_path / "palette.dcm", np.zeros((2, 2), np.uint16))
     ds = pydicom.dcmread(path)
     ds.PhotometricInterpretation = "PALETTE COLOR"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     ds.PixelData = index.tobytes()
-    for colour, table in zip(("Red", "Green", "Blue"), (red, green, blue), strict=True):
+    for colour, values in tables.items():  # 16-bit entries
         ds.add_new(f"{colour}PaletteColorLookupTableDescriptor", "US", [4, 0, 16])
-        ds.add_new(f"{colour}PaletteColorLookupTableData", "OW", np.array(table, "<u2").tobytes())
+        data = (np.array(values, "<u2") * 256).tobytes()
+        ds.add_new(f"{colour}PaletteColorLookupTableData", "OW", data)
     ds.save_as(path, enforce_file_format=True)
     out = ImageReader(channels=3)(path)
     assert out.shape == (3, 2, 2)
