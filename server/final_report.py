@@ -13,7 +13,8 @@ from server.recorder import RoundRecorder, flat_row
 from strategies.checkpointed import CheckpointedStrategy
 from task.constants import CHECKPOINT_FINAL
 from task.evaluation.metrics import clinical_metrics
-from task.evaluation.report import comparison_line, write_run_outputs
+from task.evaluation.reference import comparison_line
+from task.evaluation.report import write_run_outputs
 from task.models.factory import count_parameters
 from task.runtime import checkpoint
 from task.training.engine import predict
@@ -62,9 +63,10 @@ def final_report(
         history=[flat_row(h) for h in recorder.history],
         curve_keys=("train_loss", "val_loss", "val_auc", "val_mcc"),
         xlabel="round",
+        test_fingerprint=data.test.fingerprint,
     )
     logger.finish({f"test/{k}": test[k] for k in ("auc", "accuracy", "mcc")})
-    log.info(comparison_line(test))  # the entry point prints its own summary
+    log.info(comparison_line(test, data.test.fingerprint))  # the entry point prints its own
     return metrics
 
 

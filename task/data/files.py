@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -32,6 +33,7 @@ from PIL import Image
 
 from task.constants import LUMA_WEIGHTS, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from task.data import dicom
+from task.data.content import image_digest
 from task.data.errors import BadFileError, LoadReport, check_policy
 from task.data.listing import Record
 from task.data.preprocess import preprocess_one
@@ -215,10 +217,24 @@ def load_record(
 ) -> tuple[np.ndarray, ImageFacts]:
     """One file read, checked and preprocessed as training sees it, and its facts."""
     image, facts = reader.read(record.path)
+    return _preprocessed(record, image, preprocess), facts
+
+
+def _preprocessed(record: Record, image: np.ndarray, preprocess: Callable | None) -> np.ndarray:
     try:
-        return preprocess_one(image, preprocess), facts
+        return preprocess_one(image, preprocess)
     except Exception as err:  # a transform failing on this image: name the file
         raise BadFileError(record.path, f"preprocessing failed: {err}") from err
+
+
+class LoadedRecords(NamedTuple):
+    """What :func:`load_records` kept: preprocessed images ``(N, C, H, W)``, labels, each
+    kept file's path and the digest of its image as read (:mod:`task.data.content`)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    paths: list[Path]
+    digests: list[bytes]
 
 
 def load_records(
@@ -228,14 +244,17 @@ def load_records(
     policy: str,
     report: LoadReport,
     split: str,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Read, check and preprocess every record; returns ``(images (N,C,H,W), labels)``."""
+) -> LoadedRecords:
+    """Read, check and preprocess every record; what is kept, in the records' order."""
     check_policy(policy)
-    images, labels = [], []
+    images, labels, paths, digests = [], [], [], []
     for record in records:
         try:
-            images.append(load_record(record, reader, preprocess)[0])
+            image, _ = reader.read(record.path)
+            images.append(_preprocessed(record, image, preprocess))
             labels.append(record.label)
+            paths.append(record.path)
+            digests.append(image_digest(image))
         except BadFileError as err:
             if policy == "error":
                 raise
@@ -243,4 +262,4 @@ def load_records(
     if not images:
         raise BadFileError(split, "no usable images left in this split")
     report.loaded[split] = len(images)
-    return np.stack(images), np.asarray(labels, dtype=np.int64)
+    return LoadedRecords(np.stack(images), np.asarray(labels, dtype=np.int64), paths, digests)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from task.data.content import content_hash
 from task.data.errors import BadFileError, LoadReport, check_policy
 from task.data.files import ImageReader, load_records
 from task.data.listing import Record, read_csv, scan_folder
@@ -66,7 +67,9 @@ class ImageFolderSource:
 
     def _load_split(self, split: str, preprocess: Callable | None, report: LoadReport) -> Split:
         records = self.records(split, report)
-        return Split(*load_records(records, self.reader, preprocess, self.policy, report, split))
+        kept = load_records(records, self.reader, preprocess, self.policy, report, split)
+        fingerprint = content_hash(kept.digests, kept.labels, self.classes)
+        return Split(kept.images, kept.labels, fingerprint)
 
     def load(self, preprocess: Callable | None = None) -> DataSplits:
         report = LoadReport()

@@ -27,6 +27,7 @@ from task.constants import (
     PNEUMONIAMNIST_MD5,
     PNEUMONIAMNIST_URL,
 )
+from task.data.content import array_content_hash
 from task.data.errors import LoadReport
 from task.data.preprocess import preprocess_array
 from task.data.splits import DataSplits, Split
@@ -169,6 +170,7 @@ class PneumoniaMNISTSource:
         for split, (images, labels) in raw.items():
             if self.limit is not None:
                 images, labels = images[: self.limit], labels[: self.limit]
-            splits[split] = Split(preprocess_array(images, preprocess), labels)
+            fingerprint = array_content_hash(images, labels, self.classes)
+            splits[split] = Split(preprocess_array(images, preprocess), labels, fingerprint)
             report.loaded[split] = len(labels)
         return DataSplits(self.classes, report=report, **splits)

@@ -67,10 +67,13 @@ class ImageRows(Dataset):
 
 @dataclass
 class Split:
-    """Preprocessed images ``(N, C, H, W)`` float32 and integer labels ``(N,)``."""
+    """Preprocessed images ``(N, C, H, W)`` float32 and integer labels ``(N,)``, with the
+    content hash of the images as read (:mod:`task.data.content`) where the source knows
+    it; a subset or a cached copy has none."""
 
     images: np.ndarray
     labels: np.ndarray
+    fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:

@@ -2,8 +2,9 @@
 
 ROC-AUC with a percentile-bootstrap confidence interval, accuracy, balanced accuracy,
 Matthews correlation (PriMIA's model-selection metric), per-class sensitivity, specificity,
-precision and F1, and the confusion matrix. Binary problems use the positive class's
-probability for the AUC; multi-class problems a one-vs-rest macro AUC.
+precision (the positive predictive value, PPV), negative predictive value (NPV) and F1, and
+the confusion matrix. Binary problems use the positive class's probability for the AUC;
+multi-class problems a one-vs-rest macro AUC.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     roc_auc_score,
 )
+
+from task.evaluation.clinical import predict_classes
 
 
 def _auc(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -63,14 +66,17 @@ def clinical_metrics(
     n_bootstrap: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    threshold: float | None = None,
 ) -> dict:
     """All metrics for one split as a JSON-ready dict.
 
     Args:
         labels: true class indices ``(N,)``.
-        probs: predicted probabilities ``(N, C)``; the prediction is the arg-max.
+        probs: predicted probabilities ``(N, C)``.
         classes: class names in label order.
         n_bootstrap: bootstrap resamples for the AUC interval (0 skips it).
+        threshold: ``None``: the prediction is the arg-max; else (binary only) the positive
+            class wherever its probability is at least ``threshold`` (also reported).
     """
     labels = np.asarray(labels, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
@@ -79,7 +85,7 @@ def clinical_metrics(
             f"probs of shape {probs.shape} do not match {len(labels)} labels and "
             f"{len(classes)} classes"
         )
-    preds = probs.argmax(axis=1)
+    preds = predict_classes(probs, threshold)
     k = len(classes)
     cm = confusion_matrix(labels, preds, labels=np.arange(k))
     precision, recall, f1, support = precision_recall_fscore_support(
@@ -89,10 +95,12 @@ def clinical_metrics(
     for i, name in enumerate(classes):
         tn = cm.sum() - cm[i, :].sum() - cm[:, i].sum() + cm[i, i]
         fp = cm[:, i].sum() - cm[i, i]
+        fn = cm[i, :].sum() - cm[i, i]
         per_class[name] = {
             "sensitivity": float(recall[i]),
             "specificity": float(tn / (tn + fp)) if (tn + fp) else float("nan"),
             "precision": float(precision[i]),
+            "npv": float(tn / (tn + fn)) if (tn + fn) else float("nan"),
             "f1": float(f1[i]),
             "support": int(support[i]),
         }
@@ -105,6 +113,8 @@ def clinical_metrics(
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
     }
+    if threshold is not None:
+        out["threshold"] = float(threshold)
     if n_bootstrap > 0:
         low, high = bootstrap_auc_ci(labels, probs, n_bootstrap=n_bootstrap, level=level, seed=seed)
         out["auc_ci"] = {"level": level, "low": low, "high": high, "n_bootstrap": n_bootstrap}

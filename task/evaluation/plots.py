@@ -1,4 +1,5 @@
-"""PNG plots written beside ``metrics.json``: ROC curve, confusion matrix, training curves."""
+"""PNG plots written beside ``metrics.json``: ROC curve, confusion matrix, training curves,
+reliability diagram."""
 
 from __future__ import annotations
 
@@ -55,6 +56,32 @@ def plot_curves(history: Sequence[dict], keys: Sequence[str], path: Path, xlabel
         ax.plot(x, [h.get(key, np.nan) for h in history], marker="o", ms=3)
         ax.set(xlabel=xlabel, title=key)
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_calibration(calibration: dict, path: Path) -> Path:
+    """Reliability diagram of the positive class's probability (bins from
+    :func:`task.evaluation.clinical.calibration_bins`), with each bin's count below."""
+    bins = [b for b in calibration["bins"] if b["count"]]
+    centres = [(b["low"] + b["high"]) / 2 for b in calibration["bins"]]
+    width = calibration["bins"][0]["high"] - calibration["bins"][0]["low"]
+    fig, (ax, hist) = plt.subplots(
+        2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfectly calibrated")
+    ax.plot(
+        [b["predicted"] for b in bins],
+        [b["observed"] for b in bins],
+        marker="o",
+        label=f"model (ECE {calibration['ece']:.3f})",
+    )
+    ax.set(ylabel="observed share of positives", title="Calibration", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left")
+    hist.bar(centres, [b["count"] for b in calibration["bins"]], width=width * 0.9)
+    hist.set(xlabel="predicted probability of the positive class", ylabel="images")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -29,7 +29,8 @@ from task.constants import (
 )
 from task.data.splits import DataSplits
 from task.evaluation.metrics import clinical_metrics
-from task.evaluation.report import comparison_line, write_run_outputs
+from task.evaluation.reference import comparison_line
+from task.evaluation.report import write_run_outputs
 from task.models.factory import build_model, count_parameters
 from task.runtime import checkpoint
 from task.runtime.run_options import resume_path
@@ -239,9 +240,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         history=history,
         curve_keys=("train_loss", "val_loss", "val_auc", "val_mcc"),
         xlabel="epoch",
+        test_fingerprint=splits.test.fingerprint,
     )
     logger.finish({f"test/{k}": metrics["test"][k] for k in ("auc", "accuracy", "mcc")})
-    progress.info(comparison_line(metrics["test"]))
+    progress.info(comparison_line(metrics["test"], splits.test.fingerprint))
     if splits.report.n_skipped:
         log.warning("data: %s", splits.report.summary())
     return metrics

@@ -99,7 +99,10 @@ def test_simulation_writes_metrics_history_and_reveals_only_totals(straight) -> 
     for name in ("roc.png", "curves.png", "best.pt", "last.pt"):
         assert (run_dir / name).is_file()
     assert list((run_dir / "wandb").glob("offline-run-*"))
-    assert "Expert readers" in proc.stdout
+    # data.limit=300: the test split is not PneumoniaMNIST's published one, so no word of
+    # the expert readers (issue 28).
+    assert "expert_readers" not in metrics
+    assert "xpert" not in proc.stdout
     _check_console(proc.stdout + proc.stderr, run_dir, rounds=3)
     # Each site's audit log verifies and holds every reply it sent, in one run, in order.
     run_ids = set()
