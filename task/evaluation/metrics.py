@@ -58,6 +58,32 @@ def bootstrap_auc_ci(
     return float(low), float(high)
 
 
+def _per_class(
+    labels: np.ndarray, preds: np.ndarray, cm: np.ndarray, classes: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Each class against the rest: sensitivity, specificity, precision (PPV), NPV, F1 and
+    support; a rate with no cases to count (NPV with every image predicted positive, say)
+    is NaN, undefined rather than zero."""
+    index = np.arange(len(classes))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, preds, labels=index, zero_division=0
+    )
+    out = {}
+    for i, name in enumerate(classes):
+        tn = cm.sum() - cm[i, :].sum() - cm[:, i].sum() + cm[i, i]
+        fp = cm[:, i].sum() - cm[i, i]
+        fn = cm[i, :].sum() - cm[i, i]
+        out[name] = {
+            "sensitivity": float(recall[i]),
+            "specificity": float(tn / (tn + fp)) if (tn + fp) else float("nan"),
+            "precision": float(precision[i]),
+            "npv": float(tn / (tn + fn)) if (tn + fn) else float("nan"),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+    return out
+
+
 def clinical_metrics(
     labels: np.ndarray,
     probs: np.ndarray,
@@ -86,24 +112,8 @@ def clinical_metrics(
             f"{len(classes)} classes"
         )
     preds = predict_classes(probs, threshold)
-    k = len(classes)
-    cm = confusion_matrix(labels, preds, labels=np.arange(k))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, preds, labels=np.arange(k), zero_division=0
-    )
-    per_class = {}
-    for i, name in enumerate(classes):
-        tn = cm.sum() - cm[i, :].sum() - cm[:, i].sum() + cm[i, i]
-        fp = cm[:, i].sum() - cm[i, i]
-        fn = cm[i, :].sum() - cm[i, i]
-        per_class[name] = {
-            "sensitivity": float(recall[i]),
-            "specificity": float(tn / (tn + fp)) if (tn + fp) else float("nan"),
-            "precision": float(precision[i]),
-            "npv": float(tn / (tn + fn)) if (tn + fn) else float("nan"),
-            "f1": float(f1[i]),
-            "support": int(support[i]),
-        }
+    cm = confusion_matrix(labels, preds, labels=np.arange(len(classes)))
+    per_class = _per_class(labels, preds, cm, classes)
     out = {
         "n": len(labels),
         "auc": _auc(labels, probs),

@@ -24,7 +24,10 @@ def test_confusion_sensitivity_specificity_by_hand() -> None:
     assert m["per_class"]["pneumonia"]["sensitivity"] == pytest.approx(4 / 6)
     assert m["per_class"]["pneumonia"]["specificity"] == pytest.approx(3 / 4)
     assert m["per_class"]["normal"]["sensitivity"] == pytest.approx(3 / 4)
-    assert m["per_class"]["pneumonia"]["precision"] == pytest.approx(4 / 5)
+    assert m["per_class"]["pneumonia"]["precision"] == pytest.approx(4 / 5)  # PPV
+    assert m["per_class"]["pneumonia"]["npv"] == pytest.approx(3 / 5)  # TN / (TN + FN)
+    assert m["per_class"]["normal"]["npv"] == pytest.approx(4 / 5)
+    assert "threshold" not in m  # the arg-max, as training tests
     assert m["balanced_accuracy"] == pytest.approx((4 / 6 + 3 / 4) / 2)
     tp, tn, fp, fn = 4, 3, 1, 2
     mcc = (tp * tn - fp * fn) / np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
@@ -55,3 +58,22 @@ def test_single_class_auc_is_undefined_not_crash() -> None:
     m = clinical_metrics(np.zeros(4, int), _probs([0.1, 0.2, 0.3, 0.9]), ["a", "b"], n_bootstrap=10)
     assert np.isnan(m["auc"])
     assert m["accuracy"] == pytest.approx(0.75)
+
+
+def test_threshold_moves_the_decision_and_is_reported() -> None:
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    probs = _probs([0.1, 0.2, 0.7, 0.3, 0.9, 0.8, 0.6, 0.4, 0.95, 0.3])
+    m = clinical_metrics(labels, probs, ["normal", "pneumonia"], n_bootstrap=0, threshold=0.3)
+    # p >= 0.3: 0 0 1 1 | 1 1 1 1 1 1 -> TN=2 FP=2 FN=0 TP=6
+    assert m["confusion_matrix"] == [[2, 2], [0, 6]]
+    assert m["threshold"] == 0.3
+    assert m["per_class"]["pneumonia"]["sensitivity"] == 1.0
+    assert m["per_class"]["pneumonia"]["npv"] == 1.0
+    assert m["auc"] == pytest.approx(roc_auc_score(labels, probs[:, 1]))  # unchanged
+
+
+def test_npv_without_negative_predictions_is_undefined() -> None:
+    m = clinical_metrics(
+        np.array([0, 1, 1]), _probs([0.6, 0.7, 0.9]), ["normal", "pneumonia"], n_bootstrap=0
+    )
+    assert np.isnan(m["per_class"]["pneumonia"]["npv"])
