@@ -46,6 +46,7 @@ PREDICTIONS_FILE = "predictions.csv"
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Evaluate ``cfg.checkpoint`` on ``cfg.data``; write and return the metrics."""
+    check_threshold(cfg.threshold)
     trained = load_trained(cfg.checkpoint)
     data = load_labelled(_spec(cfg.data), trained)
     log.info("data: %s", data.report.summary())
@@ -100,6 +101,19 @@ def _predict(trained: Trained, data: LabelledSet, batch_size: int) -> tuple[np.n
     return predict(trained.model, data.split.loader(batch_size, shuffle=False))
 
 
+def check_threshold(threshold: DictConfig) -> str:
+    """The threshold mode, once its settings are known to make sense (before any data is
+    read); a ValueError naming the setting otherwise."""
+    if threshold.mode not in THRESHOLD_MODES:
+        raise ValueError(f"threshold.mode={threshold.mode!r} is not one of {list(THRESHOLD_MODES)}")
+    if threshold.mode == "checkpoint" and threshold.get("data") is not None:
+        raise ValueError(
+            "threshold.data is set, but threshold.mode=checkpoint fixes no threshold on data; "
+            "set threshold.mode=sensitivity or threshold.data=null"
+        )
+    return threshold.mode
+
+
 def decision_rule(
     cfg: DictConfig, trained: Trained, labels: np.ndarray, probs: np.ndarray
 ) -> dict[str, Any]:
@@ -109,9 +123,7 @@ def decision_rule(
     class reaches ``threshold.target`` on ``threshold.data``, or, where that is ``None``,
     on the evaluated set itself, which flatters the evaluated sensitivity.
     """
-    mode = cfg.threshold.mode
-    if mode not in THRESHOLD_MODES:
-        raise ValueError(f"threshold.mode={mode!r} is not one of {list(THRESHOLD_MODES)}")
+    mode = check_threshold(cfg.threshold)
     if mode == "checkpoint":
         value = trained.threshold
         rule = "arg-max" if value is None else "the checkpoint's threshold"

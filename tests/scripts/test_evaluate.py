@@ -157,6 +157,10 @@ def test_threshold_for_a_target_sensitivity(trained: Path, tmp_path: Path) -> No
     assert on_val["threshold"]["fixed_on"] == "the evaluated set"
     assert on_val["threshold"]["value"] == threshold["value"]
     assert on_val["test"]["per_class"]["pneumonia"]["sensitivity"] >= 0.99
+    with pytest.raises(ValueError, match=r"threshold\.mode=checkpoint fixes no threshold"):
+        _evaluate(tmp_path / "x", ckpt, "threshold.data={split: val}")
+    with pytest.raises(ValueError, match=r"threshold\.mode=.youden. is not one of"):
+        _evaluate(tmp_path / "y", ckpt, "threshold.mode=youden")
 
 
 def test_mismatched_checkpoint_is_refused_by_name(trained: Path, tmp_path: Path) -> None:

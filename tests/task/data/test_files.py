@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from task.data.content import image_digest
 from task.data.errors import BadFileError, LoadReport
-from task.data.files import ImageReader
+from task.data.files import ImageReader, load_records
 from task.data.folder import ImageFolderSource
-from task.data.listing import read_csv, scan_folder
+from task.data.listing import Record, read_csv, scan_folder
 from tests.factories import pattern, write_dicom, write_jpeg, write_nifti, write_png
 
 CLASSES = ["normal", "pneumonia"]
@@ -177,6 +178,27 @@ def test_folder_source_skip_policy_counts_and_reports(tmp_path: Path) -> None:
     assert splits.train.images.shape[1:] == (1, 16, 16)
     assert "broken.png" in splits.report.summary()
     assert len(splits.test) == 0
+
+
+def test_load_records_keeps_paths_and_digests_of_the_files_it_kept(tmp_path: Path) -> None:
+    """Under ``skip`` a bad file in the middle drops out of every list alike, so that each
+    kept image keeps its own path, label and content digest."""
+    good = [write_png(tmp_path / f"{i}.png", pattern(high=100 + i)) for i in range(3)]
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    records = [
+        Record(good[0], 0),
+        Record(tmp_path / "bad.png", 1),
+        Record(good[1], 1),
+        Record(good[2], 0),
+    ]
+    report = LoadReport()
+    kept = load_records(records, ImageReader(), None, "skip", report, "test")
+    assert kept.paths == good
+    assert kept.labels.tolist() == [0, 1, 0]
+    reader = ImageReader()
+    assert kept.digests == [image_digest(reader(p)) for p in good]
+    assert len(set(kept.digests)) == 3
+    assert report.n_skipped == 1 and report.loaded == {"test": 3}
 
 
 def test_unknown_policy_is_refused(tmp_path: Path) -> None:
