@@ -61,20 +61,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         seed=cfg.seed,
         threshold=threshold["value"],
     )
-    metrics = {
-        "test": test,
-        "threshold": threshold,
-        "calibration": calibration_bins(labels, probs),
-        "checkpoint": {"path": str(trained.path), **_described(trained)},
-        "data": {
-            "source": data.source,
-            "content_sha256": data.split.fingerprint,
-            "published_test_split": is_published_test(data.split.fingerprint),
-            **data.report.to_dict(),
-        },
-        "seed": cfg.seed,
-    }
-    metrics = with_expert_readers(metrics, data.split.fingerprint)
+    metrics = _metrics(cfg, trained, data, test, threshold, calibration_bins(labels, probs))
     _write_outputs(run_dir, metrics, data, labels, probs, trained.classes)
     progress.info("%d images of %s", len(labels), data.source)
     progress.info(comparison_line(test, data.split.fingerprint))
@@ -83,18 +70,49 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return metrics
 
 
-def _spec(node: DictConfig | None) -> DataSpec:
-    return DataSpec(**OmegaConf.to_container(node, resolve=True))
+def _spec(node: DictConfig, name: str = "data") -> DataSpec:
+    """The labelled set a config node names; a key :class:`DataSpec` lacks is refused."""
+    values = OmegaConf.to_container(node, resolve=True)
+    unknown = sorted(set(values) - set(DataSpec.__dataclass_fields__))
+    if unknown:
+        raise ValueError(
+            f"{name} has unknown keys {unknown}; known: {list(DataSpec.__dataclass_fields__)}"
+        )
+    return DataSpec(**values)
 
 
-def _described(trained: Trained) -> dict[str, Any]:
+def _metrics(
+    cfg: DictConfig,
+    trained: Trained,
+    data: LabelledSet,
+    test: dict[str, Any],
+    threshold: dict[str, Any],
+    calibration: dict[str, Any],
+) -> dict[str, Any]:
+    """The ``metrics.json`` entries: the evaluated set's metrics under ``test`` (the key
+    training runs use), the decision rule, calibration, what was evaluated on what, and
+    the expert readers where the set is the published test split."""
     config = trained.config
-    return {
-        "model": config["model"].get("_target_"),
-        "classes": list(trained.classes),
-        "resolution": config["resolution"],
-        "channels": config["channels"],
+    metrics = {
+        "test": test,
+        "threshold": threshold,
+        "calibration": calibration,
+        "checkpoint": {
+            "path": str(trained.path),
+            "model": config["model"].get("_target_"),
+            "classes": list(trained.classes),
+            "resolution": config["resolution"],
+            "channels": config["channels"],
+        },
+        "data": {
+            "source": data.source,
+            "content_sha256": data.split.fingerprint,
+            "published_test_split": is_published_test(data.split.fingerprint),
+            **data.report.to_dict(),
+        },
+        "seed": cfg.seed,
     }
+    return with_expert_readers(metrics, data.split.fingerprint)
 
 
 def _predict(trained: Trained, data: LabelledSet, batch_size: int) -> tuple[np.ndarray, ...]:
@@ -130,7 +148,7 @@ def decision_rule(
         return {"mode": mode, "value": value, "rule": rule}
     fixed_on = "the evaluated set"
     if cfg.threshold.get("data") is not None:
-        held_out = load_labelled(_spec(cfg.threshold.data), trained)
+        held_out = load_labelled(_spec(cfg.threshold.data, "threshold.data"), trained)
         probs, labels = _predict(trained, held_out, cfg.eval_batch_size)
         fixed_on = held_out.source
     target = float(cfg.threshold.target)

@@ -161,6 +161,8 @@ def test_threshold_for_a_target_sensitivity(trained: Path, tmp_path: Path) -> No
         _evaluate(tmp_path / "x", ckpt, "threshold.data={split: val}")
     with pytest.raises(ValueError, match=r"threshold\.mode=.youden. is not one of"):
         _evaluate(tmp_path / "y", ckpt, "threshold.mode=youden")
+    with pytest.raises(ValueError, match=r"threshold\.data has unknown keys \['splt'\]"):
+        _evaluate(tmp_path / "z", ckpt, *sensitivity, "threshold.data={splt: val}")
 
 
 def test_mismatched_checkpoint_is_refused_by_name(trained: Path, tmp_path: Path) -> None:
