@@ -1,9 +1,9 @@
 """Centralised baseline: ``python -m scripts.train_central [hydra overrides]``.
 
-Writes ``metrics.json``, ``roc.png``, ``confusion_matrix.png``, ``curves.png`` and the
-checkpoints ``best.pt`` / ``last.pt`` (and ``final.pt``, the reported weights with
-``train.selection=last``, the default) to the Hydra run directory. Returns the best
-validation MCC, which Hydra sweepers maximise.
+Writes ``metrics.json``, ``roc.png``, ``confusion_matrix.png``, ``curves.png``,
+``report.html`` and the checkpoints ``best.pt`` / ``last.pt`` (and ``final.pt``, the reported
+weights with ``train.selection=last``, the default) to the Hydra run directory. Returns the
+best validation MCC, which Hydra sweepers maximise.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from scripts.user_errors import one_line_errors
 from task.config import register_resolvers
+from task.evaluation.html_report import write_html_report
 from task.training.central import run
 
 register_resolvers()
@@ -24,7 +25,9 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train_central")
 @one_line_errors
 def main(cfg: DictConfig) -> float:
-    metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    metrics = run(cfg, run_dir)
+    write_html_report(run_dir)
     return float(metrics["val"]["mcc"])
 
 

@@ -1,5 +1,5 @@
 """The end of a federation: test the selected round on the server's test split and write
-``metrics.json``, ``history.json``, the plots and the dashboard's summary."""
+``metrics.json``, ``history.json``, the plots, ``report.html`` and the dashboard's summary."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from server.recorder import RoundRecorder, flat_row
 from strategies.checkpointed import CheckpointedStrategy
 from task.constants import CHECKPOINT_FINAL
+from task.evaluation.html_report import write_html_report
 from task.evaluation.metrics import clinical_metrics
 from task.evaluation.reference import comparison_line
 from task.evaluation.report import write_run_outputs
@@ -65,6 +66,7 @@ def final_report(
         xlabel="round",
         test_fingerprint=data.test.fingerprint,
     )
+    write_html_report(run.run_dir)
     logger.finish({f"test/{k}": test[k] for k in ("auc", "accuracy", "mcc")})
     log.info(comparison_line(test, data.test.fingerprint))  # the entry point prints its own
     return metrics
