@@ -16,6 +16,7 @@ from typing import Any
 from flwr.app import ArrayRecord
 from omegaconf import DictConfig
 
+from server.dashboard import dashboard_row
 from server.privacy import FederationPrivacy
 from strategies.round_record import RoundRecord
 from task.constants import (
@@ -25,6 +26,7 @@ from task.constants import (
     PROGRESS_LOGGER,
 )
 from task.evaluation.report import write_json
+from task.federation.participation import site_names
 from task.runtime import checkpoint
 from task.training.central import inference_config
 
@@ -150,16 +152,9 @@ class RoundRecorder:
             checkpoint.save_atomic(best, self.run_dir / CHECKPOINT_BEST)
 
     def _dashboard(self, entry: dict[str, Any]) -> None:
-        """The round's numbers to the logger: pooled (``global/``) and per site."""
-        flat = {f"global/{k}": v for k, v in flat_row(entry).items() if k != "round"}
-        if "epsilon" in entry.get("privacy", {}):
-            flat["global/privacy_epsilon"] = entry["privacy"]["epsilon"]
-        for site, kinds in entry["sites"].items():
-            for kind, metrics in kinds.items():
-                for key, value in metrics.items():
-                    if isinstance(value, int | float):
-                        flat[f"{site}/{kind}_{key}"] = value
-        self.logger.log(flat, step=entry["round"])
+        """The round's numbers to the logger (:mod:`server.dashboard` names them)."""
+        row = dashboard_row(entry, flat_row(entry), site_names(self.history))
+        self.logger.log(row, step=entry["round"])
 
     def tested(self, selection: str) -> tuple[int, dict[str, Any]]:
         """The round and global weights that ``selection`` tests: the best pooled

@@ -226,6 +226,9 @@ class CheckpointedStrategy(Strategy):
             if server_round == 0:
                 return None
             record = self._current(server_round)
+            timings = getattr(self.inner, "stage_seconds", None)  # secure aggregation's
+            if timings:
+                record.secure_seconds, self.inner.stage_seconds = dict(timings), {}
             result = evaluate_fn(record.round, arrays) if evaluate_fn else None
             if self.on_round_end is not None:
                 self.on_round_end(record, arrays, self.state_dict(), self.evaluated(arrays))

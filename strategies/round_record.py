@@ -53,6 +53,8 @@ class RoundRecord:
     rejected: dict[str, str] = field(default_factory=dict)
     #: Sites that declined the round (no update sent): {site: reason code}.
     declined: dict[str, str] = field(default_factory=dict)
+    #: Secure aggregation's key stages: {stage: wall seconds over the round's sums}.
+    secure_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +65,7 @@ class RoundRecord:
             "failures": self.failures,
             "rejected": self.rejected,
             "declined": self.declined,
+            **({"secure_seconds": self.secure_seconds} if self.secure_seconds else {}),
         }
 
 

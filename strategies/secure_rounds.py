@@ -9,6 +9,7 @@ its replies. :class:`~strategies.secure.SecureAggregation`, the strategy, uses t
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -63,6 +64,9 @@ class SecureRounds:
         #: What the last aggregation refused: {site or "secure-sum": reason}.
         self.rejected: dict[str, str] = {}
         self.transcripts: list[ServerSession] = []  # every session, for audits and tests
+        #: Wall seconds of each key stage since the round record last took them (the
+        #: dashboard's ``secagg/<stage>_seconds``): waiting on the slowest site included.
+        self.stage_seconds: dict[str, float] = {}
         self._grid: Grid | None = None
         self._session: ServerSession | None = None
         self._names: dict[int, str] = {}
@@ -91,8 +95,11 @@ class SecureRounds:
         if self._grid is None:
             raise RuntimeError("secure aggregation exchange before any configure_* call")
         requests = request if per_node else dict.fromkeys(targets, request)
+        start = time.perf_counter()
         replies = exchange.send(self._grid, stage, requests, self.stage_timeout, self._names)
         exchange.accept_each(stage, targets, replies, accept)
+        elapsed = time.perf_counter() - start
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + elapsed
 
     def _advertise(
         self, session: ServerSession, by_node: dict[int, Message], early: dict[int, KeyAdvert]
