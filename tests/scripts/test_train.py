@@ -20,6 +20,8 @@ from task.config import compose_config
 from task.constants import REPO_ROOT
 from task.federation.reference import fedavg_reference
 from task.models.factory import build_model
+from tests.wandb_offline import history as wandb_history
+from tests.wandb_offline import offline_runs
 
 pytestmark = pytest.mark.slow
 
@@ -121,6 +123,25 @@ def test_simulation_writes_metrics_history_and_reveals_only_totals(straight) -> 
         keys = {e["secagg"]["stage"] for e in entries if e["message_type"] == "query.secagg"}
         assert keys == {"advertise", "share", "consistency", "unmask"}
     assert len(run_ids) == 1
+
+
+def test_the_federation_writes_its_report_and_its_dashboard(straight) -> None:
+    """report.html beside metrics.json, and one offline wandb run whose rounds hold each
+    site's participation and secure aggregation's stage timings (issue 28, items 5 and 7)."""
+    run_dir, _ = straight
+    html = (run_dir / "report.html").read_text()
+    for title in ("Metrics (test)", "Federation history", "Secure aggregation"):
+        assert f"<h2>{title}</h2>" in html
+    history = json.loads((run_dir / "history.json").read_text())
+    assert "advertise" in history[0]["secure_seconds"]  # later rounds' keys come early
+    for h in history:
+        assert {"share", "consistency", "unmask"} <= set(h["secure_seconds"])
+    (run_file,) = offline_runs(run_dir / "wandb")
+    rows = {row["_step"]: row for row in wandb_history(run_file)}
+    for r in (1, 2, 3):
+        assert all(rows[r][f"site/site-{i}/participated"] == 1 for i in range(3))
+        assert rows[r]["secagg/unmask_seconds"] > 0
+        assert rows[r]["global/val_auc"] == history[r - 1]["evaluate"]["auc"]
 
 
 def test_killed_server_resumes_to_same_final_weights(straight, tmp_path: Path) -> None:
