@@ -76,7 +76,7 @@ def _privacy(history: Sequence[dict[str, Any]], metrics: dict[str, Any]) -> str:
     rows = [(r, *(by_round[s].get(r) for s in sites)) for r in rounds]
     return h.section(
         "Differential privacy",
-        h.table(("setting", "value"), h.flat_scalars(summary)),
+        summary and h.table(("setting", "value"), h.flat_scalars(summary)),
         png and h.figure(png, "ε per site per round"),
         rows and h.table(("round", *(f"ε {s}" for s in sites)), rows),
     )

@@ -41,6 +41,7 @@ def test_run_writes_metrics_plots_checkpoints_and_wandb(tmp_path: Path) -> None:
     assert metrics["test"]["auc_ci"]["low"] <= metrics["test"]["auc"]
     for name in ("roc.png", "confusion_matrix.png", "curves.png", "best.pt", "last.pt"):
         assert (run_dir / name).stat().st_size > 0
+    assert "<h2>Metrics (test)</h2>" in (run_dir / "report.html").read_text()
     assert list((run_dir / "wandb").glob("offline-run-*")), "wandb offline run missing"
 
     resumed = tmp_path / "resumed"
