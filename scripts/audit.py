@@ -21,6 +21,7 @@ from scripts.user_errors import one_line_errors
 from task.audit.report import write_report
 from task.audit.run import run_audit
 from task.config import register_resolvers
+from task.evaluation.html_report import write_html_report
 from task.evaluation.report import write_json
 from task.runtime.machine import machine_facts
 
@@ -43,6 +44,7 @@ def main(cfg: DictConfig) -> None:
     result["machine"] = machine_facts()
     write_json(result, run_dir / "audit.json")
     report = write_report(result, run_dir / "report.md")
+    html = write_html_report(run_dir)
     for e in result["gradient_inversion"]:
         view = e["view"] + (f" (checks {e['server_checks']})" if "server_checks" in e else "")
         if e["ssim"] is None:  # the sites refused: nothing to invert
@@ -55,7 +57,7 @@ def main(cfg: DictConfig) -> None:
         )
     for e in result["model_inversion"]:
         print(f"model inversion {e['class']}: SSIM to nearest training image {e['ssim']:.3f}")
-    print(f"written {run_dir / 'audit.json'} and {report}")
+    print(f"written {run_dir / 'audit.json'}, {report} and {html}")
 
 
 if __name__ == "__main__":

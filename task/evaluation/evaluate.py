@@ -27,6 +27,7 @@ from task.constants import METRICS_FILE, PROGRESS_LOGGER
 from task.data.errors import printable
 from task.evaluation import plots
 from task.evaluation.clinical import calibration_bins, predict_classes, threshold_for_sensitivity
+from task.evaluation.html_report import write_html_report
 from task.evaluation.labelled import DataSpec, LabelledSet, load_labelled
 from task.evaluation.metrics import clinical_metrics
 from task.evaluation.reference import comparison_line, is_published_test, with_expert_readers
@@ -63,6 +64,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
     metrics = _metrics(cfg, trained, data, test, threshold, calibration_bins(labels, probs))
     _write_outputs(run_dir, metrics, data, labels, probs, trained.classes)
+    write_html_report(run_dir)
     progress.info("%d images of %s", len(labels), data.source)
     progress.info(comparison_line(test, data.split.fingerprint))
     if data.report.n_skipped:

@@ -206,7 +206,7 @@ def test_command_line_writes_outputs_and_refuses_in_one_line(trained: Path, tmp_
     done = call(f"checkpoint={ckpt}", f"seed={SEED}", f"hydra.run.dir={tmp_path / 'run'}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "624 images of" in done.stdout and "expert readers (PriMIA)" in done.stdout
-    for name in ("metrics.json", "roc.png", "calibration.png", "predictions.csv"):
+    for name in ("metrics.json", "roc.png", "calibration.png", "predictions.csv", "report.html"):
         assert (tmp_path / "run" / name).is_file()
     refused = call(f"checkpoint={ckpt}", "data.resolution=64", f"hydra.run.dir={tmp_path / 'x'}")
     assert refused.returncode == 2
