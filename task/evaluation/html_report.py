@@ -71,7 +71,13 @@ def _metrics_section(metrics: dict[str, Any]) -> str:
         rows = [(k, v) for k, v in h.flat_scalars(test) if not k.startswith("per_class.")]
     per_class = test.get("per_class", {})
     class_rows = [
-        (name, *(c.get(k) for k in ("sensitivity", "specificity", "precision", "f1", "support")))
+        (
+            name,
+            *(
+                c.get(k)
+                for k in ("sensitivity", "specificity", "precision", "npv", "f1", "support")
+            ),
+        )
         for name, c in per_class.items()
     ]
     experts = metrics.get("expert_readers")
@@ -80,7 +86,7 @@ def _metrics_section(metrics: dict[str, Any]) -> str:
         h.table(("metric", "value"), rows),
         class_rows
         and h.table(
-            ("class", "sensitivity", "specificity", "precision", "F1", "support"), class_rows
+            ("class", "sensitivity", "specificity", "PPV", "NPV", "F1", "support"), class_rows
         ),
         experts and h.table(("expert readers (PriMIA)", "value"), list(experts.items())),
         _validation_table(metrics.get("val")),

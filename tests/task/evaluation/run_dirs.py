@@ -50,6 +50,7 @@ def _test_metrics() -> dict:
                 "sensitivity": 0.8,
                 "specificity": 0.9,
                 "precision": 0.85,
+                "npv": 0.8765,
                 "f1": 0.82,
                 "support": 15,
             },

@@ -42,6 +42,7 @@ def test_a_federation_report_holds_every_section_and_figure(tmp_path: Path) -> N
     sizes = embedded_pngs(html)
     assert len(sizes) == 6 and all(w > 0 and h > 0 for w, h in sizes)
     assert "0.9100" in html and "0.8300 – 0.9700" in html  # test AUC and its interval
+    assert "<th>NPV</th>" in html and "0.8765" in html  # per-class NPV beside PPV
     assert "2 of 3: &lt;b&gt;site-x&lt;/b&gt;, site-0" in html  # round 2: site-1 declined
     assert "site-1: budget" in html
     assert "2 of 3: site-0, site-1" in html  # round 3: the refused site did not take part
