@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +46,37 @@ def offline_runs(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("offline-run-*/run-*.wandb"))
 
 
-def history(run_file: Path) -> list[dict[str, Any]]:
-    """The run's logged rows, in order, each ``{key: value}`` (``_step`` included)."""
-    rows = []
+def _parsed(run_file: Path) -> list[wandb_internal_pb2.Record]:
+    out = []
     for raw in _records(run_file.read_bytes()):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(raw)
+        out.append(record)
+    return out
+
+
+def finished_records(run_file: Path, timeout: float = 60.0) -> list[wandb_internal_pb2.Record]:
+    """The run's records once its ``exit`` record is on disk.
+
+    Why wait: ``wandb.finish()`` can return before wandb's writer process has flushed the
+    file (seen under load: only the 7-byte header was there), so a read right after it may
+    find nothing yet. The exit record is written last, after every history row.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _parsed(run_file)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        if time.monotonic() > deadline:
+            kinds = sorted({r.WhichOneof("record_type") for r in records})
+            raise TimeoutError(f"{run_file} has no exit record after {timeout:.0f} s: {kinds}")
+        time.sleep(0.2)
+
+
+def history(run_file: Path) -> list[dict[str, Any]]:
+    """The run's logged rows, in order, each ``{key: value}`` (``_step`` included)."""
+    rows = []
+    for record in finished_records(run_file):
         if record.WhichOneof("record_type") == "history":
             items = record.history.item
             rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items})
