@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shlex
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from hydra import compose, initialize_config_dir
@@ -83,3 +83,17 @@ def with_normalisation(cfg: DictConfig, mean: float, std: float) -> DictConfig:
     OmegaConf.update(out, "transforms.norm_mean", float(mean))
     OmegaConf.update(out, "transforms.norm_std", float(std))
     return out
+
+
+def config_targets(node: Any) -> Iterator[str]:
+    """Every ``_target_`` a plain (container) config names, at any depth: what Hydra would
+    call when it instantiates it, so what a received or loaded config must be checked for."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "_target_":
+                yield str(value)
+            else:
+                yield from config_targets(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from config_targets(item)

@@ -18,6 +18,7 @@ import torch
 from hydra.utils import instantiate
 from torch.fx.experimental.optimization import fuse
 
+from task.config import config_targets
 from task.runtime import checkpoint
 
 #: Keys a checkpoint's ``config`` must hold to serve encrypted diagnosis.
@@ -41,21 +42,10 @@ def check_targets(config: dict[str, Any]) -> None:
     """Refuse a received inference config whose ``model`` or ``preprocess`` would make
     Hydra call anything but MONAI networks and transforms."""
 
-    def targets(node: Any):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "_target_":
-                    yield str(value)
-                else:
-                    yield from targets(value)
-        elif isinstance(node, list):
-            for item in node:
-                yield from targets(item)
-
     for key, prefixes in ALLOWED_TARGETS.items():
         if key not in config:
             raise UntrustedConfig(f"inference config has no '{key}'")
-        for target in targets(config[key]):
+        for target in config_targets(config[key]):
             if not target.startswith(prefixes) or target.count(".") != prefixes[0].count("."):
                 raise UntrustedConfig(
                     f"inference config '{key}' names _target_ {target!r}; only "

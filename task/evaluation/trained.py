@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 
+from task.config import config_targets
 from task.runtime import checkpoint
 
 #: Keys a checkpoint's ``config`` holds when written by training.
@@ -52,18 +53,6 @@ class Trained:
         return None if value is None else float(value)
 
 
-def _targets(node: Any):
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "_target_":
-                yield str(value)
-            else:
-                yield from _targets(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _targets(item)
-
-
 def _read_config(path: Path, state: Any) -> dict[str, Any]:
     config = state.get("config") if isinstance(state, dict) else None
     if not isinstance(config, dict) or any(key not in config for key in CONFIG_KEYS):
@@ -71,7 +60,7 @@ def _read_config(path: Path, state: Any) -> dict[str, Any]:
             f"{path}: has no inference config with keys {list(CONFIG_KEYS)}; evaluate the "
             "best.pt or final.pt that training wrote"
         )
-    for target in _targets({"model": config["model"], "preprocess": config["preprocess"]}):
+    for target in config_targets({"model": config["model"], "preprocess": config["preprocess"]}):
         if not target.startswith(ALLOWED_TARGET_PREFIXES):
             raise CheckpointError(
                 f"{path}: its config names _target_ {target!r}; only "
