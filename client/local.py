@@ -21,10 +21,12 @@ from task.config import with_normalisation
 from task.constants import DECLINE_RECORD, NORM_MEAN, NORM_STD, SITE_RECORD
 from task.data.sites import Site, load_site, site_state_dir
 from task.federation.local_round import intensity_moments, local_evaluate, local_train
+from task.federation.node import site_device
 from task.models.factory import build_model
 from task.privacy import BudgetExhausted, privacy_of
 from task.privacy.ledger import SiteLedger
 from task.privacy.settings import BUDGET_DECLINE
+from task.runtime.device import prepare_model, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ def _setup(msg: Message, context: Context, overrides: Sequence[str] | None):
         model = build_model(cfg.model, shape, n_classes, dp_compatible=True)
     else:
         model = _network(model_yaml, shape, n_classes)
+    prepare_model(model, resolve_device(*site_device(cfg, context.node_config)))
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     return cfg, site, model
 

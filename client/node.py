@@ -18,7 +18,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
-from task.federation.node import DATA_PATH, SITE_NAME, STATE_DIR
+from task.federation.node import DATA_PATH, DEVICE, SITE_NAME, STATE_DIR
+from task.runtime.run_options import check_device
 
 #: The SuperNode's Runtime API port when none is given (Flower's default).
 RUNTIME_PORT = 9094
@@ -36,11 +37,15 @@ def node_config(
     site_policy: Path | None = None,
     identity_key: Path | None = None,
     roster: Path | None = None,
+    device: str | None = None,
 ) -> dict[str, str]:
-    """A deployed site's node config, with absolute paths (the ClientApp runs elsewhere)."""
+    """A deployed site's node config, with absolute paths (the ClientApp runs elsewhere).
+    ``device``: where this site computes (``cuda:1``...); None: the run config's ``device``."""
     config = {DATA_PATH: str(Path(data_path).resolve()), STATE_DIR: str(Path(state_dir).resolve())}
     if site_name:
         config[SITE_NAME] = site_name
+    if device:
+        config[DEVICE] = check_device(device, f"node config {DEVICE}")
     optional = {POLICY_KEY: site_policy, IDENTITY_KEY: identity_key, ROSTER: roster}
     config |= {key: str(Path(path).resolve()) for key, path in optional.items() if path}
     return config

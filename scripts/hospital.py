@@ -81,6 +81,7 @@ def supernode(args: argparse.Namespace) -> int:
             site_policy=args.site_policy,
             identity_key=args.identity_key,
             roster=args.roster,
+            device=args.device,
         )
         argv = supernode_command(
             superlink=args.superlink,
@@ -128,6 +129,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--site-policy", type=Path, help="the site's policy file (client/policy.py)")
     s.add_argument("--identity-key", type=Path, help="secure aggregation identity key")
     s.add_argument("--roster", type=Path, help="secure aggregation roster the site checked")
+    s.add_argument(
+        "--device",
+        help="where this site trains: auto, cpu, cuda, cuda:N or mps (default: the run's)",
+    )
     s.add_argument(
         "--runtime-port", type=int, help="local port for its ClientApps (Flower's default 9094)"
     )

@@ -4,8 +4,9 @@ the score in plain language. :mod:`task.audit.run` decides which attacks run on 
 
 from __future__ import annotations
 
+import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from task.audit.model_inversion import class_representative, nearest_image
 from task.audit.report import save_grid
 from task.audit.scores import prior_ssim, score
 from task.runtime import checkpoint
+from task.runtime.device import model_device
 
 
 def verdict(ssim: float, prior: float, recovered_margin: float, margin: float) -> str:
@@ -47,6 +49,8 @@ class AuditSetup:
     margins: tuple[float, float]
     #: The average training image, on the [0, 1] scale: the prior a reconstruction must beat.
     prior_image: torch.Tensor | None = None
+    #: Where the attacks optimise (``device``); scores, grids and the views stay on the CPU.
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def bounds(self) -> tuple[float, float]:
@@ -60,6 +64,17 @@ class AuditSetup:
     def verdict(self, ssim: float, prior: float) -> str:
         """:func:`verdict` with this audit's margins."""
         return verdict(ssim, prior, *self.margins)
+
+    def attacker(
+        self, model: nn.Module, target: list[torch.Tensor], labels: torch.Tensor
+    ) -> tuple[nn.Module, list[torch.Tensor], torch.Tensor]:
+        """The attacked model, the observed update and the labels on :attr:`device`; on the
+        CPU the same objects. A copy is moved, never the victim: the views that follow
+        compute their updates from it on the CPU."""
+        if model_device(model) == self.device:
+            return model, target, labels
+        moved = [g.to(self.device) for g in target]
+        return copy.deepcopy(model).to(self.device), moved, labels.to(self.device)
 
 
 def gradient_entry(
@@ -78,12 +93,14 @@ def gradient_entry(
     ``truth``. ``extra`` ends the entry (the view's own facts)."""
     ax, ay = images
     t0 = time.perf_counter()
+    model, target, ay = setup.attacker(victim, target, ay)
     if attack == "dlg":
-        recon = dlg(victim, target, ay, tuple(ax.shape), setup.bounds, setup.dlg_steps, setup.seed)
+        recon = dlg(model, target, ay, tuple(ax.shape), setup.bounds, setup.dlg_steps, setup.seed)
     else:
         recon = inverting_gradients(
-            victim, target, ay, tuple(ax.shape), setup.bounds, setup.settings
+            model, target, ay, tuple(ax.shape), setup.bounds, setup.settings
         )
+    recon = recon.cpu()
     seconds = time.perf_counter() - t0
     s = score(setup.unit(recon), truth)
     s["prior_ssim"] = prior_ssim(setup.prior_image, truth)
@@ -138,10 +155,11 @@ def malicious_server_entries(
             }
         else:
             t0 = time.perf_counter()
+            attacked, target, labels = setup.attacker(model, got.target, y)
             recon = setup.unit(
                 inverting_gradients(
-                    model, got.target, y, tuple(x.shape), setup.bounds, setup.settings
-                )
+                    attacked, target, labels, tuple(x.shape), setup.bounds, setup.settings
+                ).cpu()
             )
             s = score(recon, truth)
             grid = save_grid(
@@ -168,7 +186,9 @@ def trained_model(cfg: DictConfig, run_dir: Path, model_option: str) -> tuple[nn
     if path is None:
         from task.training.brief import brief_checkpoint
 
-        path = brief_checkpoint(model_option, int(mi.brief_steps), run_dir / "brief_training")
+        path = brief_checkpoint(
+            model_option, int(mi.brief_steps), run_dir / "brief_training", device=cfg.device
+        )
     state = checkpoint.load(path)
     config = state.get("config") or {}
     model = instantiate(config.get("model", cfg.model))
@@ -187,6 +207,7 @@ def model_inversion_entries(
     against the nearest training image of that class and that class's average image."""
     mi = cfg.audit.model_inversion
     model, path = trained_model(cfg, setup.run_dir, model_option)
+    model = model.to(setup.device)
     train_unit = setup.unit(torch.from_numpy(data.train.images))
     labels = data.train.labels
     out = []
@@ -195,7 +216,7 @@ def model_inversion_entries(
         recon = class_representative(
             model, k, (1, *data.in_shape), setup.bounds, steps=int(mi.steps), seed=cfg.seed
         )
-        recon_unit = setup.unit(recon)
+        recon_unit = setup.unit(recon.cpu())
         own = np.flatnonzero(labels == k)
         i, _ = nearest_image(recon_unit, train_unit[own])
         nearest = train_unit[own[i] : own[i] + 1]

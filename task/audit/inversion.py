@@ -7,7 +7,8 @@
   L-BFGS.
 
 Labels are given to the attacker (the strong attacker of the issue; iDLG shows they can be
-read off the last layer's gradient at batch 1).
+read off the last layer's gradient at batch 1). The attacks run on the model's device, in
+float32: gradient matching compares gradients far finer than 16-bit rounding.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from task.runtime.device import model_device
 
 
 @dataclass(frozen=True)
@@ -37,11 +40,16 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 
 
 def random_start(
-    shape: tuple[int, ...], bounds: tuple[float, float], generator: torch.Generator
+    shape: tuple[int, ...],
+    bounds: tuple[float, float],
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Uniform noise images in the data's range, to be optimised (requires grad)."""
+    """Uniform noise images in the data's range, to be optimised (requires grad), on
+    ``device``. Drawn on the CPU whatever the device: the same seed starts the same images."""
     lo, hi = bounds
-    return (torch.rand(shape, generator=generator) * (hi - lo) + lo).requires_grad_(True)
+    x = torch.rand(shape, generator=generator) * (hi - lo) + lo
+    return x.to(device).requires_grad_(True)
 
 
 def _flat(grads: list[torch.Tensor]) -> torch.Tensor:
@@ -69,7 +77,7 @@ def inverting_gradients(
     best, best_loss = None, float("inf")
     gen = torch.Generator().manual_seed(settings.seed)
     for _ in range(settings.restarts):
-        x = random_start(shape, bounds, gen)
+        x = random_start(shape, bounds, gen, model_device(model))
         opt = torch.optim.Adam([x], lr=settings.lr)
         milestones = [int(settings.steps * f) for f in (3 / 8, 5 / 8, 7 / 8)]
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
@@ -104,7 +112,7 @@ def dlg(
     """Deep Leakage from Gradients: L2 gradient matching with L-BFGS."""
     model.eval()
     lo, hi = bounds
-    x = random_start(shape, bounds, torch.Generator().manual_seed(seed))
+    x = random_start(shape, bounds, torch.Generator().manual_seed(seed), model_device(model))
     opt = torch.optim.LBFGS([x], lr=1.0, max_iter=20, history_size=20)
     g_target = _flat(target).detach()
 

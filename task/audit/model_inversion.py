@@ -13,6 +13,7 @@ from torch import nn
 
 from task.audit.inversion import random_start, total_variation
 from task.audit.scores import pairwise_ssim
+from task.runtime.device import model_device
 
 
 def class_representative(
@@ -30,9 +31,10 @@ def class_representative(
     """One input of ``shape`` (1, C, H, W) that the model assigns to ``target_class``."""
     model.eval()
     lo, hi = bounds
-    x = random_start(shape, bounds, torch.Generator().manual_seed(seed))
+    device = model_device(model)
+    x = random_start(shape, bounds, torch.Generator().manual_seed(seed), device)
     opt = torch.optim.Adam([x], lr=lr)
-    target = torch.full((shape[0],), target_class, dtype=torch.long)
+    target = torch.full((shape[0],), target_class, dtype=torch.long, device=device)
     for _ in range(steps):
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(x), target)

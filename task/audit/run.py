@@ -35,6 +35,7 @@ from task.models.factory import build_model
 from task.privacy import LocalDP
 from task.privacy.dpsgd import secret_generator
 from task.privacy.ledger import plan_round
+from task.runtime.device import configure_backends, resolve_device
 
 # verdict moved to task.audit.entries; it stays importable from here.
 __all__ = ["MALICIOUS_BATCH", "VIEWS", "federation_sigma", "run_audit", "verdict"]
@@ -72,7 +73,9 @@ def run_audit(cfg: DictConfig, run_dir: Path, model_option: str) -> dict[str, An
     """Run every configured attack; write grids into ``run_dir``; return the results."""
     a = cfg.audit
     _check(a)
+    device = resolve_device(cfg.device)
     set_determinism(seed=cfg.seed)
+    configure_backends(device)
     data = instantiate(cfg.data).load(preprocess=instantiate(cfg.transforms.preprocess))
     victims = _victims(cfg, data)
     sigma = federation_sigma(a.dp)
@@ -84,6 +87,7 @@ def run_audit(cfg: DictConfig, run_dir: Path, model_option: str) -> dict[str, An
         seed=cfg.seed,
         run_dir=run_dir,
         margins=(float(a.recovered_margin), float(a.margin)),
+        device=device,
     )
     rng = np.random.default_rng(cfg.seed)
     images = torch.from_numpy(data.train.images)

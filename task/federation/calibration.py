@@ -23,6 +23,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from task.runtime.device import model_device
+
 #: Images per forward pass while computing moments.
 MOMENT_BATCH = 256
 
@@ -91,13 +93,15 @@ def site_moments(
     n_features = int(model.num_features)
     bound = None if clip is None else float(clip) * n_features**0.5
     total = torch.zeros(2 * n_features, dtype=torch.float64)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for start in range(0, len(images), MOMENT_BATCH):
             # np.require copies only a read-only (memory-mapped) chunk: torch cannot wrap it
             chunk = np.require(images[start : start + MOMENT_BATCH], requirements="W")
-            f = model.features(torch.from_numpy(chunk)).double()
+            x = torch.from_numpy(chunk).to(device, non_blocking=True)
+            f = model.features(x).double().cpu()  # summed on the CPU, where the noise is
             v = torch.cat([f, f**2], dim=1)
             if bound is not None:
                 v = v * (bound / v.norm(dim=1, keepdim=True).clamp(min=1e-12)).clamp(max=1.0)

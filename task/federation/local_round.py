@@ -26,6 +26,7 @@ from task.privacy import LocalDP, privacy_of
 from task.privacy.dpsgd import secret_generator, train_private
 from task.privacy.ledger import SiteLedger, plan_round
 from task.privacy.update_noise import clip_and_noise
+from task.runtime.device import configure_backends, model_device
 from task.training.engine import class_weights, mean_loss, predict, train_epoch
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ def local_train(
     proximal_mu: float = 0.0,
     ledger: SiteLedger | None = None,
 ) -> LocalResult:
-    """Train the received global model on the site's data for the configured local work.
+    """Train the received global model on the site's data for the configured local work,
+    on the device the model is on (the caller put it there: ``device``).
 
     ``federation.local_steps`` (batches, as PriMIA synchronised every few batches) takes
     precedence over ``federation.local_epochs``. The number of *examples* seen is returned,
@@ -130,6 +132,7 @@ def _round_setup(model: torch.nn.Module, site: Site, cfg: DictConfig, server_rou
     learning rate, optimiser, (class-weighted) loss and the shuffled, augmented loader."""
     fed = cfg.federation
     set_determinism(seed=round_seed(cfg.seed, server_round, site.index))
+    configure_backends(model_device(model))  # after set_determinism, which turns it off
     lr = round_lr(cfg.optimizer.lr, server_round, fed.num_rounds, fed.lr_schedule)
     optimizer = instantiate(cfg.optimizer, lr=lr)(params=model.parameters())
     weight = class_weights(site.splits.train.labels, len(site.splits.classes))

@@ -19,6 +19,9 @@ SITE_NAME, DATA_PATH = "site-name", "data-path"
 #: Node-config key of the folder where a site keeps what must outlive its process (its
 #: privacy ledger). Simulation: ``<run_dir>/sites/<site>``.
 STATE_DIR = "state-dir"
+#: Node-config key of the device a site trains and evaluates on; without it, the run's
+#: ``device``. Why the site's: which GPU a hospital's host has is the hospital's to say.
+DEVICE = "device"
 
 
 def site_name(node_config: Mapping[str, Any]) -> str:
@@ -30,6 +33,14 @@ def site_name(node_config: Mapping[str, Any]) -> str:
     if PARTITION_ID in node_config:
         return f"site-{int(node_config[PARTITION_ID])}"
     raise ValueError(f"node config {dict(node_config)} names no site: set '{SITE_NAME}'")
+
+
+def site_device(cfg: DictConfig, node_config: Mapping[str, Any]) -> tuple[str, str]:
+    """This site's ``device`` and where it was set (for errors): its node config's
+    ``device``, else the run config's."""
+    if DEVICE in node_config:
+        return str(node_config[DEVICE]), f"node config {DEVICE}"
+    return str(cfg.device), "device"
 
 
 def site_state_dir(cfg: DictConfig, node_config: Mapping[str, Any]) -> Path:

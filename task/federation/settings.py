@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from task.runtime.run_options import check_selection, resume_path
+from task.runtime.run_options import check_device, check_selection, resume_path
 
 #: The config key of the update bound, named in every error about it.
 MAX_NORM_KEY = "federation.max_update_norm"
@@ -127,7 +127,9 @@ class FederationSettings:
 
 def check_federated_config(cfg: DictConfig) -> FederationSettings:
     """Check the federated config's settings (the ``federation`` block, the site's
-    precision, ``resume``) and return the federation's; a ``ValueError`` names the key."""
+    precision and device, ``resume``) and return the federation's; a ``ValueError`` names
+    the key."""
+    check_device(cfg.device)
     precision = cfg.train.precision
     if precision not in PRECISIONS:
         raise ValueError(f"train.precision={precision!r} is not one of {PRECISIONS}")

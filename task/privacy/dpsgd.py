@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from task.data.splits import BatchAugmented
 from task.privacy.accountant import Accountant
+from task.runtime.device import model_device
 from task.training.engine import train_epoch
 
 if TYPE_CHECKING:
@@ -85,9 +86,10 @@ def check_per_example_gradients(model: nn.Module, in_shape: tuple[int, ...]) -> 
         trial.remove_hooks()
 
 
-def secret_generator() -> torch.Generator:
-    """A torch generator seeded with 63 bits from the OS's entropy."""
-    gen = torch.Generator()
+def secret_generator(device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch generator on ``device`` seeded with 63 bits from the OS's entropy (Opacus
+    draws its noise with the generator on the gradients' device)."""
+    gen = torch.Generator(device=device)
     gen.manual_seed(secrets.randbits(63))
     return gen
 
@@ -123,11 +125,16 @@ def train_private(
     """``steps`` DP-SGD steps on ``model`` (in place), each accounted in ``accountant``.
 
     Opacus's optimizer hook steps the ledger's RDP accountant once per optimizer step, so
-    the ledger records what ran, not what was planned.
+    the ledger records what ran, not what was planned. On a GPU the noise is drawn there,
+    from a second secret generator; the forward pass stays float32 on every device: a
+    gradient scaler would scale the per-example gradients that Opacus clips to
+    ``max_grad_norm``, and 16-bit rounding would enter the clipped sum that the noise covers.
     """
     from opacus import PrivacyEngine
 
     gen = secret_generator()
+    device = model_device(model)
+    noise_gen = gen if device.type == "cpu" else secret_generator(device)
     with warnings.catch_warnings():
         # Opacus's advice to turn on secure_mode (torchcsprng; see the module docstring).
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
@@ -141,7 +148,7 @@ def train_private(
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
         poisson_sampling=False,  # the loader above already samples, from the secret seed
-        noise_generator=gen,
+        noise_generator=noise_gen,
     )
     done, total_loss, n_examples = 0, 0.0, 0
     try:
@@ -149,7 +156,12 @@ def train_private(
             warnings.filterwarnings("ignore", message=NO_INPUT_GRAD_WARNING)
             while done < steps:
                 stats = train_epoch(
-                    private, dp_loader, dp_optimizer, loss_fn, max_steps=steps - done
+                    private,
+                    dp_loader,
+                    dp_optimizer,
+                    loss_fn,
+                    max_steps=steps - done,
+                    mixed_precision=False,
                 )
                 done += int(stats["steps"])
                 total_loss += stats["loss"] * stats["num_examples"]

@@ -36,13 +36,16 @@ def clip_and_noise(
             f"central DP needs a model without buffers (make it DP-compatible); found {extra}"
         )
     gen = generator if generator is not None else secret_generator()
-    deltas = {k: state[k].detach().double() - global_state[k].double() for k in params}
+    # In float64 on the CPU, where the generator draws, whatever device trained the model;
+    # load_state_dict copies the result back to it.
+    base = {k: global_state[k].cpu().double() for k in params}
+    deltas = {k: state[k].detach().cpu().double() - base[k] for k in params}
     norm = math.sqrt(sum(float(d.pow(2).sum()) for d in deltas.values()))
     scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
     noisy = {}
     for key, delta in deltas.items():
         noise = torch.normal(0.0, noise_std, size=delta.shape, generator=gen, dtype=torch.float64)
-        value = global_state[key].double() + delta * scale + noise
+        value = base[key] + delta * scale + noise
         noisy[key] = value.to(state[key].dtype)
     model.load_state_dict(noisy)
     return norm

@@ -1,7 +1,12 @@
-"""Atomic checkpoints: a crash or a full disk while saving never damages the last good one."""
+"""Atomic checkpoints: a crash or a full disk while saving never damages the last good one.
+
+Checkpoints hold CPU tensors and load onto the CPU, whatever device trained them: a model
+trained on a GPU is evaluated, served or resumed on a machine without one.
+"""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -9,16 +14,37 @@ import torch
 
 from task.runtime.atomic import write_atomic, write_text_atomic
 
-__all__ = ["load", "save_atomic", "write_atomic", "write_text_atomic"]
+__all__ = ["load", "on_cpu", "save_atomic", "write_atomic", "write_text_atomic"]
+
+
+def on_cpu(value: Any) -> Any:
+    """``value`` with every tensor in it (nested in dicts, lists and tuples) on the CPU.
+
+    Tensors already there are kept as they are, the same objects: a CPU run's checkpoint is
+    what it was before. A dict is copied with its type and attributes (a state dict's
+    ``_metadata``, which ``load_state_dict`` reads).
+    """
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        out = copy.copy(value)
+        for key, item in value.items():
+            out[key] = on_cpu(item)
+        return out
+    if type(value) in (list, tuple):
+        return type(value)(on_cpu(item) for item in value)
+    return value
 
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` with ``torch.save``, atomically."""
+    """Write ``state`` with ``torch.save``, atomically, its tensors on the CPU."""
+    state = on_cpu(state)
     return write_atomic(path, lambda fh: torch.save(state, fh))
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_atomic` (weights-only safe unpickling)."""
+    """Load a checkpoint written by :func:`save_atomic` (weights-only safe unpickling),
+    onto the CPU: the caller's ``load_state_dict`` copies it to wherever its model is."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")

@@ -1,16 +1,38 @@
-"""The two options both entry points share, with one meaning each (torch-free).
+"""The options the entry points share, with one meaning each (torch-free).
 
 ``resume`` is the path of a run's ``last.pt``, or null; ``selection`` names which weights a
-run tests and reports. Checked here once, for ``train.*`` and ``federation.*`` alike, so the
-two entry points cannot drift apart again.
+run tests and reports; ``device`` where a run computes (resolved on the machine that
+computes, by :mod:`task.runtime.device`). Checked here once, for ``train.*`` and
+``federation.*`` alike, so the entry points cannot drift apart again.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from task.constants import SELECTIONS
+
+#: The values ``device`` takes.
+DEVICE_SPEC = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
+
+
+class DeviceError(ValueError):
+    """A ``device`` value that is malformed or names hardware this machine lacks."""
+
+
+def check_device(value: Any, key: str = "device") -> str:
+    """``value`` if it is a ``device`` spelling; a :class:`DeviceError` naming ``key``.
+
+    Only the spelling: whether the hardware exists is for the machine that computes to say
+    (a coordinator without a GPU checks the config of sites that have one).
+    """
+    text = str(value).strip()
+    if not DEVICE_SPEC.fullmatch(text):
+        raise DeviceError(f"{key}={value!r} is not one of {DEVICE_CHOICES}")
+    return text
 
 
 def check_selection(selection: str, key: str) -> str:

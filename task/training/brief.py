@@ -10,13 +10,16 @@ from task.constants import CHECKPOINT_FINAL
 from task.training.central import run
 
 
-def brief_checkpoint(model: str, steps: int, run_dir: Path) -> Path:
+def brief_checkpoint(model: str, steps: int, run_dir: Path, device: str = "cpu") -> Path:
     """Train the ``model`` option for ``steps`` steps with :func:`run` (one epoch, no
-    logger, no bootstrap) and return its ``final.pt``: weights and BatchNorm statistics as
-    after training, with the inference config, for serving tests and benchmarks."""
+    logger, no bootstrap) on ``device`` and return its ``final.pt``: weights and BatchNorm
+    statistics as after training, with the inference config, for serving tests and
+    benchmarks. The CPU by default: tests and benchmarks compare its numbers across
+    machines."""
     cfg = compose_config(
         [
             "logger=none",
+            f"device={device}",
             f"model={model}",
             "train.epochs=1",
             f"train.max_steps_per_epoch={steps}",

@@ -21,18 +21,14 @@ from monai.utils import set_determinism
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from task.constants import (
-    CHECKPOINT_BEST,
-    CHECKPOINT_FINAL,
-    CHECKPOINT_LAST,
-    PROGRESS_LOGGER,
-)
+from task.constants import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LAST, PROGRESS_LOGGER
 from task.data.splits import DataSplits
 from task.evaluation.metrics import clinical_metrics
 from task.evaluation.reference import comparison_line
 from task.evaluation.report import write_run_outputs
 from task.models.factory import build_model, count_parameters
 from task.runtime import checkpoint
+from task.runtime.device import configure_backends, prepare_model, resolve_device
 from task.runtime.run_options import resume_path
 from task.training.engine import class_weights, mean_loss, predict, train_epoch
 from task.training.resume import Progress, checkpoint_state, restore
@@ -212,9 +208,12 @@ def inference_config(cfg: DictConfig, classes: tuple[str, ...]) -> dict[str, Any
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Centralised training and test evaluation from a composed config; returns metrics."""
+    device = resolve_device(cfg.device)
     set_determinism(seed=cfg.seed)
+    configure_backends(device)  # after set_determinism, which turns cuDNN's autotuner off
+    log.info("device: %s", device)
     t_start = time.perf_counter()
-    splits, model, optimizer, scheduler, augment, settings = _build(cfg)
+    splits, model, optimizer, scheduler, augment, settings = _build(cfg, device)
     logger = instantiate(cfg.logger)
     logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), name=cfg.get("run_name"))
     history = fit(
@@ -249,12 +248,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return metrics
 
 
-def _build(cfg: DictConfig) -> tuple:
-    """Data, model, optimizer, scheduler, augmentation and loop settings from ``cfg``."""
+def _build(cfg: DictConfig, device: torch.device) -> tuple:
+    """Data, model (on ``device``), optimizer, scheduler, augmentation and loop settings."""
     source = instantiate(cfg.data)
     splits = source.load(preprocess=instantiate(cfg.transforms.preprocess))
     log.info("data: %s", splits.report.summary())
-    model = build_model(cfg.model, splits.in_shape, len(splits.classes))
+    model = prepare_model(build_model(cfg.model, splits.in_shape, len(splits.classes)), device)
     log.info("model %s: %d parameters", cfg.model._target_, count_parameters(model))
     optimizer = instantiate(cfg.optimizer)(params=model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer=optimizer) if cfg.get("scheduler") else None

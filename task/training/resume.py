@@ -41,19 +41,27 @@ def np_tuple(state: dict[str, Any]) -> tuple:
 
 
 def rng_state() -> dict[str, Any]:
-    """The process-wide random states (torch's also drives batch augmentation)."""
-    return {
+    """The process-wide random states (torch's also drives batch augmentation), and the
+    GPUs' where this process has used CUDA (dropout on a GPU draws from them)."""
+    state = {
         "torch": torch.get_rng_state(),
         "numpy": np_state(np.random.get_state()),
         "python": random.getstate(),
     }
+    if torch.cuda.is_initialized():  # never on a CPU run: its checkpoint stays as it was
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Put back what :func:`rng_state` captured."""
+    """Put back what :func:`rng_state` captured; the GPUs' states only on a machine with as
+    many GPUs (a run resumed on the CPU has no use for them)."""
     torch.set_rng_state(state["torch"])
     np.random.set_state(np_tuple(state["numpy"]))
     random.setstate(state["python"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def loader_rng_state(train_loader) -> dict[str, Any] | None:

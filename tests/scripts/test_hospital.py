@@ -54,8 +54,10 @@ def test_node_config_keys_are_the_ones_the_client_app_reads():
     from client.policy import POLICY_KEY
     from client.secure import IDENTITY_KEY, ROSTER
     from task.data.sites import DATA_PATH, SITE_NAME, STATE_DIR
+    from task.federation.node import DEVICE
 
     assert (node.SITE_NAME, node.DATA_PATH, node.STATE_DIR) == (SITE_NAME, DATA_PATH, STATE_DIR)
+    assert node.DEVICE == DEVICE
     assert (node.POLICY_KEY, node.IDENTITY_KEY, node.ROSTER) == (POLICY_KEY, IDENTITY_KEY, ROSTER)
 
 
@@ -127,6 +129,7 @@ def _supernode_args(tls, private, tmp_path, **changes):
         ({"--key": "KEYPUB"}, "hospital-a.pub"),
         ({"--data": "nowhere"}, "nowhere"),
         ({"--site-policy": "nopolicy.yaml"}, "nopolicy.yaml"),
+        ({"--device": "gpu"}, "node config device='gpu'"),
     ],
 )
 def test_supernode_refuses_bad_input_naming_it(site, capsys, monkeypatch, change, named):
@@ -150,10 +153,11 @@ def test_supernode_starts_flower_with_the_site_config(site, capsys, monkeypatch)
 
     monkeypatch.setattr(hospital, "run_foreground", run_foreground)
     monkeypatch.setattr(hospital, "supernode_command", lambda **kw: started.append(kw) or [])
-    changes = {"--name": "hospital-a", "--poll-interval": "0.5"}
+    changes = {"--name": "hospital-a", "--poll-interval": "0.5", "--device": "cuda:1"}
     assert hospital.main(_supernode_args(tls, private, tmp_path, **changes)) == 0
     kwargs, (argv, env, companion) = started
     assert kwargs["config"]["site-name"] == "hospital-a"
+    assert kwargs["config"]["device"] == "cuda:1"  # checked where the site computes
     assert kwargs["poll_interval"] == 0.5
     assert kwargs["private_key"] == private.resolve()
     assert (tmp_path / "state").is_dir()

@@ -35,6 +35,7 @@ def test_the_default_config_passes_and_its_settings_are_those_of_the_yaml() -> N
         ("federation.secure_normalisation=1", "federation.secure_normalisation=1 must be bool"),
         ("+federation.rounds=3", "unknown keys ['rounds']"),
         ("train.precision=fp16", "train.precision='fp16'"),
+        ("device=gpu", "device='gpu' is not one of auto, cpu, cuda, cuda:N, mps"),
         ("resume=true", "resume=True must be the path"),
     ],
 )
