@@ -144,3 +144,22 @@ def test_the_secure_sum_of_three_whole_rounds_recovers_nothing(setup) -> None:
     # and less than the one-step sum of the same first images gives away.
     assert whole["ssim"] - whole["prior"] < cfg.audit.margin, whole
     assert whole["ssim"] - whole["prior"] < one_step["ssim"] - one_step["prior"], (one_step, whole)
+
+
+def test_on_the_cpu_the_attacker_gets_the_victim_itself(tmp_path) -> None:
+    from task.audit.entries import AuditSetup
+
+    setup = AuditSetup(0.5, 0.25, AttackSettings(), 10, 0, tmp_path, (0.25, 0.1))
+    model, target, labels = torch.nn.Linear(4, 2), [torch.zeros(2, 4)], torch.zeros(1).long()
+    got = setup.attacker(model, target, labels)
+    assert got[0] is model and got[1] is target and got[2] is labels  # nothing copied
+
+
+def test_an_audit_on_a_missing_gpu_is_refused_before_any_attack(tmp_path, monkeypatch) -> None:
+    from task.audit.run import run_audit
+    from task.runtime.device import DeviceError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = compose_config(["device=cuda:0"], config_name="audit")
+    with pytest.raises(DeviceError, match=r"^device='cuda:0': no CUDA GPU"):
+        run_audit(cfg, tmp_path, model_option="small_cnn")

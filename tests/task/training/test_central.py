@@ -131,3 +131,17 @@ def test_last_epoch_selection_saves_the_final_weights(tmp_path: Path) -> None:
     assert checkpoint.load(tmp_path / CHECKPOINT_BEST)["epoch"] == 1 + mccs.index(max(mccs))
     with pytest.raises(ValueError, match=r"train\.selection='best'"):
         TrainSettings(selection="best")
+
+
+def test_a_device_the_machine_lacks_stops_the_run_before_any_work(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from task.config import compose_config
+    from task.runtime.device import DeviceError
+    from task.training.central import run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = compose_config(["device=cuda", "logger=none"], config_name="train_central")
+    with pytest.raises(DeviceError, match=r"^device='cuda': no CUDA GPU"):
+        run(cfg, tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing loaded, trained or written
