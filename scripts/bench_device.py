@@ -29,7 +29,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from scripts.bench_device_encrypted import encrypted
 from scripts.bench_device_federated import federated
-from scripts.bench_device_loops import Workload, centralised
+from scripts.bench_device_loops import IMAGENET_STEM, Workload, centralised
 from task.constants import REPO_ROOT
 from task.evaluation.report import write_benchmark
 from task.runtime.machine import machine_facts
@@ -86,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per figure")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
+    parser.add_argument(
+        "--resnet18-stem",
+        choices=("imagenet", "config"),
+        default="imagenet",
+        help="ResNet-18's stem: ImageNet's (7x7 stride 2, max-pool) or the config's own",
+    )
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--rounds", type=int, default=2, help="federated rounds (first: cold)")
     parser.add_argument("--skip-federated", action="store_true")
@@ -141,12 +147,21 @@ def main(argv: list[str] | None = None) -> dict:
         "warmup_steps": args.warmup,
         "precision": args.precision,
         "federated_rounds": None if args.skip_federated else args.rounds,
+        "resnet18_stem": args.resnet18_stem,
         "site_cache": "not measured",
     }
     result["models"] = {}
     for name in args.models:
+        stem = IMAGENET_STEM.get(name, []) if args.resnet18_stem == "imagenet" else []
         work = Workload(
-            name, args.resolution, args.batch, args.steps, args.warmup, args.precision, device
+            name,
+            args.resolution,
+            args.batch,
+            args.steps,
+            args.warmup,
+            args.precision,
+            device,
+            tuple(stem),
         )
         result["models"][name] = _model(args, work)
     if not args.skip_encrypted:

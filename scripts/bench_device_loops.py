@@ -44,13 +44,14 @@ class Workload:
     warmup: int
     precision: str  # fp32 | bf16
     device: torch.device
+    model_overrides: tuple[str, ...] = ()  # e.g. IMAGENET_STEM[model]
 
     def overrides(self, limit: int) -> list[str]:
         """Hydra overrides of the model, resolution, batch and data size."""
         return [
             "logger=none",
             f"model={self.model}",
-            *IMAGENET_STEM.get(self.model, []),
+            *self.model_overrides,
             f"data.resolution={self.resolution}",
             f"data.limit={limit}",
             "transforms=no_augment",
@@ -163,7 +164,7 @@ def centralised(work: Workload) -> dict:
     plain = plain_images_per_s(work, initial, data, cfg.optimizer)
     return {
         "parameters": count_parameters(model),
-        "model_overrides": IMAGENET_STEM.get(work.model, []),
+        "model_overrides": list(work.model_overrides),
         "project_images_per_s": project,
         "plain_images_per_s": plain,
         "ratio": project / plain,

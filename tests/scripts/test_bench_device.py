@@ -1,0 +1,47 @@
+"""scripts.bench_device: its device names, and a tiny run that writes the JSON with the
+machine's facts and both figures of the centralised comparison."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from scripts.bench_device import DeviceUnavailableError, _device, main
+
+
+def test_device_names():
+    assert _device("cpu") == torch.device("cpu")
+    assert _device("auto").type in ("cpu", "cuda")
+    with pytest.raises(DeviceUnavailableError, match="--device tpu"):
+        _device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceUnavailableError, match="sees no GPU"):
+            _device("cuda")
+
+
+@pytest.mark.slow
+def test_a_tiny_run_writes_both_figures_and_the_facts(tmp_path):
+    main(
+        [
+            "--device=cpu",
+            "--models=densenet121",
+            "--resolution=32",
+            "--batch=2",
+            "--steps=1",
+            "--warmup=0",
+            "--skip-federated",
+            "--skip-encrypted",
+            f"--out={tmp_path}",
+        ]
+    )
+    result = json.loads((tmp_path / "bench_device.json").read_text())
+    assert result["machine"]["cores"] >= 1
+    assert result["device"]["device"] == "cpu"
+    assert "upsampled to 32 px" in result["workload"]["data"]
+    central = result["models"]["densenet121"]["centralised"]
+    assert central["project_images_per_s"] > 0 and central["plain_images_per_s"] > 0
+    assert central["ratio"] == pytest.approx(
+        central["project_images_per_s"] / central["plain_images_per_s"]
+    )
