@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-# Which torch build: cpu (the default) or cuda (`make setup TORCH=cuda`, docs/gpu.md).
+# Which torch build: cpu (the default) or cuda (`make setup TORCH=cuda`, docs/development.md).
 TORCH  ?= cpu
 CRYPTEN := crypten==0.4.1
 ifeq ($(TORCH),cpu)
@@ -12,7 +12,7 @@ ifeq ($(TORCH),cpu)
 TORCH_REQ := torch==2.13.0
 else ifeq ($(TORCH),cuda)
 # `===` matches the version string exactly: the registry's default Linux wheel, 2.13.0 (the
-# CUDA build, with its nvidia-* libraries), never 2.13.0+cpu.
+# CUDA build, with its nvidia-* and cuda-* libraries), never 2.13.0+cpu.
 TORCH_REQ := torch===2.13.0
 else
 $(error TORCH=$(TORCH) is not a torch build this Makefile installs: use TORCH=cpu or TORCH=cuda)
@@ -43,7 +43,7 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 	$(PIP) install -q "$(TORCH_REQ)"
 	$(PIP) install -q -c constraints.txt -e ".[dev]"
 	$(PIP) install -q --no-deps $(CRYPTEN)
-	@if [ $(TORCH) = cpu ] && $(PIP) list 2>/dev/null | grep -i nvidia; then \
+	@if [ $(TORCH) = cpu ] && $(PIP) list 2>/dev/null | grep -iE '^(nvidia|cuda)-'; then \
 	  echo "CUDA packages were pulled in" >&2; exit 1; fi
 	@$(PY) scripts/check_install.py --torch $(TORCH)
 	echo $(TORCH) > $(BUILT)

@@ -108,7 +108,8 @@ def _model(args: argparse.Namespace, work: Workload) -> dict:
     GlobalHydra.instance().clear()
     result = {"centralised": centralised(work)}
     if not args.skip_federated:
-        result["federated"] = federated(work, args.out, args.rounds)
+        plain = result["centralised"]["plain_images_per_s"]
+        result["federated"] = federated(work, args.out, args.rounds, plain)
     result["wall_seconds"] = time.perf_counter() - t0
     return result
 

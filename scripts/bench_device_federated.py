@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hydra.core.global_hydra import GlobalHydra
 
-from scripts.bench_device_loops import Workload, load_data, plain_images_per_s, project_model
+from scripts.bench_device_loops import Workload
 from scripts.simulation import simulate
 from task.config import compose_config
 from task.constants import HISTORY_FILE
@@ -23,11 +23,13 @@ from task.constants import HISTORY_FILE
 SITES = 3
 #: Each site's training share holds its local steps twice over, after its validation part.
 DATA_MARGIN = 2
+#: Fewest images in all: each site's validation part (a tenth) must hold both classes.
+MIN_IMAGES = 24 * SITES
 
 
 def _overrides(work: Workload, rounds: int) -> list[str]:
     return [
-        *work.overrides(SITES * work.batch * work.steps * DATA_MARGIN),
+        *work.overrides(max(SITES * work.batch * work.steps * DATA_MARGIN, MIN_IMAGES)),
         "secure=smpc",
         f"federation.num_sites={SITES}",
         f"federation.num_rounds={rounds}",
@@ -37,43 +39,40 @@ def _overrides(work: Workload, rounds: int) -> list[str]:
     ]
 
 
-def _plain_site_images_per_s(work: Workload) -> float:
-    """The plain loop on the federation's network, in this process."""
-    GlobalHydra.instance().clear()
-    cfg, data = load_data(work, work.batch * (work.steps + work.warmup))
-    model = project_model(cfg, data, work.device)
-    fed_cfg = compose_config(_overrides(work, 1))
-    return plain_images_per_s(work, model, data, fed_cfg.optimizer)
-
-
-def _round_figures(seconds: float, images: int, plain: float) -> dict:
+def _round_figures(entry: dict, plain: float) -> dict:
+    """A history entry's seconds and trained images (all sites), against the plain loop."""
+    images, seconds = entry["train"].get("num-examples"), entry["seconds"]
+    if not images:
+        raise RuntimeError(f"round {entry['round']} trained nothing: {entry.get('failures')}")
     ips = images / seconds
-    return {"seconds": seconds, "images_per_s": ips, "ratio_to_plain": ips / plain}
+    return {
+        "seconds": seconds,
+        "images": images,
+        "images_per_s": ips,
+        "ratio_to_plain": ips / plain,
+        "secure_seconds": entry.get("secure_seconds"),
+    }
 
 
-def federated(work: Workload, out: Path, rounds: int) -> dict:
-    """``rounds`` simulated rounds and the plain loops' images/s: per round, their ratio."""
+def federated(work: Workload, out: Path, rounds: int, plain: float) -> dict:
+    """``rounds`` simulated rounds against ``plain``, the plain loop's images/s on the same
+    network, batch and precision in this process (:func:`centralised`'s): the sites' local
+    steps run one after the other at that speed, and each round's ratio is to it."""
     overrides = _overrides(work, rounds)
     GlobalHydra.instance().clear()
     cfg = compose_config(overrides)
     run_dir = out / f"federated_{work.model}"
     metrics = simulate(cfg, overrides, run_dir)
     history = json.loads((run_dir / HISTORY_FILE).read_text())
-    plain = _plain_site_images_per_s(work)
-    images = SITES * work.steps * work.batch  # trained per round, all sites together
-    first, last = history[0], history[-1]
     result = {
         "overrides": overrides,
         # The simulation gives its sites no GPU: they train on the CPU whatever --device is.
         "sites_device": "cpu",
         "plain_loop_device": str(work.device),
-        "images_per_round": images,
         "plain_images_per_s": plain,
         "rounds_seconds": metrics["rounds_seconds"],
-        "first_round": _round_figures(first["seconds"], images, plain)
-        | {"secure_seconds": first.get("secure_seconds")},
-        "last_round": _round_figures(last["seconds"], images, plain)
-        | {"secure_seconds": last.get("secure_seconds"), "round": len(history)},
+        "first_round": _round_figures(history[0], plain),
+        "last_round": _round_figures(history[-1], plain) | {"round": len(history)},
     }
     result["target_ratio_at_least_0.8"] = {
         "first_round": result["first_round"]["ratio_to_plain"] >= 0.8,

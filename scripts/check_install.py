@@ -2,8 +2,8 @@
 of builds, and ``pip check`` is clean except for crypten's known, unneeded declared
 dependencies (installed with ``--no-deps``).
 
-``--torch cpu`` (the default) wants the CPU wheel and no nvidia-* package; ``--torch cuda``
-wants the CUDA build (``make setup TORCH=cuda``, docs/gpu.md).
+``--torch cpu`` (the default) wants the CPU wheel and no nvidia-* or cuda-* package;
+``--torch cuda`` wants the CUDA build (``make setup TORCH=cuda``, docs/development.md).
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ from importlib import metadata
 #: crypten 0.4.1 declares these but imports none of them at run time (docs/development.md).
 CRYPTEN_UNNEEDED = {"future", "pandas", "sklearn", "tensorboard", "torchvision"}
 
-#: nvidia-* distributions that are no CUDA library: the management library's Python binding
-#: talks to the driver and installs beside any torch.
+#: Where CUDA torch's libraries come from: nvidia-* (cuDNN, NCCL, ...) and cuda-* (the CUDA
+#: 13 builds' cuda-toolkit and cuda-bindings).
+CUDA_PREFIXES = ("nvidia-", "cuda-")
+#: Such names that are no CUDA library: the management library's Python binding talks to the
+#: driver and installs beside any torch.
 NOT_CUDA_LIBRARIES = {"nvidia-ml-py"}
 
 BUILDS = ("cpu", "cuda")
@@ -26,11 +29,11 @@ BUILDS = ("cpu", "cuda")
 
 @dataclass(frozen=True)
 class TorchFacts:
-    """What the installed torch says of itself, and the nvidia-* packages beside it."""
+    """What the installed torch says of itself, and the CUDA packages beside it."""
 
     version: str  # torch.__version__, e.g. 2.13.0+cpu, 2.13.0+cu128, 2.13.0
     cuda: str | None  # torch.version.cuda: None for a CPU build
-    nvidia_packages: tuple[str, ...]
+    cuda_packages: tuple[str, ...]  # nvidia-* and cuda-* distributions
 
     @property
     def label(self) -> str:
@@ -48,8 +51,8 @@ def installed_facts() -> TorchFacts:
     names = {
         (dist.metadata["Name"] or "").lower().replace("_", "-") for dist in metadata.distributions()
     }
-    nvidia = sorted(n for n in names if n.startswith("nvidia-") and n not in NOT_CUDA_LIBRARIES)
-    return TorchFacts(torch.__version__, torch.version.cuda, tuple(nvidia))
+    cuda = sorted(n for n in names if n.startswith(CUDA_PREFIXES) and n not in NOT_CUDA_LIBRARIES)
+    return TorchFacts(torch.__version__, torch.version.cuda, tuple(cuda))
 
 
 def _label_problem(facts: TorchFacts) -> str | None:
@@ -82,9 +85,9 @@ def torch_problems(asked: str, facts: TorchFacts) -> list[str]:
         )
     if asked == "cuda" and facts.cuda is None:
         problems.append(f"{facts.describe()} where the CUDA build was asked for (TORCH=cuda)")
-    if facts.cuda is None and facts.nvidia_packages:
+    if facts.cuda is None and facts.cuda_packages:
         problems.append(
-            f"{facts.describe()} beside CUDA packages: {', '.join(facts.nvidia_packages)}"
+            f"{facts.describe()} beside CUDA packages: {', '.join(facts.cuda_packages)}"
         )
     return problems
 

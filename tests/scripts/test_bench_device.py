@@ -1,5 +1,5 @@
 """scripts.bench_device: its device names, and a tiny run that writes the JSON with the
-machine's facts and both figures of the centralised comparison."""
+machine's facts, both figures of the centralised comparison and a secure federated round."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_device_names():
 
 
 @pytest.mark.slow
-def test_a_tiny_run_writes_both_figures_and_the_facts(tmp_path):
+def test_a_tiny_run_writes_the_figures_and_the_facts(tmp_path):
     main(
         [
             "--device=cpu",
@@ -31,7 +31,7 @@ def test_a_tiny_run_writes_both_figures_and_the_facts(tmp_path):
             "--batch=2",
             "--steps=1",
             "--warmup=0",
-            "--skip-federated",
+            "--rounds=1",
             "--skip-encrypted",
             f"--out={tmp_path}",
         ]
@@ -45,3 +45,7 @@ def test_a_tiny_run_writes_both_figures_and_the_facts(tmp_path):
     assert central["ratio"] == pytest.approx(
         central["project_images_per_s"] / central["plain_images_per_s"]
     )
+    fed = result["models"]["densenet121"]["federated"]
+    assert "secure=smpc" in fed["overrides"]
+    assert fed["first_round"]["images"] == 3 * 2 * 1  # 3 sites, one step of 2 images each
+    assert set(fed["first_round"]["secure_seconds"]) >= {"share", "unmask"}

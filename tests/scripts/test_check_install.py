@@ -9,19 +9,20 @@ import pytest
 from scripts.check_install import TorchFacts, main, pip_problems, torch_problems
 
 CPU = TorchFacts("2.13.0+cpu", None, ())
-CUDA_REGISTRY = TorchFacts("2.13.0+cu128", "12.8", ("nvidia-cublas-cu12", "nvidia-cudnn-cu12"))
+#: The registry's Linux wheel of 2.13.0 is a CUDA 13 build.
+CUDA_REGISTRY = TorchFacts("2.13.0+cu130", "13.0", ("cuda-toolkit", "nvidia-cudnn-cu13"))
 
 
 def test_the_asked_build_passes():
     assert torch_problems("cpu", CPU) == []
     assert torch_problems("cuda", CUDA_REGISTRY) == []
     # A version without a local label says nothing of its build.
-    assert torch_problems("cuda", TorchFacts("2.13.0", "12.8", ())) == []
+    assert torch_problems("cuda", TorchFacts("2.13.0", "13.0", ())) == []
 
 
 def test_a_cuda_torch_is_refused_when_cpu_was_asked():
     (problem,) = torch_problems("cpu", CUDA_REGISTRY)
-    assert "torch 2.13.0+cu128 (CUDA 12.8 build)" in problem
+    assert "torch 2.13.0+cu130 (CUDA 13.0 build)" in problem
     assert "CPU wheel was asked for" in problem
 
 
@@ -32,10 +33,10 @@ def test_a_cpu_torch_is_refused_when_cuda_was_asked():
 
 
 @pytest.mark.parametrize("asked", ["cpu", "cuda"])
-def test_nvidia_packages_beside_a_cpu_torch_are_a_mix(asked):
-    facts = TorchFacts("2.13.0+cpu", None, ("nvidia-cublas-cu12",))
+def test_cuda_packages_beside_a_cpu_torch_are_a_mix(asked):
+    facts = TorchFacts("2.13.0+cpu", None, ("cuda-bindings", "nvidia-cublas"))
     problems = torch_problems(asked, facts)
-    assert any("beside CUDA packages: nvidia-cublas-cu12" in p for p in problems)
+    assert any("beside CUDA packages: cuda-bindings, nvidia-cublas" in p for p in problems)
 
 
 @pytest.mark.parametrize(
