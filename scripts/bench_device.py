@@ -32,6 +32,7 @@ from scripts.bench_device_federated import federated
 from scripts.bench_device_loops import IMAGENET_STEM, Workload, centralised
 from task.constants import REPO_ROOT
 from task.evaluation.report import write_benchmark
+from task.runtime.device import DeviceError, configure_backends, resolve_device
 from task.runtime.machine import machine_facts
 
 MODELS = ("resnet18", "densenet121")
@@ -47,19 +48,12 @@ class DeviceUnavailableError(RuntimeError):
 
 
 def _device(spec: str) -> torch.device:
-    """``auto`` (CUDA where there is one, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    # TODO(lead): use task.runtime.device.resolve_device (and its autocast, prepare_model and
-    # configure_backends) once it lands; this stand-in only resolves the name.
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``--device`` resolved as every entry point resolves ``device``, backends set for it."""
     try:
-        device = torch.device(spec)
-    except RuntimeError as err:
-        raise DeviceUnavailableError(f"--device {spec}: use auto, cpu, cuda or cuda:N") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailableError(f"--device {spec}: torch {torch.__version__} sees no GPU")
-    if device.type not in ("cpu", "cuda"):
-        raise DeviceUnavailableError(f"--device {spec}: use auto, cpu, cuda or cuda:N")
+        device = resolve_device(spec, key="--device")
+    except DeviceError as err:
+        raise DeviceUnavailableError(str(err)) from err
+    configure_backends(device)
     return device
 
 

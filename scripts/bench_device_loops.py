@@ -10,10 +10,8 @@ weight decay, random batches indexed from the same tensors, and nothing else.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +21,7 @@ from omegaconf import DictConfig
 from task.config import compose_config
 from task.data.splits import DataSplits
 from task.models.factory import build_model, count_parameters
+from task.runtime.device import autocast, grad_scaler, prepare_model
 from task.training.engine import class_weights, train_epoch
 
 #: ResNet-18 at 224 px as hospitals train it: the ImageNet stem (7x7 stride-2 convolution and
@@ -42,7 +41,7 @@ class Workload:
     batch: int
     steps: int
     warmup: int
-    precision: str  # fp32 | bf16
+    precision: str  # fp32 | bf16 on the CPU; on CUDA both loops use the engine's autocast
     device: torch.device
     model_overrides: tuple[str, ...] = ()  # e.g. IMAGENET_STEM[model]
 
@@ -64,20 +63,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _autocast(device: torch.device, precision: str):
-    """bf16 autocast on ``device``; the engine's own ``bf16`` is CPU autocast only."""
-    # TODO(lead): task.runtime.device.autocast(device) once the engine trains on GPUs.
-    if precision == "bf16" and device.type != "cpu":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _on_device(loader: Iterable, device: torch.device) -> Iterator:
-    """The loader's batches moved to ``device``, as the engine will once it takes one."""
-    for images, labels in loader:
-        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-
-
 def load_data(work: Workload, limit: int) -> tuple[DictConfig, DataSplits]:
     """The centralised config and PneumoniaMNIST's first ``limit`` images of each split,
     upsampled to ``work.resolution`` by the project's preprocessing."""
@@ -87,38 +72,38 @@ def load_data(work: Workload, limit: int) -> tuple[DictConfig, DataSplits]:
 
 
 def project_model(cfg: DictConfig, data: DataSplits, device: torch.device) -> torch.nn.Module:
-    return build_model(cfg.model, data.in_shape, len(data.classes)).to(device)
+    return prepare_model(build_model(cfg.model, data.in_shape, len(data.classes)), device)
 
 
 def _project_run(work: Workload, model, optimizer, loss_fn, data: DataSplits, steps: int):
-    loader = _on_device(data.train.loader(work.batch, shuffle=True), work.device)
-    with _autocast(work.device, work.precision):
-        stats = train_epoch(
-            model,
-            loader,
-            optimizer,
-            loss_fn,
-            max_steps=steps,
-            channels_last=True,
-            bf16=work.precision == "bf16" and work.device.type == "cpu",
-        )
+    stats = train_epoch(  # the engine moves each batch to the model's device itself
+        model,
+        data.train.loader(work.batch, shuffle=True),
+        optimizer,
+        loss_fn,
+        max_steps=steps,
+        channels_last=True,
+        bf16=work.precision == "bf16",
+    )
     return stats["num_examples"]
 
 
 def _plain_run(work: Workload, model, optimizer, loss_fn, images, labels, steps: int) -> int:
     """The loop a PyTorch user writes: sample, forward, loss, backward, step."""
     model.train()
+    scaler = grad_scaler(work.device)  # the engine's precision: fp16 on CUDA needs a scaler
     total = torch.zeros((), device=work.device)
     for _ in range(steps):
         idx = torch.randint(len(labels), (work.batch,))
         x = images[idx].to(work.device, non_blocking=True)
         y = labels[idx].to(work.device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(work.device.type, torch.bfloat16, enabled=work.precision == "bf16"):
+        with autocast(work.device, cpu_bf16=work.precision == "bf16"):
             logits = model(x)
         loss = loss_fn(logits.float(), y)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         total += loss.detach()
     return steps * work.batch
 
