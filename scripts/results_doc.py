@@ -15,6 +15,7 @@ import shutil
 import sys
 from collections.abc import Callable
 
+from scripts.results_device import device
 from task.constants import REPO_ROOT
 
 DOC = REPO_ROOT / "docs" / "results.md"
@@ -247,6 +248,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "inference": ("bench_inference/bench_inference.json", inference),
     "links": ("bench_links/bench_links.json", links),
     "sim-engine": ("bench_sim_engine/bench_sim_engine.json", sim_engine),
+    "device": ("bench_device/bench_device.json", device),
 }
 
 
