@@ -31,8 +31,15 @@ def write_jpeg(path: Path, array: np.ndarray) -> Path:
 
 
 def write_dicom(
-    path: Path, array: np.ndarray, photometric: str = "MONOCHROME2", pixels: bool = True
+    path: Path,
+    array: np.ndarray,
+    photometric: str = "MONOCHROME2",
+    pixels: bool = True,
+    compress: str | None = None,
+    **attrs: object,
 ) -> Path:
+    """A 12-bit DX image; ``attrs`` set on the dataset (window, rescale, SOP class, ...) and,
+    with ``compress``, its pixel data encoded in that transfer syntax by pydicom."""
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
@@ -49,6 +56,10 @@ def write_dicom(
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     if pixels:
         ds.PixelData = array.astype(np.uint16).tobytes()
+    for name, value in attrs.items():
+        setattr(ds, name, value)
+    if compress is not None:
+        ds.compress(compress)
     ds.save_as(path, enforce_file_format=True)
     return path
 

@@ -34,14 +34,9 @@ def _call(cmd: list[str]) -> subprocess.CompletedProcess:
 
 
 def _dicom(path: Path, compress=None, **attrs) -> Path:
-    write_dicom(path, pattern(64, 96, dtype=np.uint16, high=4000))
-    ds = pydicom.dcmread(path)
-    for name, value in attrs.items():
-        setattr(ds, name, value)
-    if compress is not None:
-        ds.compress(compress)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return write_dicom(
+        path, pattern(64, 96, dtype=np.uint16, high=4000), compress=compress, **attrs
+    )
 
 
 @pytest.fixture

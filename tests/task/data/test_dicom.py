@@ -36,15 +36,7 @@ def reader() -> ImageReader:
 
 
 def _dicom(path: Path, array: np.ndarray = STORED, compress=None, **attrs) -> Path:
-    """``write_dicom``'s file with ``attrs`` set and, if given, compressed."""
-    write_dicom(path, array)
-    ds = pydicom.dcmread(path)
-    for name, value in attrs.items():
-        setattr(ds, name, value)
-    if compress is not None:
-        ds.compress(compress)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return write_dicom(path, array, compress=compress, **attrs)
 
 
 def _window(
