@@ -9,7 +9,11 @@ For each model (ResNet-18 and DenseNet-121 by default) at ``--resolution`` px, 1
 (b) federated rounds of 3 simulated sites with secure aggregation against the same sites'
     local training as plain loops (target >= 0.8 per round);
 
-and (c) encrypted diagnosis with the default model at batch 1 and 32.
+(c) the site cache's effect (:mod:`scripts.bench_device_cache`): with the first model, the
+    first epoch from DICOM files at clinical size (decoding and preprocessing them, writing
+    the cache) against later epochs and the next process's cache hit;
+
+and (d) encrypted diagnosis with the default model at batch 1 and 32.
 
 The data is PneumoniaMNIST's 28 px images upsampled to the resolution by the project's
 preprocessing: a throughput workload only, since the quality of a model at 224 px cannot be
@@ -27,6 +31,7 @@ from pathlib import Path
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
+from scripts.bench_device_cache import site_cache
 from scripts.bench_device_encrypted import encrypted
 from scripts.bench_device_federated import federated
 from scripts.bench_device_loops import IMAGENET_STEM, Workload, centralised
@@ -89,6 +94,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--rounds", type=int, default=2, help="federated rounds (first: cold)")
     parser.add_argument("--skip-federated", action="store_true")
+    parser.add_argument("--skip-cache", action="store_true")
+    parser.add_argument("--cache-images", type=int, default=64, help="DICOM files of (c)")
+    parser.add_argument("--cache-source-px", type=int, default=2048, help="their side in px")
+    parser.add_argument("--cache-epochs", type=int, default=3)
     parser.add_argument("--skip-encrypted", action="store_true")
     parser.add_argument("--encrypted-train-steps", type=int, default=20)
     parser.add_argument("--encrypted-latency-images", type=int, default=4)
@@ -120,6 +129,9 @@ def _summary(result: dict) -> dict:
                 k: f[k]["ratio_to_plain"] for k in ("first_round", "last_round")
             }
         out[name] = row
+    if "site_cache" in result:
+        c = result["site_cache"]
+        out["site_cache_later_over_first"] = c["later_over_first"]
     if "encrypted" in result:
         e = result["encrypted"]
         out["encrypted"] = {k: e[k] for k in e if k.endswith("seconds_per_image")}
@@ -143,7 +155,6 @@ def main(argv: list[str] | None = None) -> dict:
         "precision": args.precision,
         "federated_rounds": None if args.skip_federated else args.rounds,
         "resnet18_stem": args.resnet18_stem,
-        "site_cache": "not measured",
     }
     result["models"] = {}
     for name in args.models:
@@ -159,6 +170,9 @@ def main(argv: list[str] | None = None) -> dict:
             tuple(stem),
         )
         result["models"][name] = _model(args, work)
+        if not args.skip_cache and "site_cache" not in result:
+            args_c = (args.cache_images, args.cache_source_px, args.cache_epochs)
+            result["site_cache"] = {"model": name, **site_cache(work, args.out, *args_c)}
     if not args.skip_encrypted:
         result["encrypted"] = encrypted(
             args.out, args.encrypted_train_steps, args.encrypted_latency_images

@@ -31,6 +31,7 @@ def _overrides(work: Workload, rounds: int) -> list[str]:
     return [
         *work.overrides(max(SITES * work.batch * work.steps * DATA_MARGIN, MIN_IMAGES)),
         "secure=smpc",
+        f"device={work.device}",
         f"federation.num_sites={SITES}",
         f"federation.num_rounds={rounds}",
         f"federation.local_steps={work.steps}",
@@ -66,8 +67,8 @@ def federated(work: Workload, out: Path, rounds: int, plain: float) -> dict:
     history = json.loads((run_dir / HISTORY_FILE).read_text())
     result = {
         "overrides": overrides,
-        # The simulation gives its sites no GPU: they train on the CPU whatever --device is.
-        "sites_device": "cpu",
+        # Ray shows the sites a GPU only where this device is CUDA (simulation.site_gpus).
+        "sites_device": str(work.device),
         "plain_loop_device": str(work.device),
         "plain_images_per_s": plain,
         "rounds_seconds": metrics["rounds_seconds"],

@@ -28,6 +28,7 @@ def device(result: dict) -> str:
             f"| {name} | {c['project_images_per_s']:.1f} | {c['plain_images_per_s']:.1f} | "
             f"{c['ratio']:.2f} | {fed[0]} | {fed[1]} |"
         )
+    lines += _cache_lines(result.get("site_cache"))
     e = result.get("encrypted")
     if e:
         lines += [
@@ -37,3 +38,31 @@ def device(result: dict) -> str:
             f"image at batch 1, {e['batch32_seconds_per_image']:.2f} at batch 32.",
         ]
     return "\n".join(lines)
+
+
+def _cache_lines(c: dict | None) -> list[str]:
+    """The site cache's table: the first epoch against later ones and the next process."""
+    if not c:
+        return []
+    rows = [
+        ("first epoch: decode, preprocess, write the cache; train", "first_epoch"),
+        ("later epoch of the same process", "later_epoch"),
+        ("next process (a site's next round): cache hit; train", "next_process"),
+        ("next process without the cache: decode again; train", "uncached_process"),
+    ]
+    lines = [
+        "",
+        f"Site cache ({c['model']}, {c['files']} files: {c['source']}; "
+        f"{c['train_images']} training images; loader {c['loader']}):",
+        "",
+        "| epoch | load s | train s | images/s |",
+        "| --- | --- | --- | --- |",
+    ]
+    for label, key in rows:
+        f = c[key]
+        lines.append(
+            f"| {label} | {f['load_seconds']:.2f} | {f['epoch_seconds']:.2f} | "
+            f"{f['images_per_s']:.2f} |"
+        )
+    lines += ["", f"Later epochs run {c['later_over_first']:.2f}× the first epoch's images/s."]
+    return lines

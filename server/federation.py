@@ -31,6 +31,7 @@ from server.recorder import RoundRecorder
 from strategies.checkpointed import CheckpointedStrategy
 from task.config import with_normalisation
 from task.constants import NORM_MEAN, NORM_STD, REPO_ROOT
+from task.data.loading import load_data
 from task.federation.settings import check_federated_config
 from task.models.factory import build_model
 from task.privacy import privacy_of
@@ -118,7 +119,7 @@ def normalisation(
 
 def global_model(cfg: DictConfig, run: RunSettings):
     """The data the server keeps (its test split), the global model, and its arrays."""
-    data = instantiate(cfg.data).load(preprocess=instantiate(cfg.transforms.preprocess))
+    data = load_data(cfg.data, cfg.transforms.preprocess)
     dp = run.privacy.enabled
     model = build_model(cfg.model, data.in_shape, len(data.classes), dp_compatible=dp)
     run.privacy.option.check_network(model, data.in_shape)

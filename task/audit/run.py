@@ -29,6 +29,7 @@ from task.audit.entries import (
     verdict,
 )
 from task.config import compose_config
+from task.data.loading import load_data
 from task.data.sites import partition_site
 from task.federation.calibration import class_has_calibration
 from task.models.factory import build_model
@@ -76,7 +77,7 @@ def run_audit(cfg: DictConfig, run_dir: Path, model_option: str) -> dict[str, An
     device = resolve_device(cfg.device)
     set_determinism(seed=cfg.seed)
     configure_backends(device)
-    data = instantiate(cfg.data).load(preprocess=instantiate(cfg.transforms.preprocess))
+    data = load_data(cfg.data, cfg.transforms.preprocess)
     victims = _victims(cfg, data)
     sigma = federation_sigma(a.dp)
     setup = AuditSetup(

@@ -5,19 +5,20 @@ decode and preprocess every image of the site's folder again. The cache keeps th
 one decode, as ``.npy`` files that later processes memory-map read-only, so a site decodes
 its data once per change of its files or of the preprocessing, not once per message.
 
-An entry is keyed by the SHA-256 of every image file's bytes (with its path relative to the
-site's folder and its class folder), the folder's absolute path (the load report names files
-by it), the caller's configuration text (the data and preprocessing settings that change
-the arrays, the split's fraction and seed) and the versions of the libraries that decode.
-Any change gives another key, hence a miss and a rebuild; only the current entry is kept.
+The same cache serves centralised training and simulation of folder sources
+(:mod:`task.data.loading`), whose train, validation and test folders are separate roots.
+An entry is keyed by the SHA-256 of every image file's bytes (with its path relative to its
+root and its class folder), the roots' absolute paths (the load report names files by
+them), the caller's configuration text (the data and preprocessing settings that change the
+arrays, the split's fraction and seed) and the versions of the libraries that decode. Any
+change gives another key, hence a miss and a rebuild; only the current entry is kept.
 
 Hashing every file on every load would cost a read of the whole site, so a file is hashed
 again only when its ``(size, mtime_ns, ctime_ns, inode)`` changed since the last load (kept
-in ``files.json``). The change time is the safeguard: no user call sets it, and writing a
-file or forcing its mtime back with ``os.utime`` moves it to now, so an edit that restores
-size and mtime is still re-hashed. What this does not see is a change made behind the
-file system's back (a raw disk write, a clock set back by root, a network file system that
-fakes ctime): delete the cache folder then, as it is safe to at any time.
+in ``files.json``). The change time is the safeguard: no user call sets it, so an edit that
+restores size and mtime with ``os.utime`` is still re-hashed. What this does not see is a
+change made behind the file system's back (a raw disk write, a clock set back by root, a
+network file system that fakes ctime): delete the cache folder then, as is always safe.
 
 Entries are written into a temporary folder that is renamed into place when complete, so a
 process killed mid-write leaves no entry that is read later. An entry that cannot be read
@@ -50,26 +51,17 @@ log = logging.getLogger(__name__)
 
 #: Bumped when the layout of an entry or the meaning of its key changes (2: the images
 #: of a split in file-name order, see task.data.listing.scan_folder; 3: DICOM pixels with
-#: their VOI LUT or window applied, see task.data.dicom).
-CACHE_FORMAT = 3
+#: their VOI LUT or window applied, see task.data.dicom; 4: several roots per entry, and
+#: each split's content hash).
+CACHE_FORMAT = 4
 MANIFEST, FILE_INDEX = "manifest.json", "files.json"
 ENTRY_PREFIX, TMP_PREFIX = "entry-", ".tmp-"
 SPLITS = ("train", "val", "test")
 #: A temporary folder older than this is a killed writer's, and is removed.
 STALE_TMP_SECONDS = 3600.0
 #: Libraries whose upgrade may change decoded or preprocessed arrays.
-DECODERS = (
-    "numpy",
-    "monai",
-    "pillow",
-    "pydicom",
-    "pylibjpeg",
-    "pylibjpeg-libjpeg",
-    "pylibjpeg-openjpeg",
-    "pylibjpeg-rle",
-    "nibabel",
-    "torch",
-)
+_PLUGINS = ("pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle")
+DECODERS = ("numpy", "monai", "pillow", "pydicom", "nibabel", "torch", *_PLUGINS)
 
 
 class CacheEntryError(ValueError):
@@ -129,40 +121,44 @@ class SiteDataCache:
         self.last_outcome = ""
 
     # -- keys ------------------------------------------------------------------------------
-    def _digests(self, root: Path, files: list[Path]) -> list[list[str]]:
-        """``[relative path, class folder, sha256]`` per file, re-hashing only the files
-        whose stat changed since the saved index; the index is rewritten when it changed."""
+    def _digests(self, roots: list[Path]) -> list[list[str]]:
+        """``[root number, relative path, class folder, sha256]`` per file, re-hashing only
+        the files whose stat changed since the saved index; the index is rewritten when it
+        changed."""
         index_path = self.folder / FILE_INDEX
+        names = [str(root) for root in roots]
         try:
             saved = json.loads(index_path.read_text())
-            known = saved["files"] if saved.get("root") == str(root) else {}
+            known = saved["files"] if saved.get("roots") == names else {}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             known = {}
         index, rows = {}, []
-        for path in files:
-            relative = path.relative_to(root)
-            rel = relative.as_posix()
-            try:
-                stat = _stat_key(path.stat())
-                old = known.get(rel)
-                digest = old[4] if isinstance(old, list) and old[:4] == stat else _sha256(path)
-                index[rel] = [*stat, digest]
-            except OSError as err:  # unreadable now: the decoder reports it; retried next load
-                digest = f"unreadable:{err.errno}"
-            rows.append([rel, relative.parts[0], digest])
+        for number, root in enumerate(roots):
+            for path in site_image_files(root):
+                relative = path.relative_to(root)
+                rel = f"{number}/{relative.as_posix()}"
+                try:
+                    stat = _stat_key(path.stat())
+                    old = known.get(rel)
+                    same = isinstance(old, list) and old[:4] == stat
+                    digest = old[4] if same else _sha256(path)
+                    index[rel] = [*stat, digest]
+                except OSError as err:  # unreadable now: the decoder reports it; retried
+                    digest = f"unreadable:{err.errno}"
+                rows.append([rel, relative.parts[0], digest])
         if index != known:
-            _write_json_atomic({"root": str(root), "files": index}, index_path)
+            _write_json_atomic({"roots": names, "files": index}, index_path)
         return rows
 
-    def key(self, root: Path, config_text: str) -> str:
-        """The key of the entry for the files now in ``root`` and ``config_text``."""
-        root = root.resolve()
+    def key(self, roots: list[Path], config_text: str) -> str:
+        """The key of the entry for the files now in ``roots`` and ``config_text``."""
+        roots = [Path(root).resolve() for root in roots]
         fingerprint = {
             "format": CACHE_FORMAT,
-            "root": str(root),
+            "roots": [str(root) for root in roots],
             "config": config_text,
             "versions": _library_versions(),
-            "files": self._digests(root, site_image_files(root)),
+            "files": self._digests(roots),
         }
         return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
 
@@ -185,7 +181,10 @@ class SiteDataCache:
                 if list(array.shape) != meta["shape"] or str(array.dtype) != meta["dtype"]:
                     raise CacheEntryError(f"{path.name} holds {array.shape} {array.dtype}")
                 arrays[name] = np.asarray(array)  # a plain read-only view of the map
-            splits = {s: Split(arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in SPLITS}
+            prints = manifest["fingerprints"]
+            splits = {
+                s: Split(arrays[f"{s}_images"], arrays[f"{s}_labels"], prints[s]) for s in SPLITS
+            }
             report = LoadReport(
                 loaded=dict(manifest["report"]["loaded"]),
                 skipped=list(manifest["report"]["skipped"]),
@@ -220,6 +219,8 @@ class SiteDataCache:
             "classes": list(splits.classes),
             "report": splits.report.to_dict(),
             "arrays": arrays,
+            # The content hashes recognise the published test split (task.data.content).
+            "fingerprints": {s: getattr(splits, s).fingerprint for s in SPLITS},
         }
         with _open_private(tmp / MANIFEST) as fh:
             fh.write(json.dumps(manifest, indent=1).encode())
@@ -248,20 +249,23 @@ class SiteDataCache:
         os.chmod(self.folder, 0o700)  # also an older folder made under a laxer umask
 
     # -- the one public operation ------------------------------------------------------------
-    def load(self, root: Path, config_text: str, build: Callable[[], DataSplits]) -> DataSplits:
-        """The splits of ``root`` under ``config_text``: from the cache when the entry for
-        the current files and settings is there, else ``build()`` (then stored).
+    def load(
+        self, roots: list[Path], config_text: str, build: Callable[[], DataSplits]
+    ) -> DataSplits:
+        """The splits read from the folders ``roots`` under ``config_text``: from the cache
+        when the entry for the current files and settings is there, else ``build()`` (then
+        stored).
 
         A cache that cannot be used (no such folder, a disk error) falls back to
         ``build()`` with one log line: the cache only ever saves time.
         """
-        root = Path(root)
-        if not root.is_dir():  # a CSV or a missing folder: build() says what is wrong
-            self.last_outcome = "miss"
+        roots = [Path(root) for root in roots]
+        if not roots or not all(root.is_dir() for root in roots):
+            self.last_outcome = "miss"  # a CSV or a missing folder: build() says what is wrong
             return build()
         try:
             self._prepare_folder()
-            key = self.key(root, config_text)
+            key = self.key(roots, config_text)
         except OSError as err:
             log.warning("site data cache in %s unusable (%s); decoding uncached", self.folder, err)
             self.last_outcome = "miss"

@@ -26,6 +26,9 @@ class ImageFolderSource:
         seed: seed of that split.
         on_bad_file: ``"error"`` stops on the first bad file; ``"skip"`` counts and reports.
         limit: keep only the first ``limit`` files of each split.
+        cache_dir: where the decoded, preprocessed splits are kept between runs
+            (:mod:`task.data.cache`, through :func:`task.data.loading.load_data`); None:
+            decode at every load.
     """
 
     def __init__(
@@ -40,6 +43,7 @@ class ImageFolderSource:
         seed: int = 0,
         on_bad_file: str = "error",
         limit: int | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         if len(classes) < 2 or len(set(classes)) != len(classes):
             raise ValueError(f"classes {list(classes)} must be at least two distinct names")
@@ -53,6 +57,23 @@ class ImageFolderSource:
         self.policy = check_policy(on_bad_file)
         self.limit = limit
         self.reader = ImageReader(channels=channels)
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+
+    def cache_place(self) -> tuple[Path, list[Path]] | None:
+        """Where this source's cache lies and the folders its entries are keyed on (every
+        split's); None when it keeps none: no ``cache_dir``, or a split read from a CSV,
+        whose listed files may lie anywhere."""
+        sources = [Path(path) for path in self.paths.values() if path is not None]
+        if self.cache_dir is None or any(path.suffix.lower() == ".csv" for path in sources):
+            return None
+        for root in sources:
+            if self.cache_dir.resolve().is_relative_to(root.resolve()):
+                # The cache would be scanned as one more class folder of the images.
+                raise ValueError(
+                    f"data.cache_dir {self.cache_dir} lies inside the image folder {root}; "
+                    "keep the cache outside it"
+                )
+        return self.cache_dir, sources
 
     def records(self, split: str, report: LoadReport, policy: str | None = None) -> list[Record]:
         """The files ``split`` lists. ``policy``: instead of the source's own; the site's

@@ -154,6 +154,11 @@ class PneumoniaMNISTSource:
         self.download = download
         self.limit = limit
 
+    def cache_place(self) -> None:
+        """None: the file is already arrays, so there is no decoding to keep (the
+        preprocessed-data cache, :mod:`task.data.loading`, serves image folders)."""
+        return None
+
     def load(self, preprocess: Callable | None = None) -> DataSplits:
         if not self.path.is_file():
             if not self.download:

@@ -20,8 +20,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from task.data.cache import SiteDataCache
-from task.data.folder import ImageFolderSource
+from task.data.loading import load_data
 from task.data.splits import DataSplits, Split
 from task.federation.node import (  # also re-exported: the node config's keys and helpers
     DATA_PATH,
@@ -55,8 +54,7 @@ def _bundled_data(data_yaml: str, preprocess_yaml: str) -> DataSplits:
     Why: simulated sites share one process (Flower's simulation runs them in one actor here),
     and each used to load and preprocess the whole file for its own partition.
     """
-    source = instantiate(OmegaConf.create(data_yaml))
-    return source.load(preprocess=instantiate(OmegaConf.create(preprocess_yaml)))
+    return load_data(OmegaConf.create(data_yaml), OmegaConf.create(preprocess_yaml))
 
 
 def partition_site(cfg: DictConfig, partition_id: int, num_partitions: int) -> Site:
@@ -102,29 +100,21 @@ def folder_site(
     (:class:`~task.data.cache.SiteDataCache`): a SuperNode starts a process per message,
     and each would otherwise decode the whole folder again.
     """
-    settings = {
-        **reading_settings(cfg, data_path),
-        "val_fraction": cfg.federation.site_val_fraction,
-        "seed": cfg.seed,
-    }
-    source = ImageFolderSource(**settings)
-
-    def decode() -> DataSplits:
-        return source.load(preprocess=instantiate(cfg.transforms.preprocess))
-
-    if cache_dir is None:
-        splits = decode()
-    elif Path(cache_dir).resolve().is_relative_to(Path(data_path).resolve()):
-        # The cache would be scanned as one more class folder of the site's images.
+    if cache_dir is not None and Path(cache_dir).resolve().is_relative_to(
+        Path(data_path).resolve()
+    ):  # said in the node config's words (the source's own check names data.cache_dir)
         raise ValueError(
             f"node config: {STATE_DIR} {Path(cache_dir).parent} lies inside {DATA_PATH} "
             f"{data_path}; keep the site's state outside its image folder"
         )
-    else:
-        # The key: every setting that changes the arrays, the split or the load report.
-        preprocess = OmegaConf.to_container(cfg.transforms.preprocess, resolve=True)
-        config_text = OmegaConf.to_yaml({"source": settings, "preprocess": preprocess})
-        splits = SiteDataCache(cache_dir).load(Path(data_path), config_text, decode)
+    source = {
+        "_target_": "task.data.folder.ImageFolderSource",
+        **reading_settings(cfg, data_path),
+        "val_fraction": cfg.federation.site_val_fraction,
+        "seed": cfg.seed,
+        "cache_dir": None if cache_dir is None else str(cache_dir),
+    }
+    splits = load_data(OmegaConf.create(source), cfg.transforms.preprocess)
     if splits.report.n_skipped:
         log.warning("site %s: %s", name, splits.report.summary())
     return Site(name, index, splits)

@@ -111,8 +111,11 @@ class Split:
         shuffle: bool,
         augment: Callable | None = None,
         num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
     ) -> DataLoader | TorchDataLoader | BatchAugmented:
-        """A data loader over the in-memory arrays; ``augment`` runs on the fly.
+        """A data loader over the in-memory arrays; ``augment`` runs on the fly. The
+        workers and pinning: :func:`task.runtime.device.loader_options`.
 
         A per-image transform runs in MONAI's ``ArrayDataset``. Without one, or with a
         :class:`~task.data.augment.BatchAugment`, the batches come straight from the tensors:
@@ -120,23 +123,24 @@ class Split:
         indexing, a sizeable share of a site's round.
         """
         read_only = not self.images.flags.writeable  # memory-mapped from the site's cache
+        workers = {
+            "num_workers": num_workers,
+            "pin_memory": pin_memory,
+            "persistent_workers": persistent_workers and num_workers > 0,
+        }
         if augment is not None and not isinstance(augment, BatchAugment):
             dataset = ArrayDataset(
                 img=ImageRows(self.images) if read_only else torch.from_numpy(self.images),
                 img_transform=WithoutMetadata(augment),
                 labels=self.labels,
             )
-            return DataLoader(
-                dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers
-            )
+            return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, **workers)
         tensors = (
             ImageRows(self.images, self.labels)
             if read_only
             else TensorDataset(torch.from_numpy(self.images), torch.from_numpy(self.labels))
         )
-        loader = TorchDataLoader(
-            tensors, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers
-        )
+        loader = TorchDataLoader(tensors, batch_size=batch_size, shuffle=shuffle, **workers)
         return BatchAugmented(loader, augment) if augment is not None else loader
 
 

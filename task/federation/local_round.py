@@ -26,7 +26,7 @@ from task.privacy import LocalDP, privacy_of
 from task.privacy.dpsgd import secret_generator, train_private
 from task.privacy.ledger import SiteLedger, plan_round
 from task.privacy.update_noise import clip_and_noise
-from task.runtime.device import configure_backends, model_device
+from task.runtime.device import configure_backends, loader_options, model_device
 from task.training.engine import class_weights, mean_loss, predict, train_epoch
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,8 @@ def _round_setup(model: torch.nn.Module, site: Site, cfg: DictConfig, server_rou
     weight = class_weights(site.splits.train.labels, len(site.splits.classes))
     loss_fn = torch.nn.CrossEntropyLoss(weight=weight if cfg.train.class_weighted_loss else None)
     augment = instantiate(cfg.transforms.augment) if cfg.transforms.get("augment") else None
-    loader = site.splits.train.loader(cfg.train.batch_size, shuffle=True, augment=augment)
+    feed = loader_options(model_device(model), cfg.train.get("num_workers", "auto"))
+    loader = site.splits.train.loader(cfg.train.batch_size, shuffle=True, augment=augment, **feed)
     return lr, optimizer, loss_fn, loader
 
 
@@ -269,7 +270,8 @@ def local_evaluate(
     model: torch.nn.Module, split: Split, classes: tuple[str, ...], batch_size: int = 256
 ) -> dict:
     """Metrics of the global model on a local split, plus the counts the server can pool."""
-    probs, labels = predict(model, split.loader(batch_size, shuffle=False))
+    feed = loader_options(model_device(model), num_workers=0)  # one pass: pinning only
+    probs, labels = predict(model, split.loader(batch_size, shuffle=False, **feed))
     m = clinical_metrics(labels, probs, classes, n_bootstrap=0)
     return {
         "num-examples": len(labels),

@@ -55,7 +55,7 @@ def _in_open_unit(name: str, value: float | None, *, upper_closed: bool = False)
         raise ValueError(f"federation.{name}={value} must be in {interval}")
 
 
-_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "object": (object,)}
 
 
 def _check_type(name: str, annotation: str, value: Any) -> None:
@@ -90,6 +90,7 @@ class FederationSettings:
     round_timeout: float
     max_update_norm: float | None
     client_cpus: float
+    client_gpus: object  # 'auto' or a share: checked by gpu_share
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -111,6 +112,17 @@ class FederationSettings:
             if not getattr(self, name) > 0:
                 raise ValueError(f"federation.{name}={getattr(self, name)} must be positive")
         validate_max_norm(self.max_update_norm)
+        self.gpu_share()
+
+    def gpu_share(self) -> float:
+        """A simulated site's share of a GPU where the sites train on CUDA: the configured
+        ``client_gpus``, or with ``auto`` 1/num_sites (all sites on one GPU at once)."""
+        share = self.client_gpus
+        if share == "auto":
+            return 1.0 / self.num_sites
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
+            raise ValueError(f"federation.client_gpus={share!r} must be 'auto' or in (0, 1]")
+        return float(share)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> FederationSettings:

@@ -10,8 +10,10 @@ CPU, so a CPU run computes exactly what it computed before the setting existed.
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager, nullcontext
 from itertools import chain
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +26,7 @@ __all__ = [
     "autocast_dtype",
     "configure_backends",
     "grad_scaler",
+    "loader_options",
     "model_device",
     "prepare_model",
     "resolve_device",
@@ -126,3 +129,30 @@ def configure_backends(device: torch.device) -> None:
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``tensor`` on ``device``; the same tensor if it is already there (no copy)."""
     return tensor.to(device, non_blocking=True)
+
+
+#: Most loader workers ``auto`` starts for a GPU: enough to copy rows out of the memory-mapped
+#: cache and stack them ahead of a GPU step, few enough to leave cores to the training process.
+MAX_AUTO_WORKERS = 4
+
+
+def loader_options(device: torch.device, num_workers: int | str = "auto") -> dict[str, Any]:
+    """How a DataLoader feeds ``device``: its worker processes and pinned memory.
+
+    ``num_workers``: a count, or ``auto``: none on the CPU, where workers compete with the
+    training's own threads for the same cores and the batches are rows of arrays already in
+    memory (or memory-mapped from the site's cache); on CUDA up to
+    :data:`MAX_AUTO_WORKERS`, one core kept for the training process. On CUDA batches are
+    pinned, so that their copy to the GPU runs asynchronously (``to_device``); workers stay
+    alive between epochs, so an epoch does not start by forking them again.
+    """
+    if num_workers == "auto":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        num_workers = min(MAX_AUTO_WORKERS, cores - 1) if device.type == "cuda" else 0
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers={num_workers!r} must be 'auto' or a count >= 0")
+    return {
+        "num_workers": num_workers,
+        "pin_memory": device.type == "cuda",
+        "persistent_workers": num_workers > 0,
+    }

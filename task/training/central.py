@@ -1,10 +1,8 @@
 """Centralised training: the baseline that federated training is measured against.
 
 Flower-free. ``fit`` trains with checkpoints (best by validation MCC, as PriMIA selected;
-last; with ``train.selection=last`` also the final evaluated weights), optional early
-stopping, and exact resume from ``last.pt`` (weights, optimizer, scheduler, epoch, history
-and random states: :mod:`task.training.resume`). ``run`` wires a composed Hydra config to
-it.
+last; with ``selection=last`` the final evaluated weights), optional early stopping, and
+exact resume from ``last.pt`` (:mod:`task.training.resume`). ``run`` wires a config to it.
 """
 
 from __future__ import annotations
@@ -22,13 +20,20 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from task.constants import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LAST, PROGRESS_LOGGER
+from task.data.loading import load_data
 from task.data.splits import DataSplits
 from task.evaluation.metrics import clinical_metrics
 from task.evaluation.reference import comparison_line
 from task.evaluation.report import write_run_outputs
 from task.models.factory import build_model, count_parameters
 from task.runtime import checkpoint
-from task.runtime.device import configure_backends, prepare_model, resolve_device
+from task.runtime.device import (
+    configure_backends,
+    loader_options,
+    model_device,
+    prepare_model,
+    resolve_device,
+)
 from task.runtime.run_options import resume_path
 from task.training.engine import class_weights, mean_loss, predict, train_epoch
 from task.training.resume import Progress, checkpoint_state, restore
@@ -90,10 +95,9 @@ def _set_up(model, splits: DataSplits, optimizer, settings: TrainSettings, augme
     n_classes = len(splits.classes)
     weight = class_weights(splits.train.labels, n_classes) if settings.class_weighted_loss else None
     loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
-    train_loader = splits.train.loader(
-        settings.batch_size, shuffle=True, augment=augment, num_workers=settings.num_workers
-    )
-    val_loader = splits.val.loader(settings.eval_batch_size, shuffle=False)
+    feed = loader_options(model_device(model), settings.num_workers)
+    train_loader = splits.train.loader(settings.batch_size, shuffle=True, augment=augment, **feed)
+    val_loader = splits.val.loader(settings.eval_batch_size, shuffle=False, **feed)
     ema = None
     if settings.ema_decay is not None:
         ema = AveragedModel(
@@ -175,8 +179,8 @@ def _save_checkpoints(
     run_dir: Path,
     extra_state: dict[str, Any] | None,
 ) -> None:
-    """``last.pt`` every epoch; the evaluated weights as ``best.pt`` on a new best MCC and,
-    with ``selection=last``, as ``final.pt``."""
+    """``last.pt`` every epoch; the evaluated weights as ``best.pt`` on a new best MCC (and
+    as ``final.pt`` with ``selection=last``)."""
     state = checkpoint_state(
         model=loop.model,
         ema=loop.ema,
@@ -250,8 +254,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def _build(cfg: DictConfig, device: torch.device) -> tuple:
     """Data, model (on ``device``), optimizer, scheduler, augmentation and loop settings."""
-    source = instantiate(cfg.data)
-    splits = source.load(preprocess=instantiate(cfg.transforms.preprocess))
+    splits = load_data(cfg.data, cfg.transforms.preprocess)
     log.info("data: %s", splits.report.summary())
     model = prepare_model(build_model(cfg.model, splits.in_shape, len(splits.classes)), device)
     log.info("model %s: %d parameters", cfg.model._target_, count_parameters(model))
@@ -269,8 +272,7 @@ def _evaluate(
     history: list[dict[str, Any]],
     run_dir: Path,
 ) -> tuple[dict[str, Any], Any, Any]:
-    """Load the reported checkpoint into ``model`` and test it: the metrics (all but
-    ``wall_seconds``), and the test labels and probabilities the plots need."""
+    """The reported checkpoint's metrics (but ``wall_seconds``), test labels and scores."""
     train_seconds = sum(h["train_seconds"] for h in history)
     chosen = CHECKPOINT_FINAL if settings.selection == "last" else CHECKPOINT_BEST
     best = checkpoint.load(run_dir / chosen)

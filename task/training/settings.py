@@ -27,7 +27,9 @@ class TrainSettings:
     #: chose; always written) or ``final.pt`` (the last epoch's; with a schedule annealed
     #: to zero and the EMA, the intended end point).
     selection: str = "val_mcc"
-    num_workers: int = 0
+    #: DataLoader worker processes: a count, or ``auto`` (none on the CPU, some on CUDA;
+    #: :func:`task.runtime.device.loader_options`).
+    num_workers: int | str = "auto"
     progress: bool = True
 
     def __post_init__(self) -> None:

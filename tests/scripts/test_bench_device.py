@@ -33,6 +33,9 @@ def test_a_tiny_run_writes_the_figures_and_the_facts(tmp_path):
             "--warmup=0",
             "--rounds=1",
             "--skip-encrypted",
+            "--cache-images=24",
+            "--cache-source-px=64",
+            "--cache-epochs=2",
             f"--out={tmp_path}",
         ]
     )
@@ -49,3 +52,10 @@ def test_a_tiny_run_writes_the_figures_and_the_facts(tmp_path):
     assert "secure=smpc" in fed["overrides"]
     assert fed["first_round"]["images"] == 3 * 2 * 1  # 3 sites, one step of 2 images each
     assert set(fed["first_round"]["secure_seconds"]) >= {"share", "unmask"}
+    cache = result["site_cache"]
+    assert cache["files"] == 24 and "DICOM, RLE Lossless" in cache["source"]
+    assert cache["first_epoch"]["load_seconds"] > cache["next_process"]["load_seconds"] > 0
+    assert cache["later_over_first"] == pytest.approx(
+        (cache["train_images"] / cache["later_epoch"]["epoch_seconds"])
+        / cache["first_epoch"]["images_per_s"]
+    )

@@ -20,7 +20,6 @@ import pytest
 from task.config import compose_config
 from task.data import cache as cache_module
 from task.data.cache import ENTRY_PREFIX, SiteDataCache
-from task.data.files import ImageReader
 from task.data.sites import DATA_CACHE_DIR, _cached_site, folder_site, load_site
 from task.data.splits import DataSplits
 from tests.factories import pattern, write_dicom, write_png
@@ -49,20 +48,6 @@ def site(tmp_path: Path) -> Path:
         write_dicom(root / cls / "scan.dcm", pattern(dtype=np.uint16, high=4000) + c)
     (root / "pneumonia" / "broken.png").write_bytes(b"not an image")
     return root
-
-
-@pytest.fixture
-def decodes(monkeypatch) -> list[Path]:
-    """The paths the decoder is called on, in order."""
-    calls: list[Path] = []
-    real = ImageReader.read
-
-    def spy(self, path):
-        calls.append(Path(path))
-        return real(self, path)
-
-    monkeypatch.setattr(ImageReader, "read", spy)
-    return calls
 
 
 def _load(cfg, root: Path, cache_dir: Path) -> DataSplits:
@@ -309,11 +294,11 @@ def test_read_only_loader_gives_the_same_batches_from_copies(cfg, site, tmp_path
 def test_the_key_covers_file_bytes_paths_and_settings(site, tmp_path) -> None:
     cache = SiteDataCache(tmp_path / DATA_CACHE_DIR)
     cache.folder.mkdir(mode=0o700)
-    key = cache.key(site, "a")
-    assert cache.key(site, "a") == key
-    assert cache.key(site, "b") != key
+    key = cache.key([site], "a")
+    assert cache.key([site], "a") == key
+    assert cache.key([site], "b") != key
     (site / "normal" / "0.png").rename(site / "normal" / "renamed.png")
-    assert cache.key(site, "a") != key
+    assert cache.key([site], "a") != key
 
 
 def test_a_state_folder_inside_the_image_folder_is_refused_by_name(tmp_path) -> None:

@@ -216,3 +216,38 @@ def test_dp_sgd_runs_on_cuda_in_float32() -> None:
     )
     assert stats["steps"] == 3
     assert all(p.device.type == "cuda" and torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_loader_options_start_no_workers_on_the_cpu_and_pin_on_cuda(monkeypatch) -> None:
+    from task.runtime.device import MAX_AUTO_WORKERS, loader_options
+
+    assert loader_options(CPU) == {
+        "num_workers": 0,
+        "pin_memory": False,
+        "persistent_workers": False,
+    }
+    assert loader_options(CPU, 2) == {
+        "num_workers": 2,
+        "pin_memory": False,
+        "persistent_workers": True,
+    }
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    gpu = loader_options(torch.device("cuda"))  # a device object needs no GPU
+    assert gpu == {"num_workers": MAX_AUTO_WORKERS, "pin_memory": True, "persistent_workers": True}
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    assert loader_options(torch.device("cuda:0"))["num_workers"] == 1  # one core kept
+    for bad in ("two", -1, 1.5, True):
+        with pytest.raises(ValueError, match=rf"num_workers={bad!r} must be 'auto'"):
+            loader_options(CPU, bad)
+
+
+def test_worker_processes_deliver_the_batches_of_the_single_process_loader() -> None:
+    from task.data.splits import Split
+
+    rng = np.random.default_rng(0)
+    split = Split(rng.random((37, 1, 8, 8), dtype=np.float32), rng.integers(0, 2, 37))
+    plain = list(split.loader(8, shuffle=False))
+    workers = list(split.loader(8, shuffle=False, num_workers=2, persistent_workers=True))
+    assert len(plain) == len(workers) == 5
+    for (xa, ya), (xb, yb) in zip(plain, workers, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
