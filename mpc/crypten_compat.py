@@ -18,6 +18,10 @@ Breakages measured with crypten 0.4.1 on torch 2.13 and what this module does ab
    and for some parameter aliases) that CrypTen has no module for. We map ``Identity`` to a
    CrypTen module that returns its input.
 
+Not a breakage but a choice for parties on a GPU: CrypTen's randomness that parties share is
+drawn on the CPU whatever device a party computes on (:mod:`mpc.crypten_device`), so that a
+party on CUDA agrees with one on the CPU and with a dealer that has no GPU.
+
 Each patch is guarded so that a CrypTen or torch release that fixes the problem upstream
 simply skips it. :func:`check_patches` reports which ones were applied.
 """
@@ -62,6 +66,8 @@ _alias_onnx_registration()
 import crypten  # noqa: E402  (must follow the alias above)
 import crypten.nn.module as _cmodule  # noqa: E402
 import crypten.nn.onnx_converter as _converter  # noqa: E402
+
+from mpc import crypten_device as _device  # noqa: E402
 
 
 def _export_pytorch_model(f: io.BytesIO, pytorch_model: torch.nn.Module, dummy_input: Any):
@@ -115,6 +121,8 @@ def _patch_identity() -> None:
 
 _patch_converter()
 _patch_identity()
+if _device.install():
+    APPLIED.append("shared-randomness-on-cpu")
 
 
 def use_links(rank: int, links: Any) -> None:
@@ -128,7 +136,8 @@ def use_links(rank: int, links: Any) -> None:
     import crypten.communicator as comm_package
     from crypten.mpc.provider import ttp_provider
 
-    from mpc.channel.communicator import LinkCommunicator, ttp_client_seed, ttp_server_seeds
+    from mpc.channel.communicator import LinkCommunicator
+    from mpc.crypten_device import ttp_client_seed, ttp_server_seeds
 
     comm_package.DistributedCommunicator = LinkCommunicator
     ttp_provider.TTPClient._TTPClient__TTPClient._setup_generators = ttp_client_seed

@@ -10,6 +10,12 @@ Ranks: 0 model owner and 1 data owner compute; 2 is the dealer (CrypTen's TTP). 
 are tuples of ranks, as CrypTen passes them back: ``main_group`` (0, 1), ``ttp_group``
 (0, 1, 2) and ``ttp_comm_group`` (0, 2), exactly as ``DistributedCommunicator`` makes
 them. Every collective of two computing parties is a pair of point-to-point frames.
+
+Devices: a party may compute on CUDA, where CrypTen holds shares as CUDA tensors, most in
+its ``CUDALongTensor`` wrapper. The wire always carries CPU bytes (:func:`wire_tensor`),
+and what arrives is put on the device, and in the wrapper, of the tensor it answers
+(:func:`arrived`), so two parties need not compute on the same device. The dealer's
+seeds, which CrypTen's TTP provider sends itself, are in :mod:`mpc.crypten_device`.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import mpc.crypten_compat  # noqa: F401  (CrypTen loads only after its torch pat
 # isort: split
 from crypten.common import serial
 from crypten.communicator.communicator import Communicator, _logging
+from crypten.cuda import CUDALongTensor
 
 from mpc.channel.links import ChannelError, Links
 
@@ -31,8 +38,21 @@ TENSOR, OBJECT, BARRIER = 1, 2, 3
 WORLD_SIZE, TTP_RANK = 2, 2
 
 
-def _bytes(tensor: torch.Tensor) -> memoryview:
-    return memoryview(tensor.detach().contiguous().numpy()).cast("B")
+def wire_tensor(tensor) -> torch.Tensor:
+    """What goes on the wire for ``tensor`` (a tensor or a ``CUDALongTensor``): its values
+    as a CPU tensor (the same tensor, detached, when it is on the CPU already)."""
+    return tensor.data.cpu()
+
+
+def arrived(values: torch.Tensor, like):
+    """``values`` received from the wire (CPU) on ``like``'s device, and wrapped as
+    ``like`` is: CrypTen computes on CUDA integers through ``CUDALongTensor`` only."""
+    values = values.to(like.device)
+    return CUDALongTensor(values) if isinstance(like, CUDALongTensor) else values
+
+
+def _bytes(tensor) -> memoryview:
+    return memoryview(wire_tensor(tensor).contiguous().numpy()).cast("B")
 
 
 class _Done:
@@ -104,25 +124,29 @@ class LinkCommunicator(Communicator):
     def _send_tensor(self, tensor: torch.Tensor, dst: int) -> None:
         self.links.send(dst, TENSOR, _bytes(tensor))
 
-    def _recv_tensor(self, like: torch.Tensor, src: int) -> torch.Tensor:
+    def _recv_tensor(self, like, src: int):
+        """The next tensor frame from ``src``, shaped, typed and placed as ``like``."""
         body = self.links.recv(src, TENSOR)
-        expected = like.nelement() * like.element_size()
+        data = like.data
+        expected = data.nelement() * data.element_size()
         if len(body) != expected:
             raise ChannelError(f"rank {src} sent {len(body)} bytes for a {expected}-byte tensor")
         if not body:
-            return torch.empty_like(like)
-        return torch.frombuffer(body, dtype=like.dtype).reshape(like.shape)
+            return arrived(torch.empty(data.shape, dtype=data.dtype), like)
+        return arrived(torch.frombuffer(body, dtype=data.dtype).reshape(data.shape), like)
 
     def _others(self, group: tuple[int, ...] | None) -> list[int]:
         return [r for r in (group or self.main_group) if r != self.rank]
 
     @staticmethod
-    def _combine(a: torch.Tensor, b: torch.Tensor, op) -> torch.Tensor:
+    def _combine(a, b, op):
         if op == ReduceOp.SUM:
-            return a + b  # int64 wraps round the ring, as shares do
-        if op == ReduceOp.BXOR:
-            return a ^ b
-        raise ChannelError(f"reduce operation {op} is not supported")
+            values = a.data + b.data  # int64 wraps round the ring, as shares do
+        elif op == ReduceOp.BXOR:
+            values = a.data ^ b.data
+        else:
+            raise ChannelError(f"reduce operation {op} is not supported")
+        return CUDALongTensor(values) if isinstance(a, CUDALongTensor) else values
 
     # --- point to point -------------------------------------------------------------
 
@@ -177,7 +201,7 @@ class LinkCommunicator(Communicator):
                 for dst in self._others(group):
                     self._send_tensor(t, dst)
             else:
-                t.data.copy_(self._recv_tensor(t, src))
+                t.data.copy_(self._recv_tensor(t, src).data)
         return input
 
     @_logging
@@ -198,8 +222,11 @@ class LinkCommunicator(Communicator):
             for dst in self._others(None):
                 self._send_tensor(scatter_list[dst], dst)
             return scatter_list[self.rank]
+        mine = scatter_list[self.rank] if scatter_list else None
         like = torch.empty(
-            size if size is not None else scatter_list[self.rank].size(), dtype=torch.long
+            size if size is not None else mine.size(),
+            dtype=torch.long,
+            device=device or (mine.device if mine is not None else None),
         )
         return self._recv_tensor(like, src).clone()
 
@@ -247,34 +274,3 @@ class LinkCommunicator(Communicator):
 
     def get_distributed_backend(self):
         return "tls"
-
-
-# --- the dealer's seeds (CrypTen's TTP provider calls torch.distributed for these) ---------
-
-
-def ttp_client_seed(self) -> None:
-    """``TTPClient._setup_generators`` over the links: the dealer's seed for this party."""
-    import crypten.communicator as comm
-
-    seed = comm.get().recv(torch.empty(size=(), dtype=torch.long), TTP_RANK)
-    self.generator = torch.Generator(device="cpu")
-    self.generator.manual_seed(seed.item())
-    self.generator_cuda = None
-    if torch.cuda.is_available():
-        self.generator_cuda = torch.Generator(device="cuda")
-        self.generator_cuda.manual_seed(seed.item())
-
-
-def ttp_server_seeds(self) -> None:
-    """``TTPServer._setup_generators`` over the links: one fresh seed per computing party."""
-    import crypten.communicator as comm
-
-    seeds = [torch.randint(-(2**63), 2**63 - 1, size=()) for _ in range(WORLD_SIZE)]
-    self.generators = [torch.Generator(device="cpu") for _ in range(WORLD_SIZE)]
-    self.generators_cuda = [None] * WORLD_SIZE
-    for rank, seed in enumerate(seeds):
-        comm.get().send(seed, rank)
-        self.generators[rank].manual_seed(seed.item())
-        if torch.cuda.is_available():
-            self.generators_cuda[rank] = torch.Generator(device="cuda")
-            self.generators_cuda[rank].manual_seed(seed.item())
