@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -30,6 +31,7 @@ from mpc.channel import tls
 from mpc.channel.certs import DATA_OWNER, MODEL_OWNER, PartyCredentials
 from mpc.channel.session import Endpoints
 from mpc.inference import wire
+from mpc.inference.device import CPU, party_device
 from mpc.inference.fidelity import probabilities
 from mpc.inference.model import check_targets
 from mpc.inference.party import Channel, Session, prepare_data_owner, run_data_owner
@@ -93,11 +95,16 @@ class ServiceConnection:
     """
 
     def __init__(
-        self, address: str, creds: PartyCredentials | None, timeout: float = 900.0
+        self,
+        address: str,
+        creds: PartyCredentials | None,
+        timeout: float = 900.0,
+        device: torch.device = CPU,
     ) -> None:
         self.host, self.port = wire.parse_address(address)
         self.creds = creds  # None: --insecure
         self.timeout = timeout
+        self.device = device  # where this side's CrypTen party computes
         self.sock: socket.socket | None = None
         self.hello: dict[str, Any] = {}
 
@@ -161,6 +168,7 @@ class ServiceConnection:
                 np.ascontiguousarray(images, dtype=np.float32),
                 self.hello["graph"],
                 Channel(self.creds, timeout=self.timeout),
+                self.device,
             ),
         )
         try:
@@ -199,9 +207,10 @@ def diagnose(
     insecure: bool = False,
 ) -> dict[str, Any]:
     """Encrypted diagnosis of the image files ``inputs`` by the service at ``service``."""
+    device = party_device(settings.get("device"), "client.device")  # before any connection
     paths = collect_images(inputs)
     creds = tls.credentials(settings.credentials, DATA_OWNER, insecure=insecure)
-    with ServiceConnection(service, creds, float(settings.timeout)) as conn:
+    with ServiceConnection(service, creds, float(settings.timeout), device) as conn:
         images, kept, skipped = read_images(paths, conn.config, skip_bad=skip_bad)
         result = conn.run(images, int(settings.batch))
     classes = list(conn.config["classes"])

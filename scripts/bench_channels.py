@@ -12,9 +12,11 @@ import secrets
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mpc.channel.certs import DATA_OWNER, DEALER, MODEL_OWNER, PartyCredentials
 from mpc.channel.session import Endpoints
+from mpc.inference.device import CPU
 from mpc.inference.model import load_served
 from mpc.inference.party import (
     Channel,
@@ -47,17 +49,24 @@ def _channel(transport: str, folders: dict[str, Path], role: str) -> Channel:
 
 
 def run_session(
-    checkpoint: Path, images: np.ndarray, batch: int, transport: str, folders: dict[str, Path]
+    checkpoint: Path,
+    images: np.ndarray,
+    batch: int,
+    transport: str,
+    folders: dict[str, Path],
+    devices: tuple[torch.device, torch.device] = (CPU, CPU),
 ) -> dict:
-    """One session of the three parties; the data owner's result."""
+    """One session of the three parties, the model owner and the data owner computing on
+    ``devices``; the data owner's result."""
     config = load_served(checkpoint).config
     session = _session(transport, len(images), batch)
+    owner_device, data_device = devices
     parties = [
         PreparedParty(
             "model-owner",
             prepare_model_owner,
             run_model_owner,
-            (str(checkpoint), _channel(transport, folders, MODEL_OWNER)),
+            (str(checkpoint), _channel(transport, folders, MODEL_OWNER), owner_device),
         ),
         PreparedParty(
             "dealer", prepare_dealer, run_dealer, (_channel(transport, folders, DEALER),)
@@ -66,7 +75,13 @@ def run_session(
             "data-owner",
             prepare_data_owner,
             run_data_owner,
-            (config, np.ascontiguousarray(images), None, _channel(transport, folders, DATA_OWNER)),
+            (
+                config,
+                np.ascontiguousarray(images),
+                None,
+                _channel(transport, folders, DATA_OWNER),
+                data_device,
+            ),
         ),
     ]
     return run_parties(parties, session, start_timeout=300, result_timeout=900)[2]

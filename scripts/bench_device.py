@@ -13,7 +13,8 @@ For each model (ResNet-18 and DenseNet-121 by default) at ``--resolution`` px, 1
     first epoch from DICOM files at clinical size (decoding and preprocessing them, writing
     the cache) against later epochs and the next process's cache hit;
 
-and (d) encrypted diagnosis with the default model at batch 1 and 32.
+and (d) encrypted diagnosis with the default model at batch 1 and 32, both computing
+parties on the device, and on the CPU in the same run where the device is a GPU.
 
 The data is PneumoniaMNIST's 28 px images upsampled to the resolution by the project's
 preprocessing: a throughput workload only, since the quality of a model at 224 px cannot be
@@ -135,6 +136,7 @@ def _summary(result: dict) -> dict:
     if "encrypted" in result:
         e = result["encrypted"]
         out["encrypted"] = {k: e[k] for k in e if k.endswith("seconds_per_image")}
+        out["encrypted"]["by_device"] = e.get("by_device", {})
     return out
 
 
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
             result["site_cache"] = {"model": name, **site_cache(work, args.out, *args_c)}
     if not args.skip_encrypted:
         result["encrypted"] = encrypted(
-            args.out, args.encrypted_train_steps, args.encrypted_latency_images
+            args.out, args.encrypted_train_steps, args.encrypted_latency_images, device
         )
     write_benchmark(result, args.out / "bench_device.json", _summary(result))
     return result

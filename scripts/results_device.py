@@ -37,6 +37,12 @@ def device(result: dict) -> str:
             f"parties on the {e['parties_device']}): {e['batch1_seconds_per_image']:.2f} s per "
             f"image at batch 1, {e['batch32_seconds_per_image']:.2f} at batch 32.",
         ]
+        for name, t in e.get("by_device", {}).items():
+            if name != e["parties_device"]:
+                lines[-1] += (
+                    f" Both parties on the {name} in the same run: "
+                    f"{t['batch1_seconds_per_image']:.2f} and {t['batch32_seconds_per_image']:.2f}."
+                )
     return "\n".join(lines)
 
 

@@ -14,6 +14,10 @@ session that fails ends without touching the next.
 What it sees: its own random seeds and the sizes of what it deals. Never an image, a
 weight, a share of either, or a prediction. It must not collude with either party:
 whoever holds the dealer's randomness and one party's shares can open the other's.
+
+It computes on the CPU, whatever devices the parties compute on: it draws from the seeds it
+shares with each party the numbers that party draws, which are drawn on the CPU at every
+party (:mod:`mpc.crypten_device`), so it needs no GPU.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from mpc.channel import tls
 from mpc.channel.certs import DATA_OWNER, MODEL_OWNER, PartyCredentials
 from mpc.channel.session import Endpoints
 from mpc.inference import wire
+from mpc.inference.device import party_device
 from mpc.inference.model import ModelNotServable, Served, load_served
 from mpc.inference.party import (
     Channel,
@@ -65,6 +66,8 @@ class InferenceService:
     def __init__(
         self, checkpoint: str | Path, settings: DictConfig, creds: PartyCredentials | None
     ) -> None:
+        # first: a device this machine lacks is refused before anything is loaded or started
+        self.device = party_device(settings.get("device"), "service.device")
         self.checkpoint = Path(checkpoint)
         self.settings = settings
         self.creds = creds  # None: --insecure
@@ -91,7 +94,7 @@ class InferenceService:
 
     def _prepare(self) -> PreparedParty:
         channel = Channel(self.creds, str(self.settings.host), float(self.settings.session_timeout))
-        args = (str(self.checkpoint), channel)
+        args = (str(self.checkpoint), channel, self.device)
         return PreparedParty("model-owner", prepare_model_owner, run_model_owner, args)
 
     def session_timeout(self, n_images: int) -> float:

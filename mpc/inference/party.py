@@ -12,7 +12,8 @@ How the parties talk is the session's ``transport``: ``tls``, mutually authentic
 1.3 between every pair (:mod:`mpc.channel`), with the dealer a service of its own
 (:mod:`server.dealer`); ``plain``, the same links without TLS, for local experiments
 only; or ``gloo``, CrypTen's own plaintext transport, kept as the benchmarks' baseline.
-Each party runs in a process of its own (:mod:`mpc.inference.process`).
+Each party runs in a process of its own (:mod:`mpc.inference.process`). The two computing
+parties each compute on a device of their own choice (:mod:`mpc.inference.device`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 from mpc.channel.certs import PartyCredentials
 from mpc.channel.links import Links
 from mpc.channel.session import Endpoints, listen, open_links
+from mpc.inference.device import CPU, check_transport, to_party_device
 from mpc.inference.wire import parse_address
 
 MODEL_OWNER, DATA_OWNER, DEALER = 0, 1, 2
@@ -147,35 +149,35 @@ def _stats() -> dict[str, int]:
     return out
 
 
-def _reset_stats() -> None:
-    import crypten.communicator as comm
-
-    comm.get().reset_communication_stats()
-
-
 # --- model owner ---------------------------------------------------------------------
 
 
-def prepare_model_owner(checkpoint: str, channel: Channel = Channel()) -> dict[str, Any]:
+def prepare_model_owner(
+    checkpoint: str, channel: Channel = Channel(), device: torch.device = CPU
+) -> dict[str, Any]:
     from mpc.inference.model import load_served
 
     served = load_served(checkpoint)
     graph = convert(served.model, served.input_shape)
-    return {"graph": graph, "shape": served.input_shape, "channel": channel}
+    return {"graph": graph, "shape": served.input_shape, "channel": channel, "device": device}
 
 
 @contextlib.contextmanager
-def encrypted_session(rank: int, session: Session, graph, channel: Channel):
-    """Join ``session`` as ``rank`` with ``graph`` encrypted from the model owner's weights
-    (the other party contributes only placeholders); yields CrypTen and the model-sharing
-    traffic, with the counters reset for the inference; leaves the session on exit."""
-    crypten = join_session(rank, session, channel)
+def encrypted_session(rank: int, session: Session, state: dict[str, Any]):
+    """Join ``session`` as ``rank`` with ``state``'s graph encrypted from the model owner's
+    weights (the other party contributes only placeholders) and moved to its device; yields
+    CrypTen and the model-sharing traffic, with the counters reset for the inference;
+    leaves the session on exit."""
+    graph, device = state["graph"], state.get("device", CPU)
+    check_transport(session.transport, device)
+    crypten = join_session(rank, session, state["channel"])
     crypten.init()
     try:
         graph.encrypt(src=MODEL_OWNER)
+        to_party_device(graph, device)
         graph.eval()
         model_stats = _stats()
-        _reset_stats()
+        crypten.reset_communication_stats()
         yield crypten, model_stats
     finally:
         crypten.uninit()
@@ -188,10 +190,11 @@ def reveal_to_data_owner(y: Any, rank: int) -> torch.Tensor | None:
     Why not CrypTen's ``get_plain_text(dst=DATA_OWNER)``: it reveals by gloo's ``reduce``,
     which leaves reduced chunks, the sum of both shares, in the other rank's buffer too, so
     the model owner's memory held part of each batch's logits (tests/mpc/inference).
+    The result is on the CPU, whatever device the party computes on.
     """
     import crypten.communicator as comm
 
-    share = y.share
+    share = y.share.data.cpu()  # a CUDA share, in CrypTen's wrapper or not, comes home
     if rank == MODEL_OWNER:
         comm.get().send(share, dst=DATA_OWNER)
         return None
@@ -201,13 +204,14 @@ def reveal_to_data_owner(y: Any, rank: int) -> torch.Tensor | None:
 
 def run_model_owner(state: dict[str, Any], session: Session) -> dict[str, Any]:
     """Share the weights, take part in the forward passes, learn nothing of the output."""
-    graph, channel = state["graph"], state["channel"]
-    with encrypted_session(MODEL_OWNER, session, graph, channel) as (crypten, model_stats):
+    graph, device = state["graph"], state.get("device", CPU)
+    with encrypted_session(MODEL_OWNER, session, state) as (crypten, model_stats):
         t0 = time.perf_counter()
         with torch.no_grad():
             for size in session.chunks():
-                x = crypten.cryptensor(torch.zeros(size, *state["shape"]), src=DATA_OWNER)
-                reveal_to_data_owner(state["graph"](x), MODEL_OWNER)  # sends its share only
+                placeholder = torch.zeros(size, *state["shape"])
+                x = crypten.cryptensor(placeholder, src=DATA_OWNER, device=device)
+                reveal_to_data_owner(graph(x), MODEL_OWNER)  # sends its share only
         return {
             "model_sharing": model_stats,
             "inference": _stats(),
@@ -223,9 +227,10 @@ def prepare_data_owner(
     images: np.ndarray,
     signature: str | None = None,
     channel: Channel = Channel(),
+    device: torch.device = CPU,
 ) -> dict[str, Any]:
     """Build the public architecture; with ``signature`` (announced by the model owner)
-    refuse a graph whose layout differs."""
+    refuse a graph whose layout differs. The images stay on the CPU until shared."""
     from mpc.inference.model import build_architecture, input_shape
 
     shape = input_shape(config)
@@ -238,20 +243,22 @@ def prepare_data_owner(
             "the model graph built here differs from the service's (different torch, CrypTen "
             "or MONAI versions on the two sides?)"
         )
-    return {"graph": graph, "images": torch.from_numpy(images), "channel": channel}
+    images = torch.from_numpy(images)
+    return {"graph": graph, "images": images, "channel": channel, "device": device}
 
 
 def run_data_owner(state: dict[str, Any], session: Session) -> dict[str, Any]:
     """Share the images, take part in the forward passes, learn the logits."""
     # The graph receives shares of weights it cannot read.
-    graph, channel = state["graph"], state["channel"]
-    with encrypted_session(DATA_OWNER, session, graph, channel) as (crypten, model_stats):
+    graph, device = state["graph"], state.get("device", CPU)
+    with encrypted_session(DATA_OWNER, session, state) as (crypten, model_stats):
         logits, seconds, start = [], [], 0
         with torch.no_grad():
             for size in session.chunks():
                 t0 = time.perf_counter()
-                x = crypten.cryptensor(state["images"][start : start + size], src=DATA_OWNER)
-                logits.append(reveal_to_data_owner(state["graph"](x), DATA_OWNER))
+                chunk = state["images"][start : start + size]
+                x = crypten.cryptensor(chunk, src=DATA_OWNER, device=device)
+                logits.append(reveal_to_data_owner(graph(x), DATA_OWNER))
                 seconds.append(time.perf_counter() - t0)
                 start += size
         return {
@@ -259,6 +266,7 @@ def run_data_owner(state: dict[str, Any], session: Session) -> dict[str, Any]:
             "batch_seconds": seconds,
             "model_sharing": model_stats,
             "inference": _stats(),
+            "device": str(device),
         }
 
 

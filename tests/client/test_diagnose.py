@@ -6,7 +6,9 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
+from client import diagnose
 from client.diagnose import collect_images, read_images
 from task.data.errors import BadFileError
 from task.data.export import export_test_images
@@ -95,3 +97,20 @@ def test_skip_bad_keeps_the_good_images_and_lists_the_corpus(tmp_path, inference
     json.dumps(skipped).encode("utf-8")  # what --json writes
     with pytest.raises(BadFileError, match="no readable image to diagnose"):
         read_images(sorted(bad.values()), inference_config, skip_bad=True)
+
+
+def test_a_device_this_machine_lacks_is_refused_before_anything_else(
+    monkeypatch, capsys, tmp_path
+) -> None:
+    """``client.device`` is checked first: one line naming the key and the value, before
+    the images are read or the service is dialled (a missing image and an unreachable
+    service would otherwise be the error)."""
+    dialled: list = []
+    monkeypatch.setattr(diagnose, "ServiceConnection", lambda *a, **k: dialled.append(a))
+    values = ["cuda:99", "mps", "gpu"] + (["cuda"] if not torch.cuda.is_available() else [])
+    for value in values:
+        argv = [str(tmp_path / "missing.png"), "--service", "127.0.0.1:9", "--insecure"]
+        assert diagnose.main([*argv, f"client.device={value}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: client.device={value!r}"), err
+    assert not dialled

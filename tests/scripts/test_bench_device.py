@@ -59,3 +59,33 @@ def test_a_tiny_run_writes_the_figures_and_the_facts(tmp_path):
         (cache["train_images"] / cache["later_epoch"]["epoch_seconds"])
         / cache["first_epoch"]["images_per_s"]
     )
+
+
+def test_encrypted_diagnosis_is_timed_on_the_gpu_and_the_cpu_in_one_run():
+    from scripts.bench_device_encrypted import devices_to_time
+    from scripts.results_device import device as render
+
+    cpu = torch.device("cpu")
+    assert devices_to_time(cpu) == [cpu]
+    assert devices_to_time(torch.device("cuda", 1)) == [torch.device("cuda", 1), cpu]
+    assert devices_to_time(torch.device("mps")) == [cpu]  # CrypTen has no MPS path
+    figures = {"batch1_seconds_per_image": 0.5, "batch32_seconds_per_image": 0.1}
+    on_cpu = {"batch1_seconds_per_image": 1.25, "batch32_seconds_per_image": 0.375}
+    result = {
+        "machine": {"cores": 16, "torch": "2.x"},
+        "device": {"device": "cuda"},
+        "workload": {"batch": 8, "timed_steps": 3, "warmup_steps": 1, "precision": "fp32"},
+        "models": {},
+        "encrypted": {
+            "model": "small_cnn",
+            "input_shape": [1, 28, 28],
+            "transport": "plain",
+            "parties_device": "cuda",
+            **figures,
+            "by_device": {"cuda": figures, "cpu": on_cpu},
+        },
+    }
+    result["workload"]["data"] = ""
+    text = render(result)
+    assert "plain, parties on the cuda): 0.50 s per image at batch 1, 0.10 at batch 32." in text
+    assert "Both parties on the cpu in the same run: 1.25 and 0.38." in text

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from client import diagnose
@@ -222,6 +223,23 @@ def test_unservable_model_stops_the_service_with_its_name(tmp_path, trained_chec
     )
     assert proc.returncode == 2
     assert "weights_only.pt: has no inference config" in proc.stderr
+
+
+def test_a_device_this_machine_lacks_stops_the_service_before_any_party(
+    monkeypatch, capsys, trained_checkpoint
+) -> None:
+    """``service.device`` is checked first: one line naming the key and the value, before
+    the model is loaded or a model-owner party is prepared."""
+    started: list = []
+    monkeypatch.setattr(serve_inference, "PreparedParty", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(serve_inference, "load_served", lambda *a: started.append(a))
+    values = ["cuda:99", "mps", "gpu"] + (["cuda"] if not torch.cuda.is_available() else [])
+    for value in values:
+        argv = ["--model", str(trained_checkpoint), "--insecure", f"service.device={value}"]
+        assert serve_inference.main(argv) == 2
+        err = [e for e in capsys.readouterr().err.splitlines() if not e.startswith("WARNING")]
+        assert len(err) == 1 and err[0].startswith(f"error: service.device={value!r}"), err
+    assert not started
 
 
 @pytest.mark.slow
