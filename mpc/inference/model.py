@@ -22,7 +22,7 @@ from task.config import config_targets
 from task.runtime import checkpoint
 
 #: Keys a checkpoint's ``config`` must hold to serve encrypted diagnosis.
-CONFIG_KEYS = ("model", "preprocess", "classes", "resolution", "channels")
+CONFIG_KEYS = checkpoint.INFERENCE_KEYS
 
 
 #: Where a config received from the other party may point ``_target_``: MONAI transforms
@@ -128,19 +128,10 @@ def load_served(path: str | Path) -> Served:
     """Read a ``best.pt`` / ``final.pt`` written by training and prepare it for serving."""
     path = Path(path)
     try:
-        state = checkpoint.load(path)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # torch.load: truncated file, not a checkpoint, unsafe pickle
-        raise ModelNotServable(path, f"not a readable checkpoint ({err})") from err
-    config = state.get("config") if isinstance(state, dict) else None
-    if not isinstance(config, dict) or any(k not in config for k in CONFIG_KEYS):
-        raise ModelNotServable(
-            path, f"has no inference config with keys {list(CONFIG_KEYS)} (written by training)"
-        )
-    weights = state.get("model")
-    if not isinstance(weights, dict):
-        raise ModelNotServable(path, "has no 'model' weights")
+        config, weights = checkpoint.read_inference_checkpoint(path)
+    except checkpoint.NotAnInferenceCheckpoint as err:
+        advice = " (written by training)" if err.problem == "no-config" else ""
+        raise ModelNotServable(path, err.reason + advice) from err
     if config.get("dp_compatible"):
         raise ModelNotServable(
             path,

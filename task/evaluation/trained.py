@@ -22,7 +22,12 @@ from task.config import config_targets
 from task.runtime import checkpoint
 
 #: Keys a checkpoint's ``config`` holds when written by training.
-CONFIG_KEYS = ("model", "preprocess", "classes", "resolution", "channels")
+CONFIG_KEYS = checkpoint.INFERENCE_KEYS
+#: What evaluation adds to the shared reading's refusals: which file to evaluate instead.
+ADVICE = {
+    "no-config": "; evaluate the best.pt or final.pt that training wrote",
+    "no-weights": " (last.pt of a federation?)",
+}
 
 #: Where a checkpoint's config may point ``_target_``: a config is code (Hydra calls what
 #: it names), and a checkpoint may come from elsewhere; MONAI and this project only.
@@ -53,20 +58,13 @@ class Trained:
         return None if value is None else float(value)
 
 
-def _read_config(path: Path, state: Any) -> dict[str, Any]:
-    config = state.get("config") if isinstance(state, dict) else None
-    if not isinstance(config, dict) or any(key not in config for key in CONFIG_KEYS):
-        raise CheckpointError(
-            f"{path}: has no inference config with keys {list(CONFIG_KEYS)}; evaluate the "
-            "best.pt or final.pt that training wrote"
-        )
+def _check_targets(path: Path, config: dict[str, Any]) -> None:
     for target in config_targets({"model": config["model"], "preprocess": config["preprocess"]}):
         if not target.startswith(ALLOWED_TARGET_PREFIXES):
             raise CheckpointError(
                 f"{path}: its config names _target_ {target!r}; only "
                 f"{', '.join(p + '*' for p in ALLOWED_TARGET_PREFIXES)} are built"
             )
-    return config
 
 
 def load_trained(path: str | Path) -> Trained:
@@ -74,21 +72,17 @@ def load_trained(path: str | Path) -> Trained:
     for a file that is no training checkpoint."""
     path = Path(path)
     try:
-        state = checkpoint.load(path)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # torch.load: truncated file, not a checkpoint, unsafe pickle
-        raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from err
-    config = _read_config(path, state)
-    if not isinstance(state.get("model"), dict):
-        raise CheckpointError(f"{path}: has no 'model' weights (last.pt of a federation?)")
+        config, weights = checkpoint.read_inference_checkpoint(path)
+    except checkpoint.NotAnInferenceCheckpoint as err:
+        raise CheckpointError(f"{err}{ADVICE.get(err.problem, '')}") from err
+    _check_targets(path, config)
     model = instantiate(config["model"])
     if config.get("dp_compatible"):
         from task.privacy.dpsgd import make_compatible  # Opacus: only for a DP-trained net
 
         model = make_compatible(model)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit its configured model: {err}") from err
     return Trained(path, model.eval(), config)

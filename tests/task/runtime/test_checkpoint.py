@@ -124,3 +124,31 @@ def test_read_only_file_system_in_a_real_process_keeps_previous(tmp_path: Path) 
         assert proc.returncode == 3, proc.stderr
         assert "checkpoint not written: [Errno 30] Read-only file system" in proc.stderr
         _previous_intact(disk)
+
+
+def test_an_inference_checkpoint_is_read_or_refused_by_problem(tmp_path: Path) -> None:
+    """The reading that evaluation and encrypted serving share: the config and weights of
+    a checkpoint training wrote; each other file refused with its problem and its name."""
+    config = dict.fromkeys(checkpoint.INFERENCE_KEYS, 1)
+    weights = {"w": torch.ones(2)}
+    good = checkpoint.save_atomic({"config": config, "model": weights}, tmp_path / "best.pt")
+    got_config, got_weights = checkpoint.read_inference_checkpoint(good)
+    assert got_config == config and torch.equal(got_weights["w"], weights["w"])
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    cases = {
+        tmp_path / "junk.pt": ("unreadable", "junk.pt: not a readable checkpoint ("),
+        checkpoint.save_atomic({"model": weights}, tmp_path / "bare.pt"): (
+            "no-config",
+            f"bare.pt: has no inference config with keys {list(checkpoint.INFERENCE_KEYS)}",
+        ),
+        checkpoint.save_atomic({"config": config}, tmp_path / "last.pt"): (
+            "no-weights",
+            "last.pt: has no 'model' weights",
+        ),
+    }
+    for path, (problem, message) in cases.items():
+        with pytest.raises(checkpoint.NotAnInferenceCheckpoint) as err:
+            checkpoint.read_inference_checkpoint(path)
+        assert err.value.problem == problem and message in str(err.value)
+    with pytest.raises(FileNotFoundError):
+        checkpoint.read_inference_checkpoint(tmp_path / "missing.pt")
