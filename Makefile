@@ -54,8 +54,11 @@ demo: setup
 	$(PY) -m scripts.train secure=smpc logger=none hydra.run.dir=outputs/demo
 	$(PY) -m scripts.encrypted_demo --checkpoint outputs/demo/final.pt
 
+# Two workers, each test file on one of them (--dist loadfile): a file's module fixtures (a
+# deployment, a TLS round) are set up once, and the many tests that wait on other processes
+# (SuperLinks, SuperNodes, CrypTen parties) leave a core free for the other worker.
 test: setup
-	$(PY) -m pytest -p no:cacheprovider --durations=25
+	$(PY) -m pytest -p no:cacheprovider -n 2 --dist loadfile --durations=25
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
