@@ -52,6 +52,7 @@ def _round_figures(entry: dict, plain: float) -> dict:
         "images_per_s": ips,
         "ratio_to_plain": ips / plain,
         "secure_seconds": entry.get("secure_seconds"),
+        "phase_seconds": entry.get("phase_seconds"),
     }
 
 

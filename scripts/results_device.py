@@ -28,6 +28,7 @@ def device(result: dict) -> str:
             f"| {name} | {c['project_images_per_s']:.1f} | {c['plain_images_per_s']:.1f} | "
             f"{c['ratio']:.2f} | {fed[0]} | {fed[1]} |"
         )
+    lines += _phase_lines(result["models"])
     lines += _cache_lines(result.get("site_cache"))
     e = result.get("encrypted")
     if e:
@@ -72,3 +73,20 @@ def _cache_lines(c: dict | None) -> list[str]:
         )
     lines += ["", f"Later epochs run {c['later_over_first']:.2f}× the first epoch's images/s."]
     return lines
+
+
+def _phase_lines(models: dict) -> list[str]:
+    """Where each model's last federated round went, by the strategy's phase clock."""
+    lines = []
+    for name, model in models.items():
+        last = (model.get("federated") or {}).get("last_round", {})
+        phases = last.get("phase_seconds")
+        if not phases:
+            continue
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in phases.items())
+        rest = last["seconds"] - sum(phases.values())
+        lines.append(
+            f"- {name}, last round of {last['seconds']:.2f} s: {parts}; the rest (the server's "
+            f"checkpoints, history and moving average, the engine) {rest:.2f}."
+        )
+    return ["", "Phases of the last federated round (seconds):", "", *lines] if lines else []

@@ -37,6 +37,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from strategies.round_record import (
     FederationEnded,
+    PhaseClock,
     RoundRecord,
     decline_of,
     plain,
@@ -101,6 +102,7 @@ class CheckpointedStrategy(Strategy):
         self.should_stop = should_stop
         self.stopped: str | None = None  # why the federation ended early, if it did
         self._record: RoundRecord | None = None
+        self._clock = PhaseClock()
 
     # -- round bookkeeping ---------------------------------------------------------------
     def _true_round(self, server_round: int) -> int:
@@ -143,12 +145,17 @@ class CheckpointedStrategy(Strategy):
         self._dtypes = {k: a.dtype for k, a in global_arrays.items()}
         if self.screen is not None:  # what the sites' updates are checked against
             self.screen.set_global(global_arrays)
-        return self.inner.configure_train(r, arrays, config, grid)
+        messages = self.inner.configure_train(r, arrays, config, grid)
+        self._clock.start("train")
+        return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         record = self._current(server_round)
+        self._clock.stop("train", record)
+        self._clock.start("aggregate")
         valid = self._sorted_valid(replies, "train", record)
         arrays, metrics = self.inner.aggregate_train(record.round, valid)
+        self._clock.stop("aggregate", record)
         if arrays is not None:
             arrays = self._model_dtypes(arrays)
             if self.ema_decay is not None:
@@ -182,7 +189,9 @@ class CheckpointedStrategy(Strategy):
     ) -> Iterable[Message]:
         r = self._true_round(server_round)
         random.seed(self.seed * 7919 + r + 104729)
-        return self.inner.configure_evaluate(r, self.evaluated(arrays), config, grid)
+        messages = self.inner.configure_evaluate(r, self.evaluated(arrays), config, grid)
+        self._clock.start("evaluate")
+        return messages
 
     def evaluated(self, arrays: ArrayRecord) -> ArrayRecord:
         """The weights the sites validate for the global ``arrays``: the moving average
@@ -196,6 +205,7 @@ class CheckpointedStrategy(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
         record = self._current(server_round)
+        self._clock.stop("evaluate", record)
         valid = self._sorted_valid(replies, "evaluate", record)
         metrics = self.inner.aggregate_evaluate(record.round, valid)
         record.evaluate = plain(metrics)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any
 
 from flwr.app import Message, MetricRecord
@@ -55,6 +56,8 @@ class RoundRecord:
     declined: dict[str, str] = field(default_factory=dict)
     #: Secure aggregation's key stages: {stage: wall seconds over the round's sums}.
     secure_seconds: dict[str, float] = field(default_factory=dict)
+    #: Wall seconds of the round's phases (:class:`PhaseClock`).
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,7 +69,31 @@ class RoundRecord:
             "rejected": self.rejected,
             "declined": self.declined,
             **({"secure_seconds": self.secure_seconds} if self.secure_seconds else {}),
+            **({"phase_seconds": self.phase_seconds} if self.phase_seconds else {}),
         }
+
+
+class PhaseClock:
+    """The wall seconds of a round's phases, as the strategy sees them: ``train`` from the
+    training messages' going out to the replies' arrival (the sites' local training and the
+    wire), ``aggregate`` the aggregation itself (with ``secure=smpc`` the protocol's further
+    message rounds), ``evaluate`` the sites' validation and its wire.
+
+    Why: a round's wall time is compared with a plain loop training the same images
+    (``scripts.bench_device``), and the phases say where the rest goes.
+    """
+
+    def __init__(self) -> None:
+        self._started: dict[str, float] = {}
+
+    def start(self, phase: str) -> None:
+        self._started[phase] = perf_counter()
+
+    def stop(self, phase: str, record: RoundRecord) -> None:
+        """File the seconds since ``start(phase)`` in ``record`` (nothing if not started)."""
+        started = self._started.pop(phase, None)
+        if started is not None:
+            record.phase_seconds[phase] = perf_counter() - started
 
 
 def decline_of(msg: Message) -> str | None:

@@ -52,6 +52,9 @@ def test_a_tiny_run_writes_the_figures_and_the_facts(tmp_path):
     assert "secure=smpc" in fed["overrides"]
     assert fed["first_round"]["images"] == 3 * 2 * 1  # 3 sites, one step of 2 images each
     assert set(fed["first_round"]["secure_seconds"]) >= {"share", "unmask"}
+    phases = fed["last_round"]["phase_seconds"]
+    assert set(phases) == {"train", "aggregate", "evaluate"} and min(phases.values()) > 0
+    assert sum(phases.values()) < fed["last_round"]["seconds"]
     cache = result["site_cache"]
     assert cache["files"] == 24 and "DICOM, RLE Lossless" in cache["source"]
     assert cache["first_epoch"]["load_seconds"] > cache["next_process"]["load_seconds"] > 0

@@ -290,3 +290,21 @@ def test_without_an_average_the_sites_validate_the_aggregate() -> None:
     aggregate = ArrayRecord({k: Array(v) for k, v in second.items()})
     assert strategy.evaluated(aggregate) is aggregate
     assert "ema" not in strategy.state_dict()
+
+
+def test_the_round_record_times_the_sites_training_apart_from_the_aggregation(
+    monkeypatch,
+) -> None:
+    """``phase_seconds``: from the training messages' going out to the replies' arrival,
+    the aggregation, and the evaluation's messages to their replies, each on its own."""
+    now = iter([10.0, 13.5, 13.5, 13.75, 20.0, 21.0])  # out, in, aggregating, done, eval
+    monkeypatch.setattr("strategies.round_record.perf_counter", lambda: next(now))
+    wrapped = _configured(CheckpointedStrategy(FedAvg()))
+    wrapped.aggregate_train(1, _replies(["site-0", "site-1", "site-2"]))
+    grid = types.SimpleNamespace(get_node_ids=lambda: [11, 22, 33])
+    arrays = ArrayRecord({k: Array(v) for k, v in GLOBAL.items()})
+    wrapped.configure_evaluate(1, arrays, ConfigRecord(), grid)
+    wrapped.aggregate_evaluate(1, [])
+    record = wrapped._current(1)
+    assert record.phase_seconds == {"train": 3.5, "aggregate": 0.25, "evaluate": 1.0}
+    assert record.to_dict()["phase_seconds"] == record.phase_seconds
