@@ -79,4 +79,4 @@ audit: setup
 	$(PY) -m scripts.audit
 
 clean:
-	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache
+	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache .cache
