@@ -12,7 +12,8 @@ to the bench's resolution; one model then trains epochs over it through the proj
 - ``next_process``: a cache hit (memory-mapping the stored arrays), then an epoch: what a
   deployed site's next round, or the next run, pays;
 - ``uncached_process``: decoding every file again, then an epoch: what each of those paid
-  without the cache.
+  without the cache. Its load is timed; its epoch is not run again: it trains the same
+  arrays, so its epoch seconds are the later epochs' mean.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from scripts.bench_device_loops import Workload, project_model
 from task.config import compose_config
 from task.data.loading import load_data
 from task.data.pneumoniamnist import load_npz, resolve_path
+from task.data.splits import DataSplits
 from task.runtime.device import loader_options
 from task.training.engine import class_weights, train_epoch
 
@@ -78,7 +80,7 @@ def _epoch(work: Workload, model, optimizer, loss_fn, splits) -> float:
     return time.perf_counter() - t0
 
 
-def _timed_load(cfg) -> tuple[float, object]:
+def _timed_load(cfg) -> tuple[float, DataSplits]:
     t0 = time.perf_counter()
     splits = load_data(cfg.data, cfg.transforms.preprocess)
     return time.perf_counter() - t0, splits

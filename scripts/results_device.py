@@ -55,7 +55,10 @@ def _cache_lines(c: dict | None) -> list[str]:
         ("first epoch: decode, preprocess, write the cache; train", "first_epoch"),
         ("later epoch of the same process", "later_epoch"),
         ("next process (a site's next round): cache hit; train", "next_process"),
-        ("next process without the cache: decode again; train", "uncached_process"),
+        (
+            "next process without the cache: decode again (train: the later epochs' mean)",
+            "uncached_process",
+        ),
     ]
     lines = [
         "",
